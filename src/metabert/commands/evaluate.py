@@ -1,0 +1,71 @@
+"""``metabert evaluate``: the score of every exit and entropy early exit at one or many thresholds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from metabert import data as data_mod
+from metabert.batching import encode
+from metabert.commands.common import add_data_options, float_list
+from metabert.evaluation import evaluate, format_report, plot_report, write_sweep_csv
+from metabert.modeling import MultiExitBert
+
+
+def add_parser(sub, name):
+    p = sub.add_parser(name, help="score every exit and early exit", description=__doc__)
+    p.add_argument("--checkpoint", required=True, help="folder written by `metabert train`")
+    add_data_options(p, task_required=False)
+    p.add_argument("--split", default="dev", help="GLUE split to evaluate (default dev)")
+    p.add_argument("--threshold", type=float, help="entropy threshold G for a real, timed early-exit run")
+    p.add_argument("--thresholds", type=float_list, help="comma-separated thresholds to sweep, or auto (spread over the entropies seen)")
+    p.add_argument("--output", help="write the report as JSON here (a sweep also writes .csv and .png beside it)")
+    p.add_argument("--plot", help="PNG path for the plot (default: beside --output, or <task>_sweep.png)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--progress", action="store_true", help="progress bar")
+    p.set_defaults(run=run)
+
+
+def load_data(model: MultiExitBert, args):
+    """The evaluation set: the task the checkpoint was trained on unless --task says otherwise."""
+    stored = model.config.task
+    task = args.task or stored.get("name")
+    if not task:
+        raise ValueError("the checkpoint records no task; pass --task")
+    if task == "custom":
+        if not args.dev_file:
+            raise ValueError("--task custom needs --dev-file")
+        if stored.get("name") != "custom":
+            raise ValueError("--task custom needs a checkpoint trained with --task custom (it holds the columns)")
+        spec = data_mod.spec_from_dict(stored)
+        dataset = data_mod.read_file(Path(args.dev_file), spec, model.config.label_names)
+    else:
+        spec = data_mod.get_task(task)
+        if tuple(spec.labels) != tuple(model.config.label_names):
+            raise ValueError(f"checkpoint labels {list(model.config.label_names)} do not match task {task} "
+                             f"labels {list(spec.labels)}")
+        dataset = data_mod.load_glue(task, args.split, args.data_dir)
+    return task, spec, dataset
+
+
+def run(args) -> int:
+    if args.threshold is not None and args.thresholds:
+        raise ValueError("give --threshold (one timed run) or --thresholds (a sweep), not both")
+    model = MultiExitBert.from_pretrained(args.checkpoint)
+    task, spec, dataset = load_data(model, args)
+    encoded = encode(dataset, model.tokenizer, args.max_seq_length)
+    report = evaluate(model, encoded, spec.metric, threshold=args.threshold, thresholds=args.thresholds,
+                      batch_size=args.batch_size, progress=args.progress)
+    report = {"task": task, "split": args.split, "data": dataset.source, "checkpoint": args.checkpoint, **report}
+    print(format_report(report))
+    stem = Path(args.output).with_suffix("") if args.output else Path(f"{task}_sweep")
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(report, indent=2))
+        print(f"report: {args.output}")
+    if args.thresholds:
+        write_sweep_csv(report, stem.with_suffix(".csv"))
+        plot = Path(args.plot) if args.plot else stem.with_suffix(".png")
+        plot_report(report, plot, title=f"{task} ({Path(args.checkpoint).name})")
+        print(f"sweep: {stem.with_suffix('.csv')}, plot: {plot}")
+    return 0

@@ -1,0 +1,59 @@
+"""``metabert train``: fine-tune a multi-exit classifier and keep the best checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+from metabert.commands.common import add_data_options
+from metabert.methods import METHODS
+from metabert.modeling import POOLINGS
+from metabert.training import SELECT_BY, TrainConfig, train
+
+
+def add_parser(sub, name):
+    p = sub.add_parser(name, help="train a multi-exit classifier", description=__doc__)
+    add_data_options(p)
+    p.add_argument("--train-file", help="--task custom: training file (TSV, CSV or JSONL)")
+    p.add_argument("--text-columns", help="--task custom: one or two comma-separated text columns")
+    p.add_argument("--label-column", help="--task custom: label column")
+    p.add_argument("--model", default="minilm-l6", help="minilm-l6 (default), tiny, a local folder or a hub name")
+    p.add_argument("--method", default="joint", choices=sorted(METHODS), help="training method")
+    p.add_argument("--output", required=True, help="checkpoint folder to write")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--learning-rate", "--lr", type=float, default=5e-5)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--warmup", type=float, default=0.1, help="fraction of steps for linear warm-up")
+    p.add_argument("--max-train-samples", type=int, help="train on a seeded random subset of this size")
+    p.add_argument("--calibration-fraction", type=float, default=0.05,
+                   help="seeded slice of the training file held out for threshold calibration")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0: off)")
+    p.add_argument("--pooling", default="mean", choices=POOLINGS, help="how each exit reads its layer")
+    p.add_argument("--dropout", type=float, default=0.1, help="dropout in the exit heads")
+    p.add_argument("--eval-batch-size", type=int, default=64)
+    p.add_argument("--select-by", default="last", choices=SELECT_BY,
+                   help="keep the epoch with the best last exit, or best mean over exits")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    config = TrainConfig(
+        task=args.task, output=args.output, model=args.model, method=args.method, data_dir=args.data_dir,
+        train_file=args.train_file, dev_file=args.dev_file,
+        text_columns=tuple(c.strip() for c in (args.text_columns or "").split(",") if c.strip()),
+        label_column=args.label_column, epochs=args.epochs, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, weight_decay=args.weight_decay, warmup=args.warmup,
+        max_seq_length=args.max_seq_length, max_train_samples=args.max_train_samples,
+        calibration_fraction=args.calibration_fraction, seed=args.seed, grad_clip=args.grad_clip,
+        pooling=args.pooling, dropout=args.dropout, eval_batch_size=args.eval_batch_size, select_by=args.select_by,
+    )
+    summary = train(config, progress=not args.no_progress)
+    best = summary["best"]
+    print(f"best epoch {best['epoch']}: dev per exit "
+          + " ".join(f"{e['score']:.2f}" for e in best["dev_per_exit"])
+          + f"; {summary['train_examples']} training examples, {summary['seconds']:.0f}s")
+    print(f"checkpoint: {summary['output']} (log: {summary['log']})")
+    print(json.dumps({"output": summary["output"], "seconds": round(summary["seconds"], 1)}))
+    return 0

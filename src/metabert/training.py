@@ -1,0 +1,191 @@
+"""The training loop: AdamW with linear warm-up and decay, dev evaluation after every epoch, the best
+checkpoint kept, a JSONL log of every evaluation. How exit losses are combined is the ``method``'s job
+(``metabert.methods``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from metabert import data as data_mod
+from metabert.batching import encode, iterate, train_batches
+from metabert.evaluation import all_exit_logits, per_exit_scores
+from metabert.methods import METHODS, get_method
+from metabert.modeling import POOLINGS, MultiExitBert
+
+log = logging.getLogger(__name__)
+
+SELECT_BY = ("last", "mean")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Options of ``metabert train`` (each is a command-line flag of the same name)."""
+
+    task: str
+    output: str
+    model: str = "minilm-l6"
+    method: str = "joint"
+    data_dir: str | None = None
+    train_file: str | None = None  # --task custom
+    dev_file: str | None = None  # --task custom
+    text_columns: tuple[str, ...] = ()
+    label_column: str | None = None
+    epochs: int = 3
+    batch_size: int = 32
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.01
+    warmup: float = 0.1
+    max_seq_length: int = 128
+    max_train_samples: int | None = None
+    calibration_fraction: float = 0.05
+    seed: int = 42
+    grad_clip: float = 1.0
+    pooling: str = "mean"
+    dropout: float = 0.1
+    eval_batch_size: int = 64
+    select_by: str = "last"
+
+    def __post_init__(self):
+        checks = {
+            "epochs": self.epochs >= 1,
+            "batch_size": self.batch_size >= 1,
+            "learning_rate": self.learning_rate > 0,
+            "warmup": 0 <= self.warmup < 1,
+            "max_seq_length": self.max_seq_length >= 8,
+            "calibration_fraction": 0 <= self.calibration_fraction < 0.5,
+            "grad_clip": self.grad_clip >= 0,
+            "max_train_samples": self.max_train_samples is None or self.max_train_samples >= 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"invalid {name}: {getattr(self, name)!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"invalid method {self.method!r}; choose one of: {', '.join(METHODS)}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"invalid pooling {self.pooling!r}; choose one of: {', '.join(POOLINGS)}")
+        if self.select_by not in SELECT_BY:
+            raise ValueError(f"invalid select_by {self.select_by!r}; choose one of: {', '.join(SELECT_BY)}")
+        if self.task == "custom" and not (self.train_file and self.dev_file and self.text_columns and self.label_column):
+            raise ValueError("--task custom needs --train-file, --dev-file, --text-columns and --label-column")
+
+
+def task_spec(config: TrainConfig) -> data_mod.TaskSpec:
+    if config.task != "custom":
+        return data_mod.get_task(config.task)
+    spec = data_mod.custom_spec(config.train_file, list(config.text_columns), config.label_column)
+    labels = data_mod.infer_labels(Path(config.train_file), spec)
+    return data_mod.TaskSpec(**{**asdict(spec), "labels": labels})
+
+
+def load_split(spec: data_mod.TaskSpec, split: str, data_dir=None, file=None) -> data_mod.Dataset:
+    if spec.name == "custom":
+        return data_mod.read_file(Path(file), spec, spec.labels)
+    return data_mod.load_glue(spec.name, split, data_dir)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train(config: TrainConfig, progress: bool = True) -> dict:
+    """Train, evaluate on dev after each epoch, keep the best checkpoint in ``config.output``."""
+    seed_everything(config.seed)
+    spec = task_spec(config)
+    train_set = load_split(spec, "train", config.data_dir, config.train_file)
+    dev_set = load_split(spec, "dev", config.data_dir, config.dev_file)
+    train_set, calib_set, _ = data_mod.split_off(train_set, config.calibration_fraction, config.seed)
+    train_set = data_mod.subsample(train_set, config.max_train_samples, config.seed)
+    log.info("train %d examples, dev %d, calibration slice %d", len(train_set), len(dev_set), len(calib_set))
+
+    model = MultiExitBert.from_backbone(
+        config.model, list(spec.labels), pooling=config.pooling, dropout=config.dropout,
+        task=data_mod.spec_to_dict(spec), seed=config.seed,
+    )
+    model.with_config(calibration={
+        "source": train_set.source, "fraction": config.calibration_fraction,
+        "seed": config.seed, "count": len(calib_set),
+    })
+    tokenizer = model.tokenizer
+    train_enc = encode(train_set, tokenizer, config.max_seq_length)
+    dev_enc = encode(dev_set, tokenizer, config.max_seq_length)
+    method = get_method(config.method)
+
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
+    groups = [
+        {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
+         "weight_decay": config.weight_decay},
+        {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=config.learning_rate)
+    steps_per_epoch = -(-len(train_enc) // config.batch_size)
+    total = steps_per_epoch * config.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup * total), total)
+
+    output = Path(config.output)
+    records: list[dict] = []
+    best, best_record, step, started = -float("inf"), None, 0, time.perf_counter()
+    rng = random.Random(config.seed)
+    pad = tokenizer.pad_token_id
+    for epoch in range(config.epochs):
+        model.train()
+        batches = train_batches(train_enc, config.batch_size, rng)
+        bar = tqdm(iterate(train_enc, batches, pad), total=len(batches), desc=f"epoch {epoch + 1}/{config.epochs}",
+                   disable=not progress, unit="batch")
+        seen, epoch_start, running = 0, time.perf_counter(), None
+        for batch in bar:
+            loss = method.loss(model, batch, epoch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss {loss.item()} at step {step} (epoch {epoch + 1})")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            seen += len(batch["labels"])
+            running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+            bar.set_postfix(loss=f"{running:.4f}", ex_s=f"{seen / (time.perf_counter() - epoch_start):.0f}")
+        train_seconds = time.perf_counter() - epoch_start
+        logits = all_exit_logits(model, dev_enc, config.eval_batch_size)
+        per_exit = per_exit_scores(logits, dev_enc.labels, spec.metric)
+        scores = [e["score"] for e in per_exit]
+        chosen = scores[-1] if config.select_by == "last" else sum(scores) / len(scores)
+        record = {
+            "epoch": epoch + 1, "step": step, "train_loss": running, "train_seconds": train_seconds,
+            "examples_per_second": seen / train_seconds, "dev_per_exit": per_exit,
+            "dev_last_exit": scores[-1], "dev_mean_over_exits": sum(scores) / len(scores),
+            "elapsed_seconds": time.perf_counter() - started,
+        }
+        improved = chosen > best
+        record["saved"] = improved
+        records.append(record)
+        log.info("epoch %d: dev score per exit %s", epoch + 1, " ".join(f"{s:.2f}" for s in scores))
+        if progress:
+            tqdm.write(f"epoch {epoch + 1}: dev {spec.metric} per exit: " + " ".join(f"{s:.2f}" for s in scores)
+                       + ("  (best so far, saved)" if improved else ""))
+        if improved:
+            best, best_record = chosen, record
+            model.save_pretrained(output, {"train_config.json": json.dumps(asdict(config), indent=2)})
+        write_log(output / "log.jsonl", records)
+    return {"output": str(output), "best": best_record, "log": str(output / "log.jsonl"),
+            "train_examples": len(train_set), "seconds": time.perf_counter() - started}
+
+
+def write_log(path: Path, records: list[dict]) -> None:
+    """Every evaluation so far, one JSON object per line (rewritten whole, then renamed into place)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    tmp.replace(path)

@@ -1,0 +1,37 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from metabert.modeling import MultiExitBert
+
+GLUE_DIR = os.environ.get("GLUE_DIR")
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> MultiExitBert:
+    """The random 3-layer, hidden-32 model with MiniLM's tokenizer, 2 classes."""
+    model = MultiExitBert.from_backbone("tiny", ["neg", "pos"], seed=0)
+    model.eval()
+    return model
+
+
+@pytest.fixture
+def fresh_tiny() -> MultiExitBert:
+    return MultiExitBert.from_backbone("tiny", ["a", "b", "c"], seed=1)
+
+
+@pytest.fixture(scope="session")
+def glue_dir() -> Path:
+    if not GLUE_DIR or not Path(GLUE_DIR).is_dir():
+        pytest.skip("GLUE_DIR is not set to the GLUE folder (CI sets it)")
+    return Path(GLUE_DIR)
+
+
+def sharpen(model: MultiExitBert, scale: float) -> MultiExitBert:
+    """Scale every exit's final layer so exits range from unsure (small) to very sure (large)."""
+    with torch.no_grad():
+        for i, head in enumerate(model.exits):
+            head.classifier.weight.mul_(scale * (i + 1))
+    return model
