@@ -22,7 +22,7 @@ install: $(VENV)/.installed
 
 demo: install
 	$(BIN)/metabert train --task sst2 --model minilm-l6 --method joint --epochs 1 \
-	    --max-train-samples 8000 --output $(DEMO_DIR)/sst2
+	    --max-train-samples 16000 --output $(DEMO_DIR)/sst2
 	$(BIN)/metabert evaluate --checkpoint $(DEMO_DIR)/sst2 --task sst2 --threshold 0.3 \
 	    --output $(DEMO_DIR)/sst2_threshold.json
 	$(BIN)/metabert evaluate --checkpoint $(DEMO_DIR)/sst2 --task sst2 \

@@ -35,3 +35,14 @@ def sharpen(model: MultiExitBert, scale: float) -> MultiExitBert:
         for i, head in enumerate(model.exits):
             head.classifier.weight.mul_(scale * (i + 1))
     return model
+
+
+def diversify(model: MultiExitBert, seed: int = 0, scale: float = 3.0) -> MultiExitBert:
+    """Large random exit heads, so that a random backbone's exits disagree from sample to sample
+    (exit policies need predictions that change across layers and samples)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for head in model.exits:
+            for linear in (head.dense, head.classifier):
+                linear.weight.copy_(torch.randn(linear.weight.shape, generator=gen) * scale)
+    return model

@@ -107,3 +107,13 @@ def test_config_validation_names_field(fields, message):
 def test_unknown_model_folder():
     with pytest.raises(FileNotFoundError, match="no such folder"):
         load_backbone("./does/not/exist")
+
+
+def test_local_backbone_folder(tmp_path):
+    tiny = load_backbone("tiny", seed=7)
+    tiny.encoder.save_pretrained(tmp_path / "bb")
+    tiny.tokenizer.save_pretrained(tmp_path / "bb")
+    model = MultiExitBert.from_backbone(str(tmp_path / "bb"), ["x", "y"])
+    assert model.num_layers == 3 and model.config.backbone == str(tmp_path / "bb")
+    for a, b in zip(model.encoder.parameters(), tiny.encoder.parameters()):
+        assert torch.equal(a, b)

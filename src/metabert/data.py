@@ -246,6 +246,12 @@ def custom_spec(path: str | Path, text_columns: list[str], label_column: str, fm
     return TaskSpec("custom", "", tuple(text_columns), label_column, header=True, format=fmt)
 
 
+def for_file(spec: TaskSpec, path: str | Path) -> TaskSpec:
+    """The same custom task read from another file (its format from that file's extension)."""
+    fmt = custom_spec(path, list(spec.text_columns), spec.label_column).format
+    return TaskSpec(**{**asdict(spec), "format": fmt})
+
+
 def infer_labels(path: Path, spec: TaskSpec) -> tuple[str, ...]:
     """The sorted set of labels in a training file (stored in the checkpoint)."""
     labels = sorted({label for *_, label in read_rows(path, spec)})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from tqdm.auto import tqdm
 
 from metabert import metrics
 from metabert.batching import Encoded, eval_batches, iterate, model_inputs
-from metabert.exits import entropy, exit_layers_from_logits
+from metabert.exits import POLICIES, EntropyPolicy, ExitPolicy, entropy, get_policy, simulate_exits
 from metabert.modeling import EarlyExitOutput, MultiExitBert
 
 log = logging.getLogger(__name__)
@@ -31,8 +32,10 @@ def all_exit_logits(model: MultiExitBert, data: Encoded, batch_size: int = 64, p
 
 
 @torch.no_grad()
-def run_early_exit(model: MultiExitBert, data: Encoded, threshold: float, batch_size: int = 64):
+def run_early_exit(model: MultiExitBert, data: Encoded, policy: ExitPolicy | float, batch_size: int = 64):
     """Real early-exit inference over the dataset; returns (output in dataset order, seconds)."""
+    if not isinstance(policy, ExitPolicy):
+        policy = EntropyPolicy(float(policy))
     model.eval()
     logits = torch.empty(len(data), model.config.num_labels)
     layers = torch.empty(len(data), dtype=torch.long)
@@ -40,7 +43,7 @@ def run_early_exit(model: MultiExitBert, data: Encoded, threshold: float, batch_
     batches = [b for b in iterate(data, eval_batches(data, batch_size), pad)]  # tokenisation/padding apart
     start = time.perf_counter()
     for batch in batches:
-        result = model.early_exit(**model_inputs(batch), threshold=threshold)
+        result = model.early_exit(**model_inputs(batch), policy=policy)
         logits[batch["index"]] = result.logits.float()
         layers[batch["index"]] = result.exit_layer
     return EarlyExitOutput(logits, layers), time.perf_counter() - start
@@ -67,28 +70,47 @@ def per_exit_scores(logits: torch.Tensor, labels: list[int], metric: str) -> lis
     ]
 
 
-def auto_thresholds(logits: torch.Tensor, count: int = 16) -> list[float]:
-    """Thresholds at evenly spaced quantiles of the entropies of exits 1..L-1, plus 0 (never exit
-    early) and one above every entropy (all exit at layer 1): a sweep that spans 1x to Lx."""
-    ent = entropy(logits[:-1]).flatten()
-    qs = torch.quantile(ent, torch.linspace(0, 1, count)).tolist()
-    top = float(ent.max()) * 1.001 + 1e-6
-    return sorted({0.0, *(float(f"{q:.4g}") for q in qs[1:-1]), float(f"{top:.4g}")})
+def candidate_policies(logits: torch.Tensor, name: str = "entropy", patience: int = 2, count: int = 16):
+    """Policies spanning 1x (never early) to Lx (all at layer 1) for a sweep or a calibration.
+
+    Thresholds sit at evenly spaced quantiles of the statistic the policy reads (entropy,
+    normalised entropy or max probability) over exits 1..L-1; ``patience`` sweeps t = 1..L-1 plus
+    never-exit.
+    """
+    policy_cls = POLICIES[name] if name in POLICIES else get_policy(name).__class__
+    if policy_cls.parameter == "patience":
+        return [get_policy(name, patience=t) for t in range(1, logits.shape[0])] + [
+            get_policy(name, patience=logits.shape[0])]
+    inner = logits[:-1]
+    if name == "max-prob":
+        stat = inner.float().softmax(-1).amax(-1).flatten()
+        lo, hi = 1.0, float(stat.min()) * 0.999  # γ=1: never exit early; below the minimum: always
+    else:
+        stat = entropy(inner).flatten()
+        if name == "norm-entropy":
+            stat = stat / math.log(logits.shape[-1])
+        lo, hi = 0.0, float(stat.max()) * 1.001 + 1e-6
+    qs = torch.quantile(stat, torch.linspace(0, 1, count)).tolist()[1:-1]
+    values = sorted({lo, hi, *(float(f"{q:.4g}") for q in qs)}, reverse=(name == "max-prob"))
+    return [get_policy(name, threshold=v, patience=patience) for v in values]
 
 
-def simulate(logits: torch.Tensor, labels: list[int], metric: str, threshold: float) -> dict:
-    """Entropy early exit at ``threshold`` computed from all exits' logits (same rule as the model)."""
-    num_layers = logits.shape[0]
-    layers = exit_layers_from_logits(logits, threshold)
+def simulate(logits: torch.Tensor, labels: list[int], metric: str, policy: ExitPolicy | float) -> dict:
+    """Early exit under ``policy`` (or entropy at a threshold) computed from all exits' logits."""
+    if not isinstance(policy, ExitPolicy):
+        policy = EntropyPolicy(float(policy))
+    layers = simulate_exits(logits, policy)
     chosen = logits[layers - 1, torch.arange(logits.shape[1])]
-    return summarise(num_layers, chosen.argmax(-1).tolist(), layers, labels, metric, threshold)
+    return summarise(logits.shape[0], chosen.argmax(-1).tolist(), layers, labels, metric, policy)
 
 
-def summarise(num_layers, predictions, layers: torch.Tensor, labels, metric, threshold) -> dict:
+def summarise(num_layers, predictions, layers: torch.Tensor, labels, metric, policy: ExitPolicy) -> dict:
     mean_layer = float(layers.float().mean())
     counts = torch.bincount(layers, minlength=num_layers + 1)[1:].tolist()
     return {
-        "threshold": threshold,
+        "policy": policy.name,
+        "threshold": policy.threshold,
+        "patience": policy.patience,
         **metrics.compute(metric, predictions, labels),
         "mean_exit_layer": mean_layer,
         "layer_speedup": num_layers / mean_layer,
@@ -96,37 +118,47 @@ def summarise(num_layers, predictions, layers: torch.Tensor, labels, metric, thr
     }
 
 
+def sweep_policies(logits: torch.Tensor, values, name: str = "entropy", patience: int = 2) -> list[ExitPolicy]:
+    """``values`` = "auto" (see ``candidate_policies``) or a list of thresholds (of t for patience)."""
+    if values == "auto":
+        return candidate_policies(logits, name, patience)
+    if POLICIES[name].parameter == "patience":
+        return [get_policy(name, patience=int(v)) for v in values]
+    return [get_policy(name, threshold=v, patience=patience) for v in values]
+
+
 def evaluate(
     model: MultiExitBert,
     data: Encoded,
     metric: str,
-    threshold: float | None = None,
-    thresholds: list[float] | None = None,
+    policy: ExitPolicy | None = None,
+    sweep: list[ExitPolicy] | None = None,
     batch_size: int = 64,
     progress: bool = False,
+    logits: torch.Tensor | None = None,
 ) -> dict:
-    """Score of every exit (MetaBERT Fig. 2) and entropy early exit.
+    """Score of every exit (MetaBERT Fig. 2) and early exit.
 
-    With ``threshold``: a real early-exit run (rows leave the batch as they exit), timed against
-    the full model over the same batches. With ``thresholds``: a sweep, computed from one pass that
-    records every exit (identical decisions, no timing).
+    With ``policy``: a real early-exit run (rows leave the batch as they exit), timed against the
+    full model over the same batches (one repetition: a sanity figure, not a benchmark). With
+    ``sweep``: every policy in it, computed from one pass that records every exit (the same
+    decisions as the real loop, no timing).
     """
-    logits = all_exit_logits(model, data, batch_size, progress)
+    if logits is None:
+        logits = all_exit_logits(model, data, batch_size, progress)
     report = {
         "metric": metric,
         "num_layers": model.num_layers,
         "num_examples": len(data),
         "per_exit": per_exit_scores(logits, data.labels, metric),
     }
-    if thresholds == "auto":
-        thresholds = auto_thresholds(logits)
-    if thresholds:
-        report["early_exit"] = [simulate(logits, data.labels, metric, g) for g in thresholds]
-    elif threshold is not None:
-        output, seconds = run_early_exit(model, data, threshold, batch_size)
+    if sweep:
+        report["early_exit"] = [simulate(logits, data.labels, metric, p) for p in sweep]
+    elif policy is not None:
+        output, seconds = run_early_exit(model, data, policy, batch_size)
         full_seconds = time_full_model(model, data, batch_size)
         result = summarise(
-            model.num_layers, output.predictions.tolist(), output.exit_layer, data.labels, metric, threshold
+            model.num_layers, output.predictions.tolist(), output.exit_layer, data.labels, metric, policy
         )
         result.update(
             wall_time_s=seconds,
@@ -140,12 +172,13 @@ def evaluate(
 
 def write_sweep_csv(report: dict, path: str | Path) -> None:
     rows = report["early_exit"]
-    fields = ["threshold", "score", "mean_exit_layer", "layer_speedup"]
+    fields = ["policy", "threshold", "patience", "score", "mean_exit_layer", "layer_speedup"]
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(fields + [f"exits_at_{i + 1}" for i in range(report["num_layers"])])
         for row in rows:
-            writer.writerow([f"{row[f]:.6g}" for f in fields] + row["exit_counts"])
+            writer.writerow([f"{row[f]:.6g}" if isinstance(row[f], float) else row[f] for f in fields]
+                            + row["exit_counts"])
 
 
 def _draw(report: dict, left, right) -> None:
@@ -207,10 +240,10 @@ def format_report(report: dict) -> str:
     if sweep is None:
         return "\n".join(lines)
     rows = sweep if isinstance(sweep, list) else [sweep]
-    lines += ["", "threshold  score  mean exit layer  layer speed-up  exits per layer"]
+    lines += ["", f"{'policy':<16}  threshold  patience  score  mean exit layer  layer speed-up  exits per layer"]
     for r in rows:
-        lines.append(f"{r['threshold']:>9.3g}  {r['score']:5.2f}  {r['mean_exit_layer']:15.2f}  "
-                     f"{r['layer_speedup']:13.2f}x  {r['exit_counts']}")
+        lines.append(f"{r['policy']:<16}  {r['threshold']:>9.4g}  {r['patience']:>8}  {r['score']:5.2f}  "
+                     f"{r['mean_exit_layer']:15.2f}  {r['layer_speedup']:13.2f}x  {r['exit_counts']}")
     if isinstance(sweep, dict) and "wall_time_s" in sweep:
         lines.append(f"wall time: early exit {sweep['wall_time_s']:.2f}s, full model "
                      f"{sweep['full_model_wall_time_s']:.2f}s (batch {sweep['batch_size']}, "

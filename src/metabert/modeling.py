@@ -23,7 +23,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from metabert.backbones import Backbone, encoder_from_config, load_backbone
-from metabert.exits import entropy
+from metabert.exits import EntropyPolicy, ExitPolicy, policy_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,8 @@ class MultiExitConfig:
     backbone_config: the encoder's Hugging Face config as a dict.
     task: the data the model was trained on (task name, text/label columns...), for later commands.
     calibration: a held-out slice of the training data recorded for threshold calibration.
+    exit_policy: the calibrated exit policy (name, threshold, patience, and how it was chosen), used
+      by ``early_exit`` when no threshold is given.
     """
 
     num_labels: int
@@ -54,6 +56,7 @@ class MultiExitConfig:
     backbone_config: dict = field(default_factory=dict)
     task: dict = field(default_factory=dict)
     calibration: dict = field(default_factory=dict)
+    exit_policy: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.num_labels < 2:
@@ -229,18 +232,33 @@ class MultiExitBert(nn.Module):
             logits.append(head(self.pool(hidden, attention_mask)))
         return torch.stack(logits)
 
-    @torch.no_grad()
-    def early_exit(self, input_ids, attention_mask, token_type_ids=None, threshold: float = 0.0):
-        """Entropy early exit, per sample: sample b leaves after the first layer i whose exit
-        distribution has entropy H(p) < ``threshold`` (the last exit always answers).
+    def resolve_policy(self, policy: ExitPolicy | None = None, threshold: float | None = None) -> ExitPolicy:
+        """``policy`` if given; else entropy at ``threshold``; else the checkpoint's calibrated policy."""
+        if policy is not None:
+            return policy
+        if threshold is not None:
+            return EntropyPolicy(threshold)
+        if self.config.exit_policy:
+            return policy_from_dict(self.config.exit_policy)
+        raise ValueError("no exit threshold given and the checkpoint has no calibrated policy "
+                         "(pass a threshold, or run `metabert calibrate`)")
+
+    @torch.inference_mode()
+    def early_exit(self, input_ids, attention_mask, token_type_ids=None, threshold: float | None = None,
+                   policy: ExitPolicy | None = None) -> "EarlyExitOutput":
+        """Per-sample early exit: sample b leaves at the first exit where ``policy`` says so (default:
+        entropy H(p) < ``threshold``, MetaBERT Eq. 6; the last exit always answers).
 
         Exited rows are removed from the batch before the next layer, so one hard sample does not
-        make the easy ones wait, and each sample keeps its own exit layer.
+        make the easy ones wait, and each sample keeps its own exit layer. One host synchronisation
+        per layer (how many rows left), none per sample.
         """
+        policy = self.resolve_policy(policy, threshold)
         batch = input_ids.shape[0]
         hidden = self.embed(input_ids, token_type_ids)
         mask = additive_mask(attention_mask, hidden.dtype)
         rows = torch.arange(batch, device=input_ids.device)  # original index of each active row
+        state = policy.init_state(batch, input_ids.device)
         out_logits = hidden.new_zeros(batch, self.config.num_labels)
         exit_layer = torch.full((batch,), self.num_layers, dtype=torch.long, device=input_ids.device)
         for i, (layer, head) in enumerate(zip(self.encoder.encoder.layer, self.exits), start=1):
@@ -249,13 +267,19 @@ class MultiExitBert(nn.Module):
             if i == self.num_layers:
                 out_logits[rows] = logits
                 break
-            done = entropy(logits) < threshold
+            done, state = policy.step(logits, state)
+            leaving = int(done.sum())
+            if leaving == 0:
+                continue
+            if leaving == len(rows):
+                out_logits[rows] = logits
+                exit_layer[rows] = i
+                break
             out_logits[rows[done]] = logits[done]
             exit_layer[rows[done]] = i
             keep = ~done
-            if not bool(keep.any()):
-                break
-            rows, hidden, mask, attention_mask = rows[keep], hidden[keep], mask[keep], attention_mask[keep]
+            rows, hidden, mask, state = rows[keep], hidden[keep], mask[keep], state[keep]
+            attention_mask = attention_mask[keep]
         return EarlyExitOutput(logits=out_logits, exit_layer=exit_layer)
 
 

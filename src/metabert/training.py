@@ -89,7 +89,7 @@ def task_spec(config: TrainConfig) -> data_mod.TaskSpec:
 
 def load_split(spec: data_mod.TaskSpec, split: str, data_dir=None, file=None) -> data_mod.Dataset:
     if spec.name == "custom":
-        return data_mod.read_file(Path(file), spec, spec.labels)
+        return data_mod.read_file(Path(file), data_mod.for_file(spec, file), spec.labels)
     return data_mod.load_glue(spec.name, split, data_dir)
 
 
