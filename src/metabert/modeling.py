@@ -174,8 +174,7 @@ class MultiExitBert(nn.Module):
         directory.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
         try:
-            payload = {"metabert_format": 1, **asdict(self.config)}
-            (tmp / CONFIG_NAME).write_text(json.dumps(payload, indent=2))
+            (tmp / CONFIG_NAME).write_text(json.dumps({"metabert_format": 1, **asdict(self.config)}, indent=2))
             save_model(self, str(tmp / WEIGHTS_NAME))
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(tmp)
@@ -189,6 +188,19 @@ class MultiExitBert(nn.Module):
             shutil.rmtree(old, ignore_errors=True)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def save_config(self, directory: str | os.PathLike) -> None:
+        """Rewrite only the checkpoint's config (e.g. after calibration), atomically."""
+        target = Path(directory) / CONFIG_NAME
+        if not target.is_file():
+            raise FileNotFoundError(f"{directory} is not a metabert checkpoint (no {CONFIG_NAME})")
+        self.save_config_to(directory)
+
+    def save_config_to(self, directory: str | os.PathLike) -> None:
+        target = Path(directory) / CONFIG_NAME
+        tmp = target.with_name(CONFIG_NAME + ".tmp")
+        tmp.write_text(json.dumps({"metabert_format": 1, **asdict(self.config)}, indent=2))
+        os.replace(tmp, target)
 
     def with_config(self, **changes) -> None:
         """Replace config fields (e.g. a calibrated threshold) keeping the weights."""

@@ -1,0 +1,73 @@
+"""Choose an exit policy's threshold (or patience) for a required speed-up or an accuracy budget.
+
+MetaBERT says γ is "adjusted according to the required speed-up ratio"; here it is chosen
+automatically on data that is not the set we report on: by default the seeded slice of the training
+file that ``metabert train`` held out (recorded in the checkpoint), or a file the user gives.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from metabert import data as data_mod
+from metabert import metrics
+from metabert.evaluation import candidate_policies, simulate
+
+
+def calibration_set(model, data_dir: str | None = None, file: str | None = None) -> tuple[data_mod.Dataset, str]:
+    """The calibration data and a sentence saying what it is."""
+    spec = data_mod.spec_from_dict(model.config.task) if model.config.task else None
+    if spec is None:
+        raise ValueError("the checkpoint records no task; pass --task and --calibration-data")
+    if file:
+        if spec.name == "custom":
+            spec = data_mod.for_file(spec, file)
+        dataset = data_mod.read_file(Path(file), spec, model.config.label_names)
+        return dataset, f"{file} ({len(dataset)} examples, given with --calibration-data)"
+    record = model.config.calibration
+    if not record or not record.get("count"):
+        raise ValueError("the checkpoint holds no calibration slice (trained with --calibration-fraction 0); "
+                         "pass --calibration-data FILE")
+    if spec.name != "custom" and (data_dir or not Path(record["source"]).is_file()):
+        full = data_mod.load_glue(spec.name, "train", data_dir)
+    else:
+        full = data_mod.read_file(Path(record["source"]), spec, model.config.label_names)
+    _, held, _ = data_mod.split_off(full, record["fraction"], record["seed"])
+    if len(held) != record["count"]:
+        raise ValueError(f"the calibration slice of {full.source} has {len(held)} examples but the checkpoint "
+                         f"recorded {record['count']}: is it the same training file?")
+    what = (f"the held-out {record['fraction']:.0%} of {full.source} (seed {record['seed']}, {len(held)} examples, "
+            "never trained on)")
+    return held, what
+
+
+def choose(logits: torch.Tensor, labels: list[int], metric: str, policy: str = "entropy", patience: int = 2,
+           target_speedup: float | None = None, max_drop: float | None = None, count: int = 64) -> dict:
+    """Pick a policy from ``candidate_policies``.
+
+    target_speedup S: the least aggressive candidate whose layer speed-up is at least S (the most
+    accurate one, in expectation). max_drop P: the fastest candidate whose score is at most P points
+    below the last exit's score on the same data.
+    Returns {"policy": ExitPolicy, "result": its simulated result, "full_score": last exit's score}.
+    """
+    if (target_speedup is None) == (max_drop is None):
+        raise ValueError("give exactly one of target_speedup and max_drop")
+    candidates = [(p, simulate(logits, labels, metric, p))
+                  for p in candidate_policies(logits, policy, patience, count)]
+    full = metrics.compute(metric, logits[-1].argmax(-1).tolist(), labels)["score"]
+    if target_speedup is not None:
+        if target_speedup < 1:
+            raise ValueError(f"target speed-up must be >= 1, got {target_speedup}")
+        ok = [c for c in candidates if c[1]["layer_speedup"] >= target_speedup - 1e-9]
+        if not ok:
+            best = max(c[1]["layer_speedup"] for c in candidates)
+            raise ValueError(f"no {policy} setting reaches {target_speedup}x on the calibration data (at most {best:.2f}x)")
+        chosen = min(ok, key=lambda c: (c[1]["layer_speedup"], -c[1]["score"]))
+    else:
+        if max_drop < 0:
+            raise ValueError(f"max drop must be >= 0 points, got {max_drop}")
+        ok = [c for c in candidates if c[1]["score"] >= full - max_drop - 1e-9]
+        chosen = max(ok, key=lambda c: (c[1]["layer_speedup"], c[1]["score"]))
+    return {"policy": chosen[0], "result": chosen[1], "full_score": full}
