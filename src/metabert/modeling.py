@@ -255,6 +255,12 @@ class MultiExitBert(nn.Module):
         raise ValueError("no exit threshold given and the checkpoint has no calibrated policy "
                          "(pass a threshold, or run `metabert calibrate`)")
 
+    def full_logits(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
+        """The plain classifier, the baseline early exit is measured against: every layer, then only
+        the last exit. (B, C)."""
+        states = self.hidden_states(input_ids, attention_mask, token_type_ids)
+        return self.exits[-1](self.pool(states[-1], attention_mask))
+
     @torch.inference_mode()
     def early_exit(self, input_ids, attention_mask, token_type_ids=None, threshold: float | None = None,
                    policy: ExitPolicy | None = None) -> "EarlyExitOutput":

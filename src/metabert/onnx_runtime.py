@@ -55,8 +55,7 @@ class _Full(nn.Module):
         self.model = model
 
     def forward(self, input_ids, attention_mask, token_type_ids):
-        states = self.model.hidden_states(input_ids, attention_mask, token_type_ids)
-        return self.model.exits[-1](self.model.pool(states[-1], attention_mask))
+        return self.model.full_logits(input_ids, attention_mask, token_type_ids)
 
 
 def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str], dynamic: dict):

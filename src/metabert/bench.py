@@ -1,0 +1,188 @@
+"""One harness for speed: the full model and the early-exit model, in eager PyTorch and in ONNX
+Runtime, on the same inputs, in one process.
+
+Method: warm-up, then ``repeats`` rounds; in every round each example is run by every variant in
+turn (the order rotating between rounds), so that all variants see the same machine conditions.
+An example's latency is the median of its rounds; a variant's latency is the mean over examples.
+Speed-ups are ratios of those means (total time), not of medians, because the median of a bimodal
+exit distribution flatters early exit. Throughput at batch B runs batches in file order (mixed
+lengths, as served), the median of the rounds. Tokenisation is timed apart and left out of both.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from metabert import metrics
+from metabert.batching import Encoded, collate, model_inputs
+from metabert.exits import ExitPolicy
+from metabert.modeling import MultiExitBert
+
+
+def layer_flops(tokens: int, hidden: int, intermediate: int) -> int:
+    """Multiply-adds x2 of one transformer layer on one sequence of ``tokens`` tokens."""
+    projections = 2 * tokens * 4 * hidden * hidden
+    ffn = 2 * tokens * 2 * hidden * intermediate
+    attention = 2 * 2 * tokens * tokens * hidden
+    return projections + ffn + attention
+
+
+def head_flops(tokens: int, hidden: int, classes: int) -> int:
+    """An exit head: mean pooling, dense, linear (softmax and the exit test are negligible)."""
+    return tokens * hidden + 2 * hidden * hidden + 2 * hidden * classes
+
+
+def flops_per_sample(model: MultiExitBert, lengths: list[int], exit_layers: list[int] | None) -> float:
+    """Mean FLOPs per sample; ``exit_layers`` None = the full model (every layer, last head only).
+    An early-exit sample pays for every exit head up to the one it leaves at."""
+    cfg = model.encoder.config
+    total = 0
+    for i, n in enumerate(lengths):
+        layer, head = layer_flops(n, cfg.hidden_size, cfg.intermediate_size), head_flops(n, cfg.hidden_size,
+                                                                                          model.config.num_labels)
+        k = model.num_layers if exit_layers is None else exit_layers[i]
+        total += k * layer + (head if exit_layers is None else k * head)
+    return total / len(lengths)
+
+
+@dataclass
+class Variant:
+    name: str
+    run: Callable[[dict], tuple[np.ndarray, np.ndarray | None]]  # inputs -> (predictions, exit layers)
+
+
+def eager_variants(model: MultiExitBert, policy: ExitPolicy) -> list[Variant]:
+    def full(inputs):
+        with torch.inference_mode():
+            return model.full_logits(**inputs).argmax(-1).numpy(), None
+
+    def early(inputs):
+        out = model.early_exit(**inputs, policy=policy)
+        return out.predictions.numpy(), out.exit_layer.numpy()
+
+    return [Variant("eager_full", full), Variant("eager_early", early)]
+
+
+def ort_variants(runtime, policy: ExitPolicy) -> list[Variant]:
+    def feeds(inputs):
+        return (inputs["input_ids"].numpy(), inputs["attention_mask"].numpy(),
+                inputs["token_type_ids"].numpy() if "token_type_ids" in inputs else None)
+
+    def full(inputs):
+        return runtime.full_logits(*feeds(inputs)).argmax(-1), None
+
+    def early(inputs):
+        out = runtime.early_exit(*feeds(inputs), policy=policy)
+        return out.predictions.numpy(), out.exit_layer.numpy()
+
+    return [Variant("ort_full", full), Variant("ort_early", early)]
+
+
+def time_tokenizer(tokenizer, texts: list[tuple[str, str | None]], max_length: int, batch_size: int) -> dict:
+    start = time.perf_counter()
+    for text, pair in texts:
+        tokenizer(text, pair, truncation=True, max_length=max_length)
+    one = (time.perf_counter() - start) / len(texts)
+    start = time.perf_counter()
+    for i in range(0, len(texts), batch_size):
+        chunk = texts[i : i + batch_size]
+        pairs = [p for _, p in chunk] if chunk[0][1] is not None else None
+        tokenizer([t for t, _ in chunk], pairs, truncation=True, max_length=max_length, padding=True)
+    batched = (time.perf_counter() - start) / len(texts)
+    return {"tokenize_b1_ms": one * 1e3, f"tokenize_b{batch_size}_ms_per_example": batched * 1e3}
+
+
+def run_bench(model: MultiExitBert, data: Encoded, metric: str, variants: list[Variant], repeats: int = 5,
+              warmup: int = 20, batch_size: int = 32, progress: bool = True) -> dict:
+    """Latency at batch 1 and throughput at ``batch_size`` of every variant (see module docstring)."""
+    pad = model.tokenizer.pad_token_id
+    singles = [model_inputs(collate(data, [i], pad)) for i in range(len(data))]
+    for v in variants:
+        for inputs in singles[:warmup]:
+            v.run(inputs)
+    n = len(singles)
+    lat = {v.name: np.zeros((repeats, n)) for v in variants}
+    preds = {v.name: np.zeros(n, dtype=np.int64) for v in variants}
+    layers = {v.name: np.zeros(n, dtype=np.int64) for v in variants}
+    bar = tqdm(total=repeats * n, desc="batch-1 latency", disable=not progress, unit="example")
+    for r in range(repeats):
+        order = variants[r % len(variants):] + variants[: r % len(variants)]
+        for i, inputs in enumerate(singles):
+            for v in order:
+                start = time.perf_counter()
+                p, e = v.run(inputs)
+                lat[v.name][r, i] = time.perf_counter() - start
+                preds[v.name][i] = p[0]
+                layers[v.name][i] = e[0] if e is not None else model.num_layers
+            bar.update(1)
+    bar.close()
+
+    batches = [model_inputs(collate(data, list(range(s, min(s + batch_size, n))), pad)) for s in range(0, n, batch_size)]
+    for v in variants:
+        v.run(batches[0])
+    through = {v.name: [] for v in variants}
+    for r in range(repeats):
+        order = variants[r % len(variants):] + variants[: r % len(variants)]
+        for v in order:
+            start = time.perf_counter()
+            for batch in batches:
+                v.run(batch)
+            through[v.name].append(n / (time.perf_counter() - start))
+
+    lengths = [len(ids) for ids in data.input_ids]
+    out = {}
+    for v in variants:
+        per_example = np.median(lat[v.name], axis=0) * 1e3  # ms
+        is_full = v.name.endswith("_full")
+        out[v.name] = {
+            **{k: val for k, val in metrics.compute(metric, preds[v.name].tolist(), data.labels).items()},
+            "mean_exit_layer": float(layers[v.name].mean()),
+            "layer_speedup": model.num_layers / float(layers[v.name].mean()),
+            "b1_latency_ms_mean": float(per_example.mean()),
+            "b1_latency_ms_p50": float(np.percentile(per_example, 50)),
+            "b1_latency_ms_p95": float(np.percentile(per_example, 95)),
+            f"b{batch_size}_throughput_per_s": float(statistics.median(through[v.name])),
+            "flops_per_sample": flops_per_sample(model, lengths, None if is_full else layers[v.name].tolist()),
+            "exit_counts": np.bincount(layers[v.name], minlength=model.num_layers + 1)[1:].tolist(),
+        }
+    return out
+
+
+def speedups(results: dict, batch_size: int = 32) -> dict:
+    """The headline ratios (each a ratio of means over the same examples, taken in the same run)."""
+    r = results
+    key = f"b{batch_size}_throughput_per_s"
+    out = {
+        "layer_speedup": r["eager_early"]["layer_speedup"],
+        "flops_speedup": r["eager_full"]["flops_per_sample"] / r["eager_early"]["flops_per_sample"],
+        "wall_speedup_b1": r["eager_full"]["b1_latency_ms_mean"] / r["eager_early"]["b1_latency_ms_mean"],
+        f"throughput_speedup_b{batch_size}": r["eager_early"][key] / r["eager_full"][key],
+    }
+    if "ort_early" in r:
+        out.update(
+            ort_wall_speedup_b1=r["ort_full"]["b1_latency_ms_mean"] / r["ort_early"]["b1_latency_ms_mean"],
+            ort_early_vs_eager_full_b1=r["eager_full"]["b1_latency_ms_mean"] / r["ort_early"]["b1_latency_ms_mean"],
+            ort_full_vs_eager_full_b1=r["eager_full"]["b1_latency_ms_mean"] / r["ort_full"]["b1_latency_ms_mean"],
+            **{f"ort_throughput_speedup_b{batch_size}": r["ort_early"][key] / r["ort_full"][key]},
+        )
+    return out
+
+
+def format_table(results: dict, ratios: dict, batch_size: int = 32) -> str:
+    key = f"b{batch_size}_throughput_per_s"
+    lines = [f"| variant | score | mean exit layer | FLOPs/sample (M) | b1 mean ms | b1 p50 ms | b1 p95 ms | b{batch_size} ex/s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        lines.append(f"| {name} | {r['score']:.2f} | {r['mean_exit_layer']:.2f} | {r['flops_per_sample'] / 1e6:.1f} | "
+                     f"{r['b1_latency_ms_mean']:.2f} | {r['b1_latency_ms_p50']:.2f} | {r['b1_latency_ms_p95']:.2f} | "
+                     f"{r[key]:.0f} |")
+    lines += ["", "| ratio | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.2f}x |" for k, v in ratios.items()]
+    return "\n".join(lines)

@@ -1,0 +1,102 @@
+"""``metabert bench``: the full model against early exit, in eager PyTorch and ONNX Runtime, batch-1
+latency and batch-32 throughput, on the same dev inputs in one process (see ``metabert.bench``)."""
+
+from __future__ import annotations
+
+import json
+import platform
+import tempfile
+from pathlib import Path
+
+import torch
+
+from metabert import data as data_mod
+from metabert.batching import encode
+from metabert.bench import eager_variants, format_table, ort_variants, run_bench, speedups, time_tokenizer
+from metabert.calibration import calibration_set, choose
+from metabert.commands.common import add_data_options
+from metabert.commands.evaluate import load_data
+from metabert.evaluation import all_exit_logits
+from metabert.exits import POLICIES, get_policy
+from metabert.modeling import MultiExitBert
+from metabert.report import hardware
+
+
+def add_parser(sub, name):
+    p = sub.add_parser(name, help="measure speed: full vs early exit, eager vs ONNX Runtime", description=__doc__)
+    p.add_argument("--checkpoint", required=True)
+    add_data_options(p, task_required=False)
+    p.add_argument("--split", default="dev")
+    p.add_argument("--policy", choices=sorted(POLICIES), help="default: the checkpoint's calibrated policy")
+    p.add_argument("--threshold", type=float)
+    p.add_argument("--patience", type=int)
+    goal = p.add_mutually_exclusive_group()
+    goal.add_argument("--target-speedup", type=float, help="calibrate (on held-out data) for this layer speed-up")
+    goal.add_argument("--max-drop", type=float, help="calibrate (on held-out data) for at most this score drop")
+    p.add_argument("--calibration-data", help="file to calibrate on (default: the training slice held out)")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--max-examples", type=int, help="bench on the first N examples only")
+    p.add_argument("--batch-size", type=int, default=32, help="batch size of the throughput test")
+    p.add_argument("--onnx", help="exported folder (default: export to a temporary folder)")
+    p.add_argument("--no-onnx", action="store_true", help="eager PyTorch only")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="threads for PyTorch and ORT")
+    p.add_argument("--output", help="JSON file for the results")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(run=run)
+
+
+def pick_policy(model: MultiExitBert, args):
+    name = args.policy or model.config.exit_policy.get("name", "entropy")
+    if args.target_speedup is not None or args.max_drop is not None:
+        held, what = calibration_set(model, args.data_dir, args.calibration_data)
+        enc = encode(held, model.tokenizer, args.max_seq_length)
+        metric = data_mod.spec_from_dict(model.config.task).metric
+        choice = choose(all_exit_logits(model, enc), enc.labels, metric, name, args.patience or 2,
+                        target_speedup=args.target_speedup, max_drop=args.max_drop)
+        goal = f"target speed-up {args.target_speedup}x" if args.target_speedup else f"max drop {args.max_drop}"
+        return choice["policy"], f"calibrated for {goal} on {what}"
+    if args.threshold is not None or args.patience is not None:
+        return get_policy(name, args.threshold, args.patience or 2), "given on the command line"
+    return model.resolve_policy(), "stored in the checkpoint: " + model.config.exit_policy.get("chosen_on", "?")
+
+
+def run(args) -> int:
+    torch.set_num_threads(args.threads)
+    model = MultiExitBert.from_pretrained(args.checkpoint).eval()
+    task, spec, dataset = load_data(model, args)
+    if args.max_examples:
+        dataset = data_mod.Dataset(dataset.examples[: args.max_examples], dataset.label_names, dataset.source)
+    policy, source = pick_policy(model, args)
+    encoded = encode(dataset, model.tokenizer, args.max_seq_length)
+    variants = eager_variants(model, policy)
+    if not args.no_onnx:
+        from metabert.commands.export import check
+        from metabert.onnx_runtime import OrtMultiExit, export
+
+        folder = args.onnx or export(model, args.checkpoint, tempfile.mkdtemp(prefix="metabert-onnx-"))
+        runtime = OrtMultiExit(folder, threads=args.threads)
+        diff = check(model, runtime)
+        if diff > 1e-4:
+            raise ValueError(f"{folder}: ONNX graphs differ from the checkpoint by {diff:.2e}; export again")
+        variants += ort_variants(runtime, policy)
+    results = run_bench(model, encoded, spec.metric, variants, args.repeats, args.warmup, args.batch_size,
+                        progress=not args.no_progress)
+    ratios = speedups(results, args.batch_size)
+    texts = [(e.text, e.text_pair) for e in dataset.examples]
+    report = {
+        "task": task, "split": args.split, "checkpoint": args.checkpoint, "num_examples": len(dataset),
+        "policy": policy.describe(), "policy_source": source, **ratios, "variants": results,
+        "tokenization": time_tokenizer(model.tokenizer, texts, args.max_seq_length, args.batch_size),
+        "repeats": args.repeats, "warmup": args.warmup, "threads": args.threads, "hardware": hardware(),
+        "python": platform.python_version(),
+    }
+    print(f"{task} {args.split}, {len(dataset)} examples, policy {policy.describe()} ({source})\n")
+    print(format_table(results, ratios, args.batch_size))
+    tok = report["tokenization"]
+    print(f"\ntokenisation (not included above): {tok['tokenize_b1_ms']:.3f} ms per example at batch 1")
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(report, indent=2))
+        print(f"report: {args.output}")
+    return 0

@@ -1,0 +1,84 @@
+"""ONNX Runtime path and the benchmark harness, on the tiny model."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import diversify
+from metabert.batching import collate, encode, model_inputs
+from metabert.bench import flops_per_sample, layer_flops
+from metabert.cli import main
+from metabert.commands.export import check
+from metabert.data import Dataset, Example
+from metabert.evaluation import all_exit_logits, candidate_policies
+from metabert.exits import POLICIES, simulate_exits
+from metabert.modeling import MultiExitBert
+from test_cli import custom_files
+
+pytest.importorskip("onnxruntime")
+from metabert.onnx_runtime import OrtMultiExit, export  # noqa: E402
+
+TEXTS = ["good", "bad film", "a long and winding review of a film that was neither good nor bad",
+         "truly awful", "wonderful", "meh , it was fine i guess", "the best", "not the best"] * 2
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    model = diversify(MultiExitBert.from_backbone("tiny", ["neg", "pos", "mixed"], seed=5), seed=0).eval()
+    folder = export(model, None, tmp_path_factory.mktemp("onnx"))
+    return model, OrtMultiExit(folder)
+
+
+def test_onnx_matches_pytorch_on_every_exit(exported):
+    model, runtime = exported
+    assert check(model, runtime) < 1e-4
+    enc = model.tokenizer(TEXTS, padding=True, return_tensors="pt")
+    full = runtime.full_logits(enc["input_ids"].numpy(), enc["attention_mask"].numpy(), enc["token_type_ids"].numpy())
+    with torch.inference_mode():
+        assert np.abs(model.full_logits(**enc).numpy() - full).max() < 1e-4
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_onnx_early_exit_equals_pytorch(name, exported):
+    model, runtime = exported
+    data = encode(Dataset([Example(t, None, 0) for t in TEXTS], ("neg", "pos", "mixed"), "mem"), model.tokenizer, 64)
+    logits = all_exit_logits(model, data)
+    policy = next(p for p in candidate_policies(logits, name) if len(set(simulate_exits(logits, p).tolist())) > 1)
+    inputs = model_inputs(collate(data, list(range(len(data))), model.tokenizer.pad_token_id))
+    ours = model.early_exit(**inputs, policy=policy)
+    theirs = runtime.early_exit(inputs["input_ids"].numpy(), inputs["attention_mask"].numpy(),
+                                inputs["token_type_ids"].numpy(), policy=policy)
+    assert torch.equal(ours.exit_layer, theirs.exit_layer)
+    assert torch.allclose(ours.logits, theirs.logits, atol=1e-4)
+
+
+def test_flops_count_layers_and_heads():
+    model = MultiExitBert.from_backbone("tiny", ["a", "b"])
+    full = flops_per_sample(model, [10], None)
+    assert full > 3 * layer_flops(10, 32, 64)
+    assert flops_per_sample(model, [10], [1]) < full / 2
+    assert flops_per_sample(model, [10], [3]) > full  # every exit head paid for
+
+
+def test_bench_command_end_to_end(tmp_path, capsys):
+    train, dev = custom_files(tmp_path)
+    ckpt = tmp_path / "ckpt"
+    assert main(["train", "--task", "custom", "--train-file", str(train), "--dev-file", str(train),
+                 "--text-columns", "text", "--label-column", "label", "--model", "tiny", "--epochs", "1",
+                 "--calibration-fraction", "0.25", "--output", str(ckpt), "--no-progress"]) == 0
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--checkpoint", str(ckpt), "--task", "custom", "--dev-file", str(dev),
+                 "--target-speedup", "1.2", "--repeats", "2", "--warmup", "2", "--batch-size", "4",
+                 "--output", str(out), "--no-progress"]) == 0
+    report = json.loads(out.read_text())
+    for key in ("layer_speedup", "wall_speedup_b1", "ort_wall_speedup_b1", "ort_early_vs_eager_full_b1",
+                "throughput_speedup_b4", "flops_speedup"):
+        assert report[key] > 0, key
+    assert set(report["variants"]) == {"eager_full", "eager_early", "ort_full", "ort_early"}
+    v = report["variants"]
+    assert v["eager_early"]["exit_counts"] == v["ort_early"]["exit_counts"]
+    assert v["eager_full"]["score"] == v["ort_full"]["score"]
+    assert "calibrated" in report["policy_source"]
+    assert "| eager_early |" in capsys.readouterr().out
