@@ -82,3 +82,30 @@ def test_bench_command_end_to_end(tmp_path, capsys):
     assert v["eager_full"]["score"] == v["ort_full"]["score"]
     assert "calibrated" in report["policy_source"]
     assert "| eager_early |" in capsys.readouterr().out
+
+
+def test_curves_command(tmp_path, capsys):
+    train, dev = custom_files(tmp_path)
+    ckpt = tmp_path / "ckpt"
+    assert main(["train", "--task", "custom", "--train-file", str(train), "--dev-file", str(train),
+                 "--text-columns", "text", "--label-column", "label", "--model", "tiny", "--epochs", "1",
+                 "--output", str(ckpt), "--no-progress"]) == 0
+    out = tmp_path / "curves.json"
+    assert main(["curves", "--checkpoint", str(ckpt), "--task", "custom", "--dev-file", str(dev),
+                 "--measure-points", "2", "--measure-examples", "4", "--output", str(out), "--no-progress"]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["curves"]) == set(POLICIES)
+    for name, m in report["measured"].items():
+        assert len(m["speedup"]) == 2 and all(s > 0 for s in m["speedup"])
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    assert "| entropy |" in capsys.readouterr().out
+
+
+def test_interpolated_score_at_speedup():
+    from metabert.curves import at_speedup
+
+    rows = [{"layer_speedup": 1.0, "score": 90.0}, {"layer_speedup": 2.0, "score": 80.0},
+            {"layer_speedup": 3.0, "score": 60.0}]
+    assert at_speedup(rows, 1.5) == pytest.approx(85.0)
+    assert at_speedup(rows, 2.5) == pytest.approx(70.0)
+    assert at_speedup(rows, 4.0) is None
