@@ -173,8 +173,9 @@ class MultiExitBert(nn.Module):
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+        tmp.chmod(0o755)  # mkdtemp makes it private
         try:
-            (tmp / CONFIG_NAME).write_text(json.dumps({"metabert_format": 1, **asdict(self.config)}, indent=2))
+            self.save_config_to(tmp)
             save_model(self, str(tmp / WEIGHTS_NAME))
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(tmp)
@@ -197,6 +198,7 @@ class MultiExitBert(nn.Module):
         self.save_config_to(directory)
 
     def save_config_to(self, directory: str | os.PathLike) -> None:
+        """Write ``metabert_config.json`` into ``directory`` (temporary file, then renamed)."""
         target = Path(directory) / CONFIG_NAME
         tmp = target.with_name(CONFIG_NAME + ".tmp")
         tmp.write_text(json.dumps({"metabert_format": 1, **asdict(self.config)}, indent=2))
