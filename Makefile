@@ -15,7 +15,7 @@ $(BIN)/python:
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	# torch first and pinned: any other spec may pull a multi-GB CUDA build
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test,onnx]'
+	$(BIN)/pip install --quiet -e '.[test,onnx,serve]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -1,0 +1,110 @@
+"""A real server process on loopback, a real HTTP client."""
+
+import concurrent.futures
+import socket
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import httpx
+import pytest
+
+from metabert.modeling import MultiExitBert
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    ckpt = tmp_path_factory.mktemp("srv") / "ckpt"
+    MultiExitBert.from_backbone("tiny", ["neg", "pos"], seed=0).save_pretrained(ckpt)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "metabert", "serve", "--checkpoint", str(ckpt), "--port", str(port),
+                             "--threshold", "0.5", "--max-items", "8", "--max-seq-length", "32"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+        if proc.poll() is not None:
+            raise RuntimeError(proc.stdout.read().decode())
+    else:
+        proc.kill()
+        raise RuntimeError("server did not start")
+    yield SimpleNamespace(url=url, checkpoint=ckpt)
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_predict_texts(server):
+    r = httpx.post(server.url + "/predict", json={"texts": ["good film", "bad film"]})
+    assert r.status_code == 200
+    body = r.json()
+    assert len(body["results"]) == 2 and "entropy" in body["policy"]
+    for item in body["results"]:
+        assert item["label"] in ("neg", "pos") and 1 <= item["exit_layer"] <= 3
+        assert abs(sum(item["probabilities"].values()) - 1) < 1e-4
+        assert item["latency_ms"] > 0 and item["truncated"] is False
+
+
+def test_overlong_text_is_truncated_and_flagged(server):
+    r = httpx.post(server.url + "/predict", json={"texts": ["word " * 200, "short"]})
+    assert r.status_code == 200
+    assert [i["truncated"] for i in r.json()["results"]] == [True, False]
+
+
+@pytest.mark.parametrize("payload, status, message", [
+    ('{"texts": ["a"', 400, "invalid request"),
+    ({"texts": "not a list"}, 400, "texts"),
+    ({"texts": [1, 2]}, 400, "texts"),
+    ({"texts": []}, 400, "empty"),
+    ({}, 400, "exactly one"),
+    ({"texts": ["a"], "pairs": [["a", "b"]]}, 400, "exactly one"),
+    ({"texts": ["a"] * 9}, 413, "at most 8"),
+    ({"texts": ["  "]}, 400, "item 0: empty text"),
+    ({"texts": ["a"], "threshold": 5.0}, 400, "threshold 5.0"),
+    ({"texts": ["a"], "threshold": -1}, 400, "threshold -1"),
+    ({"texts": ["a"], "colour": "red"}, 400, "colour"),
+])
+def test_bad_requests_get_json_errors(server, payload, status, message):
+    if isinstance(payload, str):
+        r = httpx.post(server.url + "/predict", content=payload, headers={"content-type": "application/json"})
+    else:
+        r = httpx.post(server.url + "/predict", json=payload)
+    assert r.status_code == status, r.text
+    assert message in r.json()["error"]
+    assert httpx.get(server.url + "/healthz").status_code == 200  # still alive
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.6930, 0.69314])
+def test_threshold_override_matches_local_inference(server, threshold):
+    texts = ["good film", "a much longer and more complicated review of a film", "bad"]
+    got = httpx.post(server.url + "/predict", json={"texts": texts, "threshold": threshold}).json()["results"]
+    model = MultiExitBert.from_pretrained(server.checkpoint)
+    for text, item in zip(texts, got):
+        local = model.early_exit(**model.tokenizer([text], return_tensors="pt"), threshold=threshold)
+        assert item["exit_layer"] == local.exit_layer.item()
+        assert abs(item["probabilities"]["pos"] - local.probs[0, 1].item()) < 1e-4
+    if threshold == 0.0:
+        assert all(item["exit_layer"] == 3 for item in got)
+
+
+def test_concurrent_requests_and_metrics(server):
+    def call(i):
+        return httpx.post(server.url + "/predict", json={"texts": [f"text number {i}", "another"]}, timeout=30).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(call, range(32))) == {200}
+    text = httpx.get(server.url + "/metrics").text
+    assert 'metabert_requests_total{status="200"}' in text
+    assert "metabert_exit_layer_bucket" in text and "metabert_request_latency_seconds_count" in text
+    schema = httpx.get(server.url + "/openapi.json").json()
+    assert "/predict" in schema["paths"]
