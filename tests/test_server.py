@@ -108,3 +108,23 @@ def test_concurrent_requests_and_metrics(server):
     assert "metabert_exit_layer_bucket" in text and "metabert_request_latency_seconds_count" in text
     schema = httpx.get(server.url + "/openapi.json").json()
     assert "/predict" in schema["paths"]
+
+
+def test_loadtest_against_the_server(server, tmp_path):
+    from metabert.cli import main
+
+    out = tmp_path / "load.json"
+    assert main(["loadtest", "--url", server.url, "--clients", "4", "--duration", "2", "--data-dir",
+                 str(tmp_path / "none"), "--output", str(out)]) == 0
+    import json
+
+    result = json.loads(out.read_text())["results"][0]
+    assert result["ok"] > 0 and result["server_errors_5xx"] == 0
+    assert result["latency_ms_p99"] >= result["latency_ms_p50"] > 0
+
+
+def test_loadtest_refuses_other_hosts():
+    from metabert.loadtest import run_load
+
+    with pytest.raises(ValueError, match="loopback"):
+        run_load("http://10.0.0.1:8000", ["x"], duration=1)
