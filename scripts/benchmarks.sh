@@ -16,5 +16,6 @@ for task in ${TASKS:-sst2 mrpc}; do
     --no-progress --output "$OUT/$task.curves.json"
   files+=("$OUT/$task.bench.json" "$OUT/$task.curves.json")
 done
+[ -f "$OUT/loadtest.json" ] && files+=("$OUT/loadtest.json")  # from scripts/loadtest.sh, if run
 $METABERT report --bench "${files[@]}" --output docs/BENCHMARKS.md
 cp "$OUT"/*.curves.png docs/ 2>/dev/null || true

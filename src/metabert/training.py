@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -54,6 +56,7 @@ class TrainConfig:
     dropout: float = 0.1
     eval_batch_size: int = 64
     select_by: str = "last"
+    save_every: int = 0  # steps between resumable training-state saves (0: never)
 
     def __post_init__(self):
         checks = {
@@ -99,8 +102,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train(config: TrainConfig, progress: bool = True) -> dict:
-    """Train, evaluate on dev after each epoch, keep the best checkpoint in ``config.output``."""
+RESUME_FREE = ("save_every",)  # options that may change between a run and its resumption
+
+
+def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> dict:
+    """Train, evaluate on dev after each epoch, keep the best checkpoint in ``config.output``.
+
+    With ``config.save_every`` N, the full training state is saved every N steps (and after each
+    epoch) beside the checkpoint; ``resume=True`` continues from it exactly (same data order, RNG
+    states, optimizer and scheduler), as if the run had never stopped."""
     seed_everything(config.seed)
     spec = task_spec(config)
     train_set = load_split(spec, "train", config.data_dir, config.train_file)
@@ -134,54 +144,129 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup * total), total)
 
     output = Path(config.output)
-    records: list[dict] = []
-    best, best_record, step, started = -float("inf"), None, 0, time.perf_counter()
+    state_dir = state_path(output)
+    run = {"epoch": 0, "batch": 0, "step": 0, "records": [], "best": -float("inf"), "best_record": None,
+           "epoch_rng": None, "rng": None, "elapsed": 0.0}
     rng = random.Random(config.seed)
+    if resume:
+        run = load_state(state_dir, config, model, optimizer, scheduler)
+        log.info("resuming at epoch %d, batch %d (step %d)", run["epoch"] + 1, run["batch"], run["step"])
+    started = time.perf_counter() - run["elapsed"]
     pad = tokenizer.pad_token_id
-    for epoch in range(config.epochs):
+    for epoch in range(run["epoch"], config.epochs):
         model.train()
+        if resume and run["batch"] > 0:
+            rng.setstate(run["epoch_rng"])  # the same batches as the interrupted epoch
+        elif resume and run.get("rng") is not None:
+            rng.setstate(run["rng"])  # stopped between epochs
+        resume = False
+        run["epoch_rng"] = rng.getstate()
         batches = train_batches(train_enc, config.batch_size, rng)
-        bar = tqdm(iterate(train_enc, batches, pad), total=len(batches), desc=f"epoch {epoch + 1}/{config.epochs}",
-                   disable=not progress, unit="batch")
+        first = run["batch"]
+        bar = tqdm(iterate(train_enc, batches[first:], pad), total=len(batches), initial=first,
+                   desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, unit="batch")
         seen, epoch_start, running = 0, time.perf_counter(), None
         for batch in bar:
             loss = method.loss(model, batch, epoch)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss {loss.item()} at step {step} (epoch {epoch + 1})")
+                raise FloatingPointError(f"non-finite loss {loss.item()} at step {run['step']} (epoch {epoch + 1})")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             scheduler.step()
-            step += 1
+            run["step"] += 1
+            run["batch"] += 1
             seen += len(batch["labels"])
             running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
             bar.set_postfix(loss=f"{running:.4f}", ex_s=f"{seen / (time.perf_counter() - epoch_start):.0f}")
+            if config.save_every and run["step"] % config.save_every == 0 and run["batch"] < len(batches):
+                run["elapsed"], run["rng"] = time.perf_counter() - started, rng.getstate()
+                save_state(state_dir, config, model, optimizer, scheduler, run)
         train_seconds = time.perf_counter() - epoch_start
         logits = all_exit_logits(model, dev_enc, config.eval_batch_size)
         per_exit = per_exit_scores(logits, dev_enc.labels, spec.metric)
         scores = [e["score"] for e in per_exit]
         chosen = scores[-1] if config.select_by == "last" else sum(scores) / len(scores)
         record = {
-            "epoch": epoch + 1, "step": step, "train_loss": running, "train_seconds": train_seconds,
-            "examples_per_second": seen / train_seconds, "dev_per_exit": per_exit,
-            "dev_last_exit": scores[-1], "dev_mean_over_exits": sum(scores) / len(scores),
+            "epoch": epoch + 1, "step": run["step"], "train_loss": running, "train_seconds": train_seconds,
+            "examples_per_second": seen / train_seconds if train_seconds else 0.0, "resumed_at_batch": first or None,
+            "dev_per_exit": per_exit, "dev_last_exit": scores[-1], "dev_mean_over_exits": sum(scores) / len(scores),
             "elapsed_seconds": time.perf_counter() - started,
         }
-        improved = chosen > best
+        improved = chosen > run["best"]
         record["saved"] = improved
-        records.append(record)
+        run["records"].append(record)
         log.info("epoch %d: dev score per exit %s", epoch + 1, " ".join(f"{s:.2f}" for s in scores))
         if progress:
             tqdm.write(f"epoch {epoch + 1}: dev {spec.metric} per exit: " + " ".join(f"{s:.2f}" for s in scores)
                        + ("  (best so far, saved)" if improved else ""))
         if improved:
-            best, best_record = chosen, record
+            run["best"], run["best_record"] = chosen, record
             model.save_pretrained(output, {"train_config.json": json.dumps(asdict(config), indent=2)})
-        write_log(output / "log.jsonl", records)
-    return {"output": str(output), "best": best_record, "log": str(output / "log.jsonl"),
+        write_log(output / "log.jsonl", run["records"])
+        run["epoch"], run["batch"], run["elapsed"] = epoch + 1, 0, time.perf_counter() - started
+        run["rng"] = rng.getstate()
+        if config.save_every and epoch + 1 < config.epochs:
+            save_state(state_dir, config, model, optimizer, scheduler, run)
+    shutil.rmtree(state_dir, ignore_errors=True)
+    return {"output": str(output), "best": run["best_record"], "log": str(output / "log.jsonl"),
             "train_examples": len(train_set), "seconds": time.perf_counter() - started}
+
+
+def resume_config(output: str | Path) -> TrainConfig:
+    """The options of the interrupted run whose checkpoint folder is ``output``."""
+    path = state_path(Path(output)) / "state.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"nothing to resume: {path} does not exist (was the run started with "
+                                "--save-every, and has it finished already?)")
+    stored = torch.load(path, weights_only=False)["config"]
+    stored["text_columns"] = tuple(stored["text_columns"])
+    return TrainConfig(**stored)
+
+
+def state_path(output: Path) -> Path:
+    """Where the resumable training state lives: beside the checkpoint, removed when training ends."""
+    return output.with_name(output.name + ".state")
+
+
+def save_state(directory: Path, config: TrainConfig, model, optimizer, scheduler, run: dict) -> None:
+    """Everything needed to continue exactly: weights, optimizer, scheduler, RNG states, position."""
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save({
+        "config": asdict(config), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(), "run": run, "torch_rng": torch.get_rng_state(),
+        "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
+    }, tmp / "state.pt")
+    old = directory.with_name(directory.name + ".old")
+    if directory.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(directory, old)
+    os.replace(tmp, directory)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_state(directory: Path, config: TrainConfig, model, optimizer, scheduler) -> dict:
+    path = directory / "state.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"nothing to resume: {path} does not exist (was the run started with "
+                                "--save-every, and has it finished already?)")
+    state = torch.load(path, weights_only=False)
+    stored = {k: v for k, v in state["config"].items() if k not in RESUME_FREE}
+    given = {k: v for k, v in asdict(config).items() if k not in RESUME_FREE}
+    changed = sorted(k for k in given if json.dumps(given[k]) != json.dumps(stored.get(k)))
+    if changed:
+        raise ValueError(f"--resume with different options than the interrupted run: {', '.join(changed)}")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    np.random.set_state(state["numpy_rng"])
+    random.setstate(state["python_rng"])
+    return state["run"]
 
 
 def write_log(path: Path, records: list[dict]) -> None:

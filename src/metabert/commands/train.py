@@ -7,18 +7,18 @@ import json
 from metabert.commands.common import add_data_options
 from metabert.methods import METHODS
 from metabert.modeling import POOLINGS
-from metabert.training import SELECT_BY, TrainConfig, train
+from metabert.training import SELECT_BY, TrainConfig, resume_config, train
 
 
 def add_parser(sub, name):
     p = sub.add_parser(name, help="train a multi-exit classifier", description=__doc__)
-    add_data_options(p)
+    add_data_options(p, task_required=False)
     p.add_argument("--train-file", help="--task custom: training file (TSV, CSV or JSONL)")
     p.add_argument("--text-columns", help="--task custom: one or two comma-separated text columns")
     p.add_argument("--label-column", help="--task custom: label column")
     p.add_argument("--model", default="minilm-l6", help="minilm-l6 (default), tiny, a local folder or a hub name")
     p.add_argument("--method", default="joint", choices=sorted(METHODS), help="training method")
-    p.add_argument("--output", required=True, help="checkpoint folder to write")
+    p.add_argument("--output", help="checkpoint folder to write")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--learning-rate", "--lr", type=float, default=5e-5)
@@ -34,11 +34,21 @@ def add_parser(sub, name):
     p.add_argument("--eval-batch-size", type=int, default=64)
     p.add_argument("--select-by", default="last", choices=SELECT_BY,
                    help="keep the epoch with the best last exit, or best mean over exits")
+    p.add_argument("--save-every", type=int, default=0,
+                   help="save the resumable training state every N steps (and after each epoch)")
+    p.add_argument("--resume", metavar="DIR",
+                   help="continue the interrupted run whose --output was DIR, with its options")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
+    if args.resume:
+        config = resume_config(args.resume)
+        summary = train(config, progress=not args.no_progress, resume=True)
+        return report(summary)
+    if not args.task or not args.output:
+        raise ValueError("--task and --output are required (or --resume DIR)")
     config = TrainConfig(
         task=args.task, output=args.output, model=args.model, method=args.method, data_dir=args.data_dir,
         train_file=args.train_file, dev_file=args.dev_file,
@@ -48,8 +58,12 @@ def run(args) -> int:
         max_seq_length=args.max_seq_length, max_train_samples=args.max_train_samples,
         calibration_fraction=args.calibration_fraction, seed=args.seed, grad_clip=args.grad_clip,
         pooling=args.pooling, dropout=args.dropout, eval_batch_size=args.eval_batch_size, select_by=args.select_by,
+        save_every=args.save_every,
     )
-    summary = train(config, progress=not args.no_progress)
+    return report(train(config, progress=not args.no_progress))
+
+
+def report(summary: dict) -> int:
     best = summary["best"]
     print(f"best epoch {best['epoch']}: dev per exit "
           + " ".join(f"{e['score']:.2f}" for e in best["dev_per_exit"])
