@@ -53,25 +53,30 @@ def tiny_config(vocab_size: int) -> BertConfig:
     )
 
 
-def load_backbone(name: str, seed: int = 0) -> Backbone:
-    """Load pretrained weights and tokenizer for ``name`` (see the module docstring)."""
+def load_backbone(name: str, seed: int = 0, dropout: float | None = None) -> Backbone:
+    """Load pretrained weights and tokenizer for ``name`` (see the module docstring); ``dropout``
+    replaces the encoder's hidden and attention dropout when given."""
+    overrides = {} if dropout is None else {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
     if name == "minilm-l6":
         path = minilm_path()
         tokenizer = AutoTokenizer.from_pretrained(path)
-        encoder = AutoModel.from_pretrained(path)
+        encoder = AutoModel.from_pretrained(path, **overrides)
         encoder.pooler = None  # we have our own exit heads (loading it avoids an "unexpected keys" report)
     elif name == "tiny":
         tokenizer = AutoTokenizer.from_pretrained(minilm_path())
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            encoder = AutoModel.from_config(tiny_config(len(tokenizer)))
+            config = tiny_config(len(tokenizer))
+            for key, value in overrides.items():
+                setattr(config, key, value)
+            encoder = AutoModel.from_config(config)
         encoder.pooler = None
     else:
         local = Path(name)
         if not local.exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
             raise FileNotFoundError(f"--model {name}: no such folder (aliases: {', '.join(ALIASES)})")
         tokenizer = AutoTokenizer.from_pretrained(name)
-        encoder = AutoModel.from_pretrained(name)
+        encoder = AutoModel.from_pretrained(name, **overrides)
         if getattr(encoder, "pooler", None) is not None:
             encoder.pooler = None
     check_layout(encoder, name)

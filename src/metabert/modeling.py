@@ -133,9 +133,10 @@ class MultiExitBert(nn.Module):
         dropout: float = 0.1,
         task: dict | None = None,
         seed: int = 0,
+        backbone_dropout: float | None = None,
     ) -> "MultiExitBert":
         """A new multi-exit model on a pretrained backbone (see ``metabert.backbones``)."""
-        backbone = model if isinstance(model, Backbone) else load_backbone(model, seed=seed)
+        backbone = model if isinstance(model, Backbone) else load_backbone(model, seed=seed, dropout=backbone_dropout)
         config = MultiExitConfig(
             num_labels=len(label_names),
             label_names=tuple(label_names),

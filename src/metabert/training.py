@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from metabert import data as data_mod
+from metabert import distributed
 from metabert.batching import encode, iterate, train_batches
 from metabert.evaluation import all_exit_logits, per_exit_scores
 from metabert.methods import METHODS, get_method
@@ -57,6 +58,7 @@ class TrainConfig:
     eval_batch_size: int = 64
     select_by: str = "last"
     save_every: int = 0  # steps between resumable training-state saves (0: never)
+    backbone_dropout: float | None = None  # replaces the encoder's dropout when set
 
     def __post_init__(self):
         checks = {
@@ -68,6 +70,8 @@ class TrainConfig:
             "calibration_fraction": 0 <= self.calibration_fraction < 0.5,
             "grad_clip": self.grad_clip >= 0,
             "max_train_samples": self.max_train_samples is None or self.max_train_samples >= 1,
+            "backbone_dropout": self.backbone_dropout is None or 0 <= self.backbone_dropout < 1,
+            "save_every": self.save_every >= 0,
         }
         for name, ok in checks.items():
             if not ok:
@@ -111,6 +115,8 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> d
     With ``config.save_every`` N, the full training state is saved every N steps (and after each
     epoch) beside the checkpoint; ``resume=True`` continues from it exactly (same data order, RNG
     states, optimizer and scheduler), as if the run had never stopped."""
+    world = distributed.init()
+    progress = progress and world.main
     seed_everything(config.seed)
     spec = task_spec(config)
     train_set = load_split(spec, "train", config.data_dir, config.train_file)
@@ -121,7 +127,7 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> d
 
     model = MultiExitBert.from_backbone(
         config.model, list(spec.labels), pooling=config.pooling, dropout=config.dropout,
-        task=data_mod.spec_to_dict(spec), seed=config.seed,
+        task=data_mod.spec_to_dict(spec), seed=config.seed, backbone_dropout=config.backbone_dropout,
     )
     model.with_config(calibration={
         "source": train_set.source, "fraction": config.calibration_fraction,
@@ -152,6 +158,8 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> d
         run = load_state(state_dir, config, model, optimizer, scheduler)
         log.info("resuming at epoch %d, batch %d (step %d)", run["epoch"] + 1, run["batch"], run["step"])
     started = time.perf_counter() - run["elapsed"]
+    if world.size > 1:  # the same initial weights everywhere (seeded), different dropout masks per process
+        torch.manual_seed(config.seed * 1000 + world.rank)
     pad = tokenizer.pad_token_id
     for epoch in range(run["epoch"], config.epochs):
         model.train()
@@ -167,11 +175,13 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> d
                    desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, unit="batch")
         seen, epoch_start, running = 0, time.perf_counter(), None
         for batch in bar:
-            loss = method.loss(model, batch, epoch)
+            part, weight = distributed.shard(batch, world)
+            loss = method.loss(model, part, epoch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss {loss.item()} at step {run['step']} (epoch {epoch + 1})")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * weight).backward()
+            distributed.all_reduce_gradients(model.parameters(), world)
             if config.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
@@ -181,10 +191,14 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> d
             seen += len(batch["labels"])
             running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
             bar.set_postfix(loss=f"{running:.4f}", ex_s=f"{seen / (time.perf_counter() - epoch_start):.0f}")
-            if config.save_every and run["step"] % config.save_every == 0 and run["batch"] < len(batches):
+            if (config.save_every and world.main and run["step"] % config.save_every == 0
+                    and run["batch"] < len(batches)):
                 run["elapsed"], run["rng"] = time.perf_counter() - started, rng.getstate()
                 save_state(state_dir, config, model, optimizer, scheduler, run)
         train_seconds = time.perf_counter() - epoch_start
+        run["epoch"], run["batch"] = epoch + 1, 0
+        if not world.main:  # evaluation, checkpoints and logs are the main process's job
+            continue
         logits = all_exit_logits(model, dev_enc, config.eval_batch_size)
         per_exit = per_exit_scores(logits, dev_enc.labels, spec.metric)
         scores = [e["score"] for e in per_exit]
@@ -206,10 +220,12 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> d
             run["best"], run["best_record"] = chosen, record
             model.save_pretrained(output, {"train_config.json": json.dumps(asdict(config), indent=2)})
         write_log(output / "log.jsonl", run["records"])
-        run["epoch"], run["batch"], run["elapsed"] = epoch + 1, 0, time.perf_counter() - started
-        run["rng"] = rng.getstate()
+        run["elapsed"], run["rng"] = time.perf_counter() - started, rng.getstate()
         if config.save_every and epoch + 1 < config.epochs:
             save_state(state_dir, config, model, optimizer, scheduler, run)
+    distributed.barrier(world)
+    if not world.main:
+        return {"output": str(output), "best": None, "rank": world.rank}
     shutil.rmtree(state_dir, ignore_errors=True)
     return {"output": str(output), "best": run["best_record"], "log": str(output / "log.jsonl"),
             "train_examples": len(train_set), "seconds": time.perf_counter() - started}

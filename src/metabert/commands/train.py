@@ -31,6 +31,7 @@ def add_parser(sub, name):
     p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0: off)")
     p.add_argument("--pooling", default="mean", choices=POOLINGS, help="how each exit reads its layer")
     p.add_argument("--dropout", type=float, default=0.1, help="dropout in the exit heads")
+    p.add_argument("--backbone-dropout", type=float, help="replace the encoder's dropout (default: its own)")
     p.add_argument("--eval-batch-size", type=int, default=64)
     p.add_argument("--select-by", default="last", choices=SELECT_BY,
                    help="keep the epoch with the best last exit, or best mean over exits")
@@ -58,12 +59,14 @@ def run(args) -> int:
         max_seq_length=args.max_seq_length, max_train_samples=args.max_train_samples,
         calibration_fraction=args.calibration_fraction, seed=args.seed, grad_clip=args.grad_clip,
         pooling=args.pooling, dropout=args.dropout, eval_batch_size=args.eval_batch_size, select_by=args.select_by,
-        save_every=args.save_every,
+        save_every=args.save_every, backbone_dropout=args.backbone_dropout,
     )
     return report(train(config, progress=not args.no_progress))
 
 
 def report(summary: dict) -> int:
+    if summary.get("rank"):  # a worker process of a distributed run: the main one reports
+        return 0
     best = summary["best"]
     print(f"best epoch {best['epoch']}: dev per exit "
           + " ".join(f"{e['score']:.2f}" for e in best["dev_per_exit"])
