@@ -34,7 +34,7 @@ def test_two_processes_match_one(tmp_path):
         assert torch.allclose(a[key], b[key], atol=2e-5, rtol=1e-4), (key, (a[key] - b[key]).abs().max())
     init = MultiExitBert.from_backbone("tiny", ["neg", "pos"], seed=42, backbone_dropout=0.0).state_dict()
     moved = max(float((a[k] - init[k]).abs().max()) for k in a)
-    assert moved > 1e-2  # training moved the weights far more than the tolerance above
+    assert moved > 1e-3  # training moved the weights far more than the tolerance above
 
 
 def test_shard_weights_sum_to_the_whole_batch():
