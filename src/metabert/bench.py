@@ -183,6 +183,6 @@ def format_table(results: dict, ratios: dict, batch_size: int = 32) -> str:
         lines.append(f"| {name} | {r['score']:.2f} | {r['mean_exit_layer']:.2f} | {r['flops_per_sample'] / 1e6:.1f} | "
                      f"{r['b1_latency_ms_mean']:.2f} | {r['b1_latency_ms_p50']:.2f} | {r['b1_latency_ms_p95']:.2f} | "
                      f"{r[key]:.0f} |")
-    lines += ["", "| ratio | value |", "|---|---|"]
+    lines += ["", "| ratio (of means over the same examples, in the same run) | value |", "|---|---|"]
     lines += [f"| {k} | {v:.2f}x |" for k, v in ratios.items()]
     return "\n".join(lines)

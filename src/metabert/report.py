@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from metabert.bench import format_table
 from metabert.evaluation import plot_grid
 
 
@@ -163,16 +164,8 @@ def render_bench(paths: list[Path], command: str = "") -> str:
                 f"Checkpoint `{b['checkpoint']}`, {b['num_examples']} examples, {b['repeats']} interleaved rounds "
                 f"after {b['warmup']} warm-up examples, {b['threads']} threads. Hardware: {b['hardware']}. "
                 f"Exit policy {b['policy_source']}.", ""]
-        variants, ratios = b["variants"], {k: v for k, v in b.items() if k.endswith(("speedup", "_b1", "_b32"))
-                                            and isinstance(v, float)}
-        out.append("| variant | score | mean exit layer | FLOPs/sample (M) | b1 mean ms | b1 p50 ms | b1 p95 ms | b32 ex/s |")
-        out.append("|---|---|---|---|---|---|---|---|")
-        for name, r in variants.items():
-            out.append(f"| {name} | {r['score']:.2f} | {r['mean_exit_layer']:.2f} | {r['flops_per_sample'] / 1e6:.1f} | "
-                       f"{r['b1_latency_ms_mean']:.2f} | {r['b1_latency_ms_p50']:.2f} | {r['b1_latency_ms_p95']:.2f} | "
-                       f"{r['b32_throughput_per_s']:.0f} |")
-        out += ["", "| ratio (means over the same examples, same run) | value |", "|---|---|"]
-        out += [f"| {k} | {v:.2f}x |" for k, v in ratios.items()]
+        ratios = {k: v for k, v in b.items() if k.endswith(("speedup", "_b1", "_b32")) and isinstance(v, float)}
+        out.append(format_table(b["variants"], ratios, b.get("batch_size", 32)))
         layer = b["layer_speedup"]
         out += ["", "| target | needed | measured | met |", "|---|---|---|---|"]
         for key, what, factor in BENCH_TARGETS:

@@ -14,10 +14,9 @@ from metabert import data as data_mod
 from metabert.batching import encode
 from metabert.bench import eager_variants, format_table, ort_variants, run_bench, speedups, time_tokenizer
 from metabert.calibration import calibration_set, choose
-from metabert.commands.common import add_data_options
+from metabert.commands.common import add_data_options, add_policy_options, policy_from_args
 from metabert.commands.evaluate import load_data
 from metabert.evaluation import all_exit_logits
-from metabert.exits import POLICIES, get_policy
 from metabert.modeling import MultiExitBert
 from metabert.report import hardware
 
@@ -27,9 +26,7 @@ def add_parser(sub, name):
     p.add_argument("--checkpoint", required=True)
     add_data_options(p, task_required=False)
     p.add_argument("--split", default="dev")
-    p.add_argument("--policy", choices=sorted(POLICIES), help="default: the checkpoint's calibrated policy")
-    p.add_argument("--threshold", type=float)
-    p.add_argument("--patience", type=int)
+    add_policy_options(p)
     goal = p.add_mutually_exclusive_group()
     goal.add_argument("--target-speedup", type=float, help="calibrate (on held-out data) for this layer speed-up")
     goal.add_argument("--max-drop", type=float, help="calibrate (on held-out data) for at most this score drop")
@@ -56,8 +53,9 @@ def pick_policy(model: MultiExitBert, args):
                         target_speedup=args.target_speedup, max_drop=args.max_drop)
         goal = f"target speed-up {args.target_speedup}x" if args.target_speedup else f"max drop {args.max_drop}"
         return choice["policy"], f"calibrated for {goal} on {what}"
-    if args.threshold is not None or args.patience is not None:
-        return get_policy(name, args.threshold, args.patience or 2), "given on the command line"
+    given = policy_from_args(args, model.config.exit_policy)
+    if given is not None:
+        return given, "given on the command line"
     return model.resolve_policy(), "stored in the checkpoint: " + model.config.exit_policy.get("chosen_on", "?")
 
 
@@ -88,7 +86,7 @@ def run(args) -> int:
         "task": task, "split": args.split, "checkpoint": args.checkpoint, "num_examples": len(dataset),
         "policy": policy.describe(), "policy_source": source, **ratios, "variants": results,
         "tokenization": time_tokenizer(model.tokenizer, texts, args.max_seq_length, args.batch_size),
-        "repeats": args.repeats, "warmup": args.warmup, "threads": args.threads, "hardware": hardware(),
+        "batch_size": args.batch_size, "repeats": args.repeats, "warmup": args.warmup, "threads": args.threads, "hardware": hardware(),
         "python": platform.python_version(),
     }
     print(f"{task} {args.split}, {len(dataset)} examples, policy {policy.describe()} ({source})\n")

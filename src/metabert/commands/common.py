@@ -26,3 +26,28 @@ def float_list(text: str) -> list[float] | str:
     if not values:
         raise argparse.ArgumentTypeError("expected at least one number")
     return values
+
+
+def add_policy_options(parser: argparse.ArgumentParser) -> None:
+    from metabert.exits import POLICIES
+
+    parser.add_argument("--policy", choices=sorted(POLICIES),
+                        help="exit policy (default: the checkpoint's calibrated one, else entropy)")
+    parser.add_argument("--threshold", type=float, help="threshold γ of the policy")
+    parser.add_argument("--patience", type=int, help="t for the patience policies (default 2)")
+
+
+def policy_from_args(args, stored: dict):
+    """The policy the options name, or None when they name none (then the checkpoint's is used)."""
+    from metabert.exits import get_policy
+
+    if args.policy is None and args.threshold is None and args.patience is None:
+        return None
+    name = args.policy or stored.get("name", "entropy")
+    same = stored.get("name") == name
+    patience = args.patience or (stored.get("patience") if same else None) or 2
+    threshold = args.threshold if args.threshold is not None else (stored.get("threshold") if same else None)
+    policy = get_policy(name, threshold, patience)
+    if threshold is None and policy.parameter == "threshold":
+        raise ValueError(f"--policy {name} needs --threshold (the checkpoint holds no calibrated {name} threshold)")
+    return policy

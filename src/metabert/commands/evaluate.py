@@ -7,9 +7,8 @@ from pathlib import Path
 
 from metabert import data as data_mod
 from metabert.batching import encode
-from metabert.commands.common import add_data_options, float_list
+from metabert.commands.common import add_data_options, add_policy_options, float_list, policy_from_args
 from metabert.evaluation import all_exit_logits, evaluate, format_report, plot_report, sweep_policies, write_sweep_csv
-from metabert.exits import POLICIES, get_policy
 from metabert.modeling import MultiExitBert
 
 
@@ -18,10 +17,7 @@ def add_parser(sub, name):
     p.add_argument("--checkpoint", required=True, help="folder written by `metabert train`")
     add_data_options(p, task_required=False)
     p.add_argument("--split", default="dev", help="GLUE split to evaluate (default dev)")
-    p.add_argument("--policy", choices=sorted(POLICIES),
-                   help="exit policy (default: the checkpoint's calibrated one, else entropy)")
-    p.add_argument("--threshold", type=float, help="threshold γ for a real, timed early-exit run")
-    p.add_argument("--patience", type=int, help="t for the patience policies (default 2)")
+    add_policy_options(p)
     p.add_argument("--thresholds", type=float_list, help="comma-separated thresholds to sweep, or auto (spread over the entropies seen)")
     p.add_argument("--output", help="write the report as JSON here (a sweep also writes .csv and .png beside it)")
     p.add_argument("--plot", help="PNG path for the plot (default: beside --output, or <task>_sweep.png)")
@@ -61,20 +57,18 @@ def run(args) -> int:
     stored = model.config.exit_policy
     name = args.policy or stored.get("name", "entropy")
     patience = args.patience or (stored.get("patience") if stored.get("name") == name else None) or 2
-    policy, sweep, logits = None, None, None
+    policy, sweep, logits, given = None, None, None, None
     if args.thresholds:
         logits = all_exit_logits(model, encoded, args.batch_size, args.progress)
         sweep = sweep_policies(logits, args.thresholds, name, patience)
-    elif args.threshold is not None or args.patience is not None:
-        policy = get_policy(name, args.threshold, patience)
-    elif stored:
-        policy = model.resolve_policy()
+    else:
+        given = policy_from_args(args, stored)
+        policy = given or (model.resolve_policy() if stored else None)
     report = evaluate(model, encoded, spec.metric, policy=policy, sweep=sweep, batch_size=args.batch_size,
                       progress=args.progress, logits=logits)
     report = {"task": task, "split": args.split, "data": dataset.source, "checkpoint": args.checkpoint, **report}
     if policy is not None:
-        from_cli = args.threshold is not None or args.patience is not None
-        report["policy_source"] = ("given on the command line" if from_cli else
+        report["policy_source"] = ("given on the command line" if given is not None else
                                    "calibrated, stored in the checkpoint: " + stored.get("chosen_on", "?"))
     print(format_report(report))
     stem = Path(args.output).with_suffix("") if args.output else Path(f"{task}_sweep")

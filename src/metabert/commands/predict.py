@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from metabert.data import DataError
-from metabert.exits import POLICIES, get_policy
+from metabert.commands.common import add_policy_options, policy_from_args
 from metabert.modeling import MultiExitBert
 from metabert.predict import predict_stream, read_rows
 
@@ -21,9 +21,7 @@ def add_parser(sub, name):
     p.add_argument("--format", choices=["tsv", "csv", "jsonl"], help="default: from the extension (stdin: jsonl)")
     p.add_argument("--text-columns", help="one or two columns/fields (default: the checkpoint's, else 'text')")
     p.add_argument("--output", default="-", help="JSONL output file (default: stdout)")
-    p.add_argument("--policy", choices=sorted(POLICIES))
-    p.add_argument("--threshold", type=float)
-    p.add_argument("--patience", type=int)
+    add_policy_options(p)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-seq-length", type=int, default=128)
     p.add_argument("--skip-bad", action="store_true", help="report bad rows on stderr and go on")
@@ -32,11 +30,7 @@ def add_parser(sub, name):
 
 def run(args) -> int:
     model = MultiExitBert.from_pretrained(args.checkpoint)
-    if args.policy or args.threshold is not None or args.patience is not None:
-        name = args.policy or "entropy"
-        policy = get_policy(name, args.threshold, args.patience or 2)
-    else:
-        policy = model.resolve_policy()
+    policy = policy_from_args(args, model.config.exit_policy) or model.resolve_policy()
     if args.text_columns:
         columns = [c.strip() for c in args.text_columns.split(",") if c.strip()]
     else:

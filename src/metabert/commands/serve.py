@@ -5,7 +5,7 @@ GET /metrics (Prometheus); GET /docs and /openapi.json."""
 
 from __future__ import annotations
 
-from metabert.exits import POLICIES, get_policy
+from metabert.commands.common import add_policy_options, policy_from_args
 
 
 def add_parser(sub, name):
@@ -13,9 +13,7 @@ def add_parser(sub, name):
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--policy", choices=sorted(POLICIES), help="default: the checkpoint's calibrated policy")
-    p.add_argument("--threshold", type=float)
-    p.add_argument("--patience", type=int)
+    add_policy_options(p)
     p.add_argument("--max-items", type=int, default=64, help="items per request")
     p.add_argument("--max-batch", type=int, default=32, help="items per model call")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a micro-batch waits to fill")
@@ -27,9 +25,7 @@ def add_parser(sub, name):
 def run(args) -> int:
     from metabert.server import ServerConfig, serve
 
-    policy = None
-    if args.policy or args.threshold is not None or args.patience is not None:
-        policy = get_policy(args.policy or "entropy", args.threshold, args.patience or 2)
+    policy = policy_from_args(args, {})
     config = ServerConfig(max_items=args.max_items, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                           max_seq_length=args.max_seq_length)
     serve(args.checkpoint, args.host, args.port, policy, config, args.threads)
