@@ -84,6 +84,12 @@ class ExitHead(nn.Module):
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:  # (B, H) -> (B, C)
         return self.classifier(self.dropout(torch.tanh(self.dense(pooled))))
 
+    def infer(self, pooled: torch.Tensor) -> torch.Tensor:
+        """``forward`` without dropout and module-call overhead, for inference (a batch-1 head costs
+        about as much in Python calls as in arithmetic)."""
+        hidden = torch.tanh(F.linear(pooled, self.dense.weight, self.dense.bias))
+        return F.linear(hidden, self.classifier.weight, self.classifier.bias)
+
 
 @dataclass
 class EarlyExitOutput:
@@ -214,10 +220,12 @@ class MultiExitBert(nn.Module):
     def num_layers(self) -> int:
         return len(self.encoder.encoder.layer)
 
-    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, T, H) -> (B, H) by the configured pooling."""
+    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """(B, T, H) -> (B, H) by the configured pooling (``attention_mask`` None: no padding)."""
         if self.config.pooling == "cls":
             return hidden[:, 0]
+        if attention_mask is None:
+            return hidden.mean(1)
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
         return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
 
@@ -258,11 +266,21 @@ class MultiExitBert(nn.Module):
         raise ValueError("no exit threshold given and the checkpoint has no calibrated policy "
                          "(pass a threshold, or run `metabert calibrate`)")
 
+    def inference_masks(self, attention_mask: torch.Tensor, dtype: torch.dtype):
+        """(additive mask for the layers, mask for pooling); both None when nothing is padded, so
+        that unpadded inputs (every batch-1 request) skip the masking work. One host sync."""
+        if bool(attention_mask.all()):
+            return None, None
+        return additive_mask(attention_mask, dtype), attention_mask
+
     def full_logits(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
         """The plain classifier, the baseline early exit is measured against: every layer, then only
-        the last exit. (B, C)."""
-        states = self.hidden_states(input_ids, attention_mask, token_type_ids)
-        return self.exits[-1](self.pool(states[-1], attention_mask))
+        the last exit. (B, C). Same inference shortcuts as ``early_exit``."""
+        hidden = self.embed(input_ids, token_type_ids)
+        mask, pool_mask = self.inference_masks(attention_mask, hidden.dtype)
+        for layer in self.encoder.encoder.layer:
+            hidden = layer(hidden, attention_mask=mask)
+        return self.exits[-1].infer(self.pool(hidden, pool_mask))
 
     @torch.inference_mode()
     def early_exit(self, input_ids, attention_mask, token_type_ids=None, threshold: float | None = None,
@@ -277,14 +295,14 @@ class MultiExitBert(nn.Module):
         policy = self.resolve_policy(policy, threshold)
         batch = input_ids.shape[0]
         hidden = self.embed(input_ids, token_type_ids)
-        mask = additive_mask(attention_mask, hidden.dtype)
+        mask, attention_mask = self.inference_masks(attention_mask, hidden.dtype)
         rows = torch.arange(batch, device=input_ids.device)  # original index of each active row
         state = policy.init_state(batch, input_ids.device)
         out_logits = hidden.new_zeros(batch, self.config.num_labels)
         exit_layer = torch.full((batch,), self.num_layers, dtype=torch.long, device=input_ids.device)
         for i, (layer, head) in enumerate(zip(self.encoder.encoder.layer, self.exits), start=1):
             hidden = layer(hidden, attention_mask=mask)
-            logits = head(self.pool(hidden, attention_mask))
+            logits = head.infer(self.pool(hidden, attention_mask))
             if i == self.num_layers:
                 out_logits[rows] = logits
                 break
@@ -299,8 +317,9 @@ class MultiExitBert(nn.Module):
             out_logits[rows[done]] = logits[done]
             exit_layer[rows[done]] = i
             keep = ~done
-            rows, hidden, mask, state = rows[keep], hidden[keep], mask[keep], state[keep]
-            attention_mask = attention_mask[keep]
+            rows, hidden, state = rows[keep], hidden[keep], state[keep]
+            if mask is not None:
+                mask, attention_mask = mask[keep], attention_mask[keep]
         return EarlyExitOutput(logits=out_logits, exit_layer=exit_layer)
 
 

@@ -103,6 +103,32 @@ def export(model: MultiExitBert, checkpoint: str | Path | None, output: str | Pa
     return output
 
 
+_POOL: dict = {}
+
+
+def _shared_thread_pool(threads: int | None) -> bool:
+    """One intra-op thread pool for all our sessions (the early-exit loop hops between 8 of them;
+    per-session pools that spin would fight over the cores, and pools that do not spin wake up
+    slowly). It must be set before ONNX Runtime creates its environment, once per process."""
+    import os
+
+    try:
+        from onnxruntime.capi import _pybind_state as capi
+    except ImportError:  # pragma: no cover
+        return False
+    wanted = threads or os.cpu_count() or 1
+    if "threads" not in _POOL:
+        try:
+            capi.set_global_thread_pool_sizes(wanted, 1)
+        except Exception:  # the environment exists already (another ORT user in this process)
+            _POOL["threads"] = None
+            return False
+        _POOL["threads"] = wanted
+    if _POOL["threads"] not in (None, wanted):
+        log.warning("ONNX Runtime's shared thread pool has %s threads already; %s asked", _POOL["threads"], wanted)
+    return _POOL["threads"] is not None
+
+
 class OrtMultiExit:
     """ONNX Runtime sessions over an exported folder; the same API as the PyTorch model's inference."""
 
@@ -111,6 +137,7 @@ class OrtMultiExit:
         from transformers import AutoTokenizer
 
         directory = Path(directory)
+        shared = _shared_thread_pool(threads)
         if not (directory / META_NAME).is_file():
             raise FileNotFoundError(f"{directory} is not an exported metabert ONNX folder (no {META_NAME}); "
                                     "run `metabert export --format onnx` first")
@@ -119,9 +146,13 @@ class OrtMultiExit:
         self.tokenizer = AutoTokenizer.from_pretrained(directory)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
+        if shared:
+            options.use_per_session_threads = False
+        else:  # each session has its own pool: spinning pools of 8 sessions would fight over the cores
+            if threads:
+                options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
 
         def session(name):
             return ort.InferenceSession(str(directory / name), options, providers=["CPUExecutionProvider"])
