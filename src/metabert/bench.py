@@ -1,8 +1,9 @@
 """One harness for speed: the full model and the early-exit model, in eager PyTorch and in ONNX
 Runtime, on the same inputs, in one process.
 
-Method: warm-up, then ``repeats`` rounds; in every round each example is run by every variant in
-turn (the order rotating between rounds), so that all variants see the same machine conditions.
+Method: per backend (eager PyTorch, then ONNX Runtime; see ``backends``), warm-up, then ``repeats``
+rounds; in every round each example is run by the full and the early-exit variant in turn (the
+order rotating between rounds), so that both see the same machine conditions.
 An example's latency is the median of its rounds; a variant's latency is the mean over examples.
 Speed-ups are ratios of those means (total time), not of medians, because the median of a bimodal
 exit distribution flatters early exit. Throughput at batch B runs batches in file order (mixed
@@ -99,6 +100,16 @@ def time_tokenizer(tokenizer, texts: list[tuple[str, str | None]], max_length: i
     return {"tokenize_b1_ms": one * 1e3, f"tokenize_b{batch_size}_ms_per_example": batched * 1e3}
 
 
+def backends(variants: list[Variant]) -> list[list[Variant]]:
+    """Variants grouped by backend (the name's prefix). Each backend is measured in a phase of its
+    own: PyTorch's OpenMP threads and ONNX Runtime's pool both spin for a while after their work,
+    and interleaving the two backends made each slow the other down by 2-3x on 2 cores."""
+    groups: dict[str, list[Variant]] = {}
+    for v in variants:
+        groups.setdefault(v.name.split("_")[0], []).append(v)
+    return list(groups.values())
+
+
 def run_bench(model: MultiExitBert, data: Encoded, metric: str, variants: list[Variant], repeats: int = 5,
               warmup: int = 20, batch_size: int = 32, progress: bool = True) -> dict:
     """Latency at batch 1 and throughput at ``batch_size`` of every variant (see module docstring)."""
@@ -111,30 +122,33 @@ def run_bench(model: MultiExitBert, data: Encoded, metric: str, variants: list[V
     lat = {v.name: np.zeros((repeats, n)) for v in variants}
     preds = {v.name: np.zeros(n, dtype=np.int64) for v in variants}
     layers = {v.name: np.zeros(n, dtype=np.int64) for v in variants}
-    bar = tqdm(total=repeats * n, desc="batch-1 latency", disable=not progress, unit="example")
-    for r in range(repeats):
-        order = variants[r % len(variants):] + variants[: r % len(variants)]
-        for i, inputs in enumerate(singles):
+    through = {v.name: [] for v in variants}
+    batches = [model_inputs(collate(data, list(range(s, min(s + batch_size, n))), pad)) for s in range(0, n, batch_size)]
+    bar = tqdm(total=repeats * n * len(variants), desc="batch-1 latency", disable=not progress, unit="run")
+    for group in backends(variants):
+        for v in group:
+            for inputs in singles[:warmup]:
+                v.run(inputs)
+        for r in range(repeats):
+            order = group[r % len(group):] + group[: r % len(group)]
+            for i, inputs in enumerate(singles):
+                for v in order:
+                    start = time.perf_counter()
+                    p, e = v.run(inputs)
+                    lat[v.name][r, i] = time.perf_counter() - start
+                    preds[v.name][i] = p[0]
+                    layers[v.name][i] = e[0] if e is not None else model.num_layers
+                bar.update(len(order))
+        for v in group:
+            v.run(batches[0])
+        for r in range(repeats):
+            order = group[r % len(group):] + group[: r % len(group)]
             for v in order:
                 start = time.perf_counter()
-                p, e = v.run(inputs)
-                lat[v.name][r, i] = time.perf_counter() - start
-                preds[v.name][i] = p[0]
-                layers[v.name][i] = e[0] if e is not None else model.num_layers
-            bar.update(1)
+                for batch in batches:
+                    v.run(batch)
+                through[v.name].append(n / (time.perf_counter() - start))
     bar.close()
-
-    batches = [model_inputs(collate(data, list(range(s, min(s + batch_size, n))), pad)) for s in range(0, n, batch_size)]
-    for v in variants:
-        v.run(batches[0])
-    through = {v.name: [] for v in variants}
-    for r in range(repeats):
-        order = variants[r % len(variants):] + variants[: r % len(variants)]
-        for v in order:
-            start = time.perf_counter()
-            for batch in batches:
-                v.run(batch)
-            through[v.name].append(n / (time.perf_counter() - start))
 
     lengths = [len(ids) for ids in data.input_ids]
     out = {}
