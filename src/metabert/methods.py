@@ -1,44 +1,171 @@
-"""Training methods: how the exits' losses are combined into the loss the optimiser follows.
+"""Training methods: which exit losses the optimiser follows, and which parameters train when.
 
-A method is looked up by name in ``METHODS`` (``--method``); later methods register here too.
+A method is looked up by name in ``METHODS`` (``--method``). It gives the loss of a batch and, where
+it trains parts of the model in turn, which parameters are trainable in an epoch (``trainable``);
+the trainer freezes the others for that epoch.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 
 from metabert.batching import model_inputs
 from metabert.modeling import MultiExitBert, exit_losses
 
 
 class TrainingMethod(Protocol):
-    """One optimisation step's loss. ``epoch`` is 0-based, for methods that change with time."""
+    """``epoch`` and ``step`` (optimizer steps so far) are 0-based; ``epochs`` (the run's total) is
+    given to the constructor. Methods keep no state between calls: what they do depends only on
+    their arguments, so a resumed run continues exactly."""
 
     name: str
 
-    def loss(self, model: MultiExitBert, batch: dict[str, torch.Tensor], epoch: int) -> torch.Tensor: ...
+    def loss(self, model: MultiExitBert, batch: dict[str, torch.Tensor], epoch: int, step: int = 0) -> torch.Tensor:
+        ...
+
+    def trainable(self, name: str, epoch: int, num_layers: int) -> bool:
+        """Whether parameter ``name`` trains in ``epoch`` (default: all of them)."""
+        ...
 
 
-class Joint:
-    """Sum of every exit's cross-entropy, all parameters trained together.
+def _is_exit(name: str, layers: range) -> bool:
+    return any(name.startswith(f"exits.{i}.") for i in layers)
 
-    The loss of MetaBERT's Algorithm 2 (Eq. 5), also the "joint" row of its Table II.
-    """
+
+def _logits(model, batch):
+    return model(**model_inputs(batch))  # (L, B, C)
+
+
+class Method:
+    name = ""
+
+    def __init__(self, epochs: int = 1):
+        self.epochs = epochs
+        self.first_selectable_epoch = 0  # epochs before it are never kept as the best checkpoint
+
+    def trainable(self, name: str, epoch: int, num_layers: int) -> bool:
+        return True
+
+
+class Joint(Method):
+    """Sum of every exit's cross-entropy, all parameters trained together: MetaBERT's Algorithm 2
+    loss (Eq. 5) and the "joint" row of its Table II."""
 
     name = "joint"
 
-    def loss(self, model, batch, epoch):
-        logits = model(**model_inputs(batch))  # (L, B, C)
-        return exit_losses(logits, batch["labels"]).sum()
+    def loss(self, model, batch, epoch, step=0):
+        return exit_losses(_logits(model, batch), batch["labels"]).sum()
 
 
-METHODS: dict[str, type] = {"joint": Joint}
+class Weighted(Method):
+    """PABEE (Zhou et al., 2020): exits weighted by depth, sum of i * L_i over sum of i."""
+
+    name = "weighted"
+
+    def loss(self, model, batch, epoch, step=0):
+        losses = exit_losses(_logits(model, batch), batch["labels"])
+        weights = torch.arange(1, len(losses) + 1, dtype=losses.dtype)
+        return (weights * losses).sum() / weights.sum()
 
 
-def get_method(name: str) -> TrainingMethod:
+class LastExit(Method):
+    """Only the last exit's loss: plain fine-tuning (with ``--num-layers k``, the static BERT-kL
+    baseline of MetaBERT's Table I)."""
+
+    name = "last"
+
+    def loss(self, model, batch, epoch, step=0):
+        return exit_losses(_logits(model, batch)[-1:], batch["labels"]).sum()
+
+
+class TwoStage(Method):
+    """DeeBERT (Xin et al., 2020): stage 1 trains the backbone and the last exit on the last exit's
+    loss; stage 2 freezes them and trains exits 1..L-1 on the sum of their losses. The first
+    ceil(epochs / 2) epochs are stage 1, the rest stage 2 (at least one epoch each)."""
+
+    name = "two-stage"
+
+    def __init__(self, epochs: int = 2):
+        if epochs < 2:
+            raise ValueError(f"two-stage training needs at least 2 epochs (one per stage), got {epochs}")
+        super().__init__(epochs)
+        self.stage1 = math.ceil(epochs / 2)
+        self.first_selectable_epoch = self.stage1  # a stage-1 model has untrained inner exits
+
+    def trainable(self, name, epoch, num_layers):
+        inner = _is_exit(name, range(num_layers - 1))
+        return not inner if epoch < self.stage1 else inner
+
+    def loss(self, model, batch, epoch, step=0):
+        logits = _logits(model, batch)
+        if epoch < self.stage1:
+            return exit_losses(logits[-1:], batch["labels"]).sum()
+        return exit_losses(logits[:-1], batch["labels"]).sum()
+
+
+class Alternating(Method):
+    """Alternating training (MetaBERT Fig. 1): epochs alternate between the joint objective (sum of
+    all exits' losses) and the last exit's loss alone, all parameters training in both. BERxiT
+    (Xin et al., 2021) alternates the same two objectives every step instead: ``per_step=True``
+    (``--method alternating-step``)."""
+
+    name = "alternating"
+
+    def __init__(self, epochs: int = 1, per_step: bool = False):
+        super().__init__(epochs)
+        self.per_step = per_step
+
+    def loss(self, model, batch, epoch, step=0):
+        turn = step if self.per_step else epoch
+        logits = _logits(model, batch)
+        chosen = logits if turn % 2 == 0 else logits[-1:]
+        return exit_losses(chosen, batch["labels"]).sum()
+
+
+class AlternatingStep(Alternating):
+    name = "alternating-step"
+
+    def __init__(self, epochs: int = 1):
+        super().__init__(epochs, per_step=True)
+
+
+class Distill(Method):
+    """FastBERT (Liu et al., 2020): the backbone and last exit learn the task first; then, with them
+    frozen, exits 1..L-1 learn the last exit's soft labels (KL divergence, temperature 1). Stages
+    split the epochs as in ``two-stage``."""
+
+    name = "distill"
+
+    def __init__(self, epochs: int = 2):
+        if epochs < 2:
+            raise ValueError(f"distill training needs at least 2 epochs (one per stage), got {epochs}")
+        super().__init__(epochs)
+        self.stage1 = math.ceil(epochs / 2)
+        self.first_selectable_epoch = self.stage1
+
+    def trainable(self, name, epoch, num_layers):
+        inner = _is_exit(name, range(num_layers - 1))
+        return not inner if epoch < self.stage1 else inner
+
+    def loss(self, model, batch, epoch, step=0):
+        logits = _logits(model, batch)
+        if epoch < self.stage1:
+            return exit_losses(logits[-1:], batch["labels"]).sum()
+        teacher = logits[-1].detach().softmax(-1)
+        return sum(F.kl_div(s.log_softmax(-1), teacher, reduction="batchmean") for s in logits[:-1])
+
+
+METHODS: dict[str, type] = {m.name: m for m in (Joint, Weighted, LastExit, TwoStage, Alternating, AlternatingStep,
+                                                 Distill)}
+
+
+def get_method(name: str, epochs: int = 1) -> TrainingMethod:
     try:
-        return METHODS[name]()
+        cls = METHODS[name]
     except KeyError:
         raise ValueError(f"unknown training method {name!r}; choose one of: {', '.join(METHODS)}") from None
+    return cls(epochs)

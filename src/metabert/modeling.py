@@ -215,6 +215,15 @@ class MultiExitBert(nn.Module):
         """Replace config fields (e.g. a calibrated threshold) keeping the weights."""
         self.config = MultiExitConfig(**{**asdict(self.config), **changes})
 
+    def truncate(self, num_layers: int) -> None:
+        """Keep only the first ``num_layers`` layers and their exits (a static BERT-kL model)."""
+        if not 1 <= num_layers <= self.num_layers:
+            raise ValueError(f"num_layers must be between 1 and {self.num_layers}, got {num_layers}")
+        self.encoder.encoder.layer = nn.ModuleList(list(self.encoder.encoder.layer)[:num_layers])
+        self.exits = nn.ModuleList(list(self.exits)[:num_layers])
+        self.encoder.config.num_hidden_layers = num_layers
+        self.with_config(backbone_config={**self.config.backbone_config, "num_hidden_layers": num_layers})
+
     # ----------------------------------------------------------------------------- forward
     @property
     def num_layers(self) -> int:
@@ -282,6 +291,21 @@ class MultiExitBert(nn.Module):
             hidden = layer(hidden, attention_mask=mask)
         return self.exits[-1].infer(self.pool(hidden, pool_mask))
 
+    def _early_exit_one(self, hidden, mask, attention_mask, policy: ExitPolicy) -> EarlyExitOutput:
+        """``early_exit`` for a single sample: no row bookkeeping, which at batch 1 costs about as
+        much as the exit heads themselves."""
+        state = policy.init_state(1, hidden.device)
+        last = self.num_layers
+        for i, (layer, head) in enumerate(zip(self.encoder.encoder.layer, self.exits), start=1):
+            hidden = layer(hidden, attention_mask=mask)
+            logits = head.infer(self.pool(hidden, attention_mask))
+            if i == last:
+                break
+            done, state = policy.step(logits, state)
+            if bool(done[0]):
+                return _one_exit(logits, i)
+        return _one_exit(logits, last)
+
     @torch.inference_mode()
     def early_exit(self, input_ids, attention_mask, token_type_ids=None, threshold: float | None = None,
                    policy: ExitPolicy | None = None) -> "EarlyExitOutput":
@@ -296,6 +320,8 @@ class MultiExitBert(nn.Module):
         batch = input_ids.shape[0]
         hidden = self.embed(input_ids, token_type_ids)
         mask, attention_mask = self.inference_masks(attention_mask, hidden.dtype)
+        if batch == 1:
+            return self._early_exit_one(hidden, mask, attention_mask, policy)
         rows = torch.arange(batch, device=input_ids.device)  # original index of each active row
         state = policy.init_state(batch, input_ids.device)
         out_logits = hidden.new_zeros(batch, self.config.num_labels)
@@ -321,6 +347,10 @@ class MultiExitBert(nn.Module):
             if mask is not None:
                 mask, attention_mask = mask[keep], attention_mask[keep]
         return EarlyExitOutput(logits=out_logits, exit_layer=exit_layer)
+
+
+def _one_exit(logits: torch.Tensor, layer: int) -> EarlyExitOutput:
+    return EarlyExitOutput(logits=logits, exit_layer=torch.tensor([layer], device=logits.device))
 
 
 def exit_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

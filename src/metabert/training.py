@@ -59,6 +59,7 @@ class TrainConfig:
     select_by: str = "last"
     save_every: int = 0  # steps between resumable training-state saves (0: never)
     backbone_dropout: float | None = None  # replaces the encoder's dropout when set
+    num_layers: int | None = None  # keep only the first k layers (static BERT-kL)
 
     def __post_init__(self):
         checks = {
@@ -78,6 +79,9 @@ class TrainConfig:
                 raise ValueError(f"invalid {name}: {getattr(self, name)!r}")
         if self.method not in METHODS:
             raise ValueError(f"invalid method {self.method!r}; choose one of: {', '.join(METHODS)}")
+        get_method(self.method, self.epochs)  # a method may refuse the epoch count (two stages need two)
+        if self.num_layers is not None and self.num_layers < 1:
+            raise ValueError(f"invalid num_layers: {self.num_layers}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"invalid pooling {self.pooling!r}; choose one of: {', '.join(POOLINGS)}")
         if self.select_by not in SELECT_BY:
@@ -136,7 +140,9 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> d
     tokenizer = model.tokenizer
     train_enc = encode(train_set, tokenizer, config.max_seq_length)
     dev_enc = encode(dev_set, tokenizer, config.max_seq_length)
-    method = get_method(config.method)
+    method = get_method(config.method, config.epochs)
+    if config.num_layers:
+        model.truncate(config.num_layers)
 
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
     groups = [
@@ -151,7 +157,7 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> d
 
     output = Path(config.output)
     state_dir = state_path(output)
-    run = {"epoch": 0, "batch": 0, "step": 0, "records": [], "best": -float("inf"), "best_record": None,
+    run = {"epoch": 0, "batch": 0, "step": 0, "records": [], "best": [-float("inf")] * 2, "best_record": None,
            "epoch_rng": None, "rng": None, "elapsed": 0.0}
     rng = random.Random(config.seed)
     if resume:
@@ -163,6 +169,8 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> d
     pad = tokenizer.pad_token_id
     for epoch in range(run["epoch"], config.epochs):
         model.train()
+        for name, param in model.named_parameters():
+            param.requires_grad_(method.trainable(name, epoch, model.num_layers))
         if resume and run["batch"] > 0:
             rng.setstate(run["epoch_rng"])  # the same batches as the interrupted epoch
         elif resume and run.get("rng") is not None:
@@ -176,7 +184,7 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> d
         seen, epoch_start, running = 0, time.perf_counter(), None
         for batch in bar:
             part, weight = distributed.shard(batch, world)
-            loss = method.loss(model, part, epoch)
+            loss = method.loss(model, part, epoch, run["step"])
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss {loss.item()} at step {run['step']} (epoch {epoch + 1})")
             optimizer.zero_grad(set_to_none=True)
@@ -202,14 +210,17 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> d
         logits = all_exit_logits(model, dev_enc, config.eval_batch_size)
         per_exit = per_exit_scores(logits, dev_enc.labels, spec.metric)
         scores = [e["score"] for e in per_exit]
-        chosen = scores[-1] if config.select_by == "last" else sum(scores) / len(scores)
+        mean = sum(scores) / len(scores)
+        # ties (e.g. a last exit frozen in a second stage) go to the better mean over exits
+        chosen = [scores[-1], mean] if config.select_by == "last" else [mean, scores[-1]]
         record = {
             "epoch": epoch + 1, "step": run["step"], "train_loss": running, "train_seconds": train_seconds,
             "examples_per_second": seen / train_seconds if train_seconds else 0.0, "resumed_at_batch": first or None,
             "dev_per_exit": per_exit, "dev_last_exit": scores[-1], "dev_mean_over_exits": sum(scores) / len(scores),
             "elapsed_seconds": time.perf_counter() - started,
         }
-        improved = chosen > run["best"]
+        # staged methods: only a model whose every exit has trained may be kept
+        improved = epoch >= method.first_selectable_epoch and chosen > run["best"]
         record["saved"] = improved
         run["records"].append(record)
         log.info("epoch %d: dev score per exit %s", epoch + 1, " ".join(f"{s:.2f}" for s in scores))

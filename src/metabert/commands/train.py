@@ -32,6 +32,7 @@ def add_parser(sub, name):
     p.add_argument("--pooling", default="mean", choices=POOLINGS, help="how each exit reads its layer")
     p.add_argument("--dropout", type=float, default=0.1, help="dropout in the exit heads")
     p.add_argument("--backbone-dropout", type=float, help="replace the encoder's dropout (default: its own)")
+    p.add_argument("--num-layers", type=int, help="keep only the first k layers (static BERT-kL baseline)")
     p.add_argument("--eval-batch-size", type=int, default=64)
     p.add_argument("--select-by", default="last", choices=SELECT_BY,
                    help="keep the epoch with the best last exit, or best mean over exits")
@@ -59,7 +60,7 @@ def run(args) -> int:
         max_seq_length=args.max_seq_length, max_train_samples=args.max_train_samples,
         calibration_fraction=args.calibration_fraction, seed=args.seed, grad_clip=args.grad_clip,
         pooling=args.pooling, dropout=args.dropout, eval_batch_size=args.eval_batch_size, select_by=args.select_by,
-        save_every=args.save_every, backbone_dropout=args.backbone_dropout,
+        save_every=args.save_every, backbone_dropout=args.backbone_dropout, num_layers=args.num_layers,
     )
     return report(train(config, progress=not args.no_progress))
 
