@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -13,19 +14,21 @@ from metabert.modeling import MultiExitBert
 from test_resume import write_data
 
 
-def common(data, out):
-    return ["train", "--task", "custom", "--train-file", str(data), "--dev-file", str(data), "--text-columns", "text",
+def common(data, out, method="joint"):
+    return ["train", "--method", method, "--task", "custom", "--train-file", str(data), "--dev-file", str(data), "--text-columns", "text",
             "--label-column", "label", "--model", "tiny", "--epochs", "2", "--batch-size", "8",
             "--learning-rate", "1e-3", "--dropout", "0", "--backbone-dropout", "0", "--output", str(out),
+            "--meta-support-size", "2", "--meta-lr", "1e-3", "--meta-inner-lr", "1e-3",
             "--no-progress"]
 
 
-def test_two_processes_match_one(tmp_path):
+@pytest.mark.parametrize("method", ["joint", "meta"])
+def test_two_processes_match_one(tmp_path, method):
     data = write_data(tmp_path)  # 114 training rows: the last batch of 2 rows is split unevenly too
-    assert main(common(data, tmp_path / "single")) == 0
+    assert main(common(data, tmp_path / "single", method)) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "metabert", *common(data, tmp_path / "ddp")], env=env, capture_output=True,
+                           "-m", "metabert", *common(data, tmp_path / "ddp", method)], env=env, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     a = load_file(tmp_path / "single" / "model.safetensors")

@@ -69,3 +69,14 @@ def all_reduce_gradients(parameters, world: World) -> None:
 def barrier(world: World) -> None:
     if world.size > 1:
         dist.barrier()
+
+
+def all_reduce_sum(tensors: dict[str, torch.Tensor], world: World) -> dict[str, torch.Tensor]:
+    """The sum over processes of a dict of tensors (e.g. meta-gradients of each process's tasks)."""
+    if world.size == 1:
+        return tensors
+    names = list(tensors)
+    values = [tensors[n] for n in names]
+    flat = _flatten_dense_tensors(values)
+    dist.all_reduce(flat)
+    return dict(zip(names, _unflatten_dense_tensors(flat, values)))

@@ -159,13 +159,63 @@ class Distill(Method):
         return sum(F.kl_div(s.log_softmax(-1), teacher, reduction="batchmean") for s in logits[:-1])
 
 
+class Meta(Method):
+    """MetaBERT (Algorithm 2 around Algorithm 1): the summed exit losses trained with Adam, from
+    parameters moved by MAML meta-updates (``metabert.meta``). ``interleaved``: every step first
+    makes a meta-update on tasks cut from the batch, then the Adam step on the batch;
+    ``warmstart``: the first ``warmstart_epochs`` epochs only meta-learn, the rest are plain
+    Algorithm 2 from the meta-learned θ."""
+
+    name = "meta"
+
+    def __init__(self, epochs: int = 1, config=None):
+        from metabert.meta import MetaConfig
+
+        super().__init__(epochs)
+        self.config = config or MetaConfig()
+        if self.config.schedule == "warmstart" and epochs <= self.config.warmstart_epochs:
+            raise ValueError(f"warmstart needs more epochs ({epochs}) than meta-learning epochs "
+                             f"({self.config.warmstart_epochs})")
+        self.meta_only_epochs = self.config.warmstart_epochs if self.config.schedule == "warmstart" else 0
+        self.first_selectable_epoch = self.meta_only_epochs
+
+    def loss(self, model, batch, epoch, step=0):
+        return exit_losses(_logits(model, batch), batch["labels"]).sum()
+
+    def before_step(self, model, batch, epoch, step, world=None, diagnose=False) -> dict:
+        """One meta-update (Eq. 4) on tasks cut from the (global) ``batch``; under torch.distributed
+        each process takes every world-size-th task and the meta-gradients are summed, which is
+        the single-process update. Returns diagnostics."""
+        from metabert import distributed, meta
+
+        if self.config.schedule == "warmstart" and epoch >= self.meta_only_epochs:
+            return {}
+        world = world or distributed.World()
+        tasks = meta.split_tasks(batch, self.config)
+        mine = tasks[world.rank :: world.size]
+        where = f"at step {step} (epoch {epoch + 1}) "
+        if mine:
+            grads, info = meta.meta_gradient(model, mine, self.config, where=where)
+        else:  # more processes than tasks: take part in the sum with zeros
+            grads, info = {n: torch.zeros_like(p) for n, p in meta.parameters(model).items()}, {}
+        grads = distributed.all_reduce_sum(grads, world)
+        if diagnose and world.size == 1:  # how far is the meta-gradient from the plain query gradient?
+            params = meta.parameters(model)
+            query = sum(meta.task_loss(model, params, q) for _, q in tasks)
+            plain = dict(zip(params, torch.autograd.grad(query, list(params.values()), allow_unused=True)))
+            plain = {n: (g if g is not None else torch.zeros_like(params[n])) for n, g in plain.items()}
+            info["cosine_to_query_gradient"] = meta.cosine(grads, plain)
+        meta.apply(model, grads, self.config.meta_lr)
+        return info
+
+
 METHODS: dict[str, type] = {m.name: m for m in (Joint, Weighted, LastExit, TwoStage, Alternating, AlternatingStep,
-                                                 Distill)}
+                                                 Distill, Meta)}
 
 
-def get_method(name: str, epochs: int = 1) -> TrainingMethod:
+def get_method(name: str, epochs: int = 1, meta_config=None) -> TrainingMethod:
     try:
         cls = METHODS[name]
     except KeyError:
         raise ValueError(f"unknown training method {name!r}; choose one of: {', '.join(METHODS)}") from None
-    return cls(epochs)
+    return cls(epochs, meta_config) if name == "meta" else cls(epochs)

@@ -60,6 +60,28 @@ class TrainConfig:
     save_every: int = 0  # steps between resumable training-state saves (0: never)
     backbone_dropout: float | None = None  # replaces the encoder's dropout when set
     num_layers: int | None = None  # keep only the first k layers (static BERT-kL)
+    # --method meta (see metabert.meta.MetaConfig)
+    meta_inner_lr: float = 1e-4
+    meta_lr: float = 1e-5
+    meta_inner_steps: int = 1
+    meta_support_size: int = 16
+    meta_batch: int = 2
+    meta_order: str = "first"
+    meta_adapt: str = "all"
+    meta_task: str = "episode"
+    meta_schedule: str = "interleaved"
+    meta_warmstart_epochs: int = 1
+    meta_diagnose_every: int = 10  # steps between cosine(meta-gradient, plain query gradient) checks
+
+    def meta_config(self):
+        from metabert.meta import MetaConfig
+
+        if self.meta_order not in ("first", "second"):
+            raise ValueError(f"invalid meta_order {self.meta_order!r}; choose first or second")
+        return MetaConfig(inner_lr=self.meta_inner_lr, meta_lr=self.meta_lr, inner_steps=self.meta_inner_steps,
+                          support_size=self.meta_support_size, meta_batch=self.meta_batch,
+                          first_order=self.meta_order == "first", adapt=self.meta_adapt, task=self.meta_task,
+                          schedule=self.meta_schedule, warmstart_epochs=self.meta_warmstart_epochs)
 
     def __post_init__(self):
         checks = {
@@ -79,7 +101,7 @@ class TrainConfig:
                 raise ValueError(f"invalid {name}: {getattr(self, name)!r}")
         if self.method not in METHODS:
             raise ValueError(f"invalid method {self.method!r}; choose one of: {', '.join(METHODS)}")
-        get_method(self.method, self.epochs)  # a method may refuse the epoch count (two stages need two)
+        get_method(self.method, self.epochs, self.meta_config())  # a method may refuse the epoch count
         if self.num_layers is not None and self.num_layers < 1:
             raise ValueError(f"invalid num_layers: {self.num_layers}")
         if self.pooling not in POOLINGS:
@@ -140,7 +162,8 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> d
     tokenizer = model.tokenizer
     train_enc = encode(train_set, tokenizer, config.max_seq_length)
     dev_enc = encode(dev_set, tokenizer, config.max_seq_length)
-    method = get_method(config.method, config.epochs)
+    method = get_method(config.method, config.epochs, config.meta_config())
+    meta_only = getattr(method, "meta_only_epochs", 0)  # warm-start epochs: meta-updates, no Adam
     if config.num_layers:
         model.truncate(config.num_layers)
 
@@ -152,7 +175,7 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> d
     ]
     optimizer = torch.optim.AdamW(groups, lr=config.learning_rate)
     steps_per_epoch = -(-len(train_enc) // config.batch_size)
-    total = steps_per_epoch * config.epochs
+    total = steps_per_epoch * (config.epochs - meta_only)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup * total), total)
 
     output = Path(config.output)
@@ -167,6 +190,7 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> d
     if world.size > 1:  # the same initial weights everywhere (seeded), different dropout masks per process
         torch.manual_seed(config.seed * 1000 + world.rank)
     pad = tokenizer.pad_token_id
+    hook = getattr(method, "before_step", None)  # meta-learning's update before each step
     for epoch in range(run["epoch"], config.epochs):
         model.train()
         for name, param in model.named_parameters():
@@ -181,9 +205,22 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> d
         first = run["batch"]
         bar = tqdm(iterate(train_enc, batches[first:], pad), total=len(batches), initial=first,
                    desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, unit="batch")
-        seen, epoch_start, running = 0, time.perf_counter(), None
+        seen, epoch_start, running, diagnostics = 0, time.perf_counter(), None, []
         for batch in bar:
             part, weight = distributed.shard(batch, world)
+            if hook is not None:
+                info = hook(model, batch, epoch, run["step"], world=world,
+                            diagnose=run["step"] % config.meta_diagnose_every == 0)
+                if info:
+                    diagnostics.append(info)
+            if epoch < meta_only:
+                run["step"] += 1
+                run["batch"] += 1
+                seen += len(batch["labels"])
+                meta_loss = diagnostics[-1]["query_loss"]
+                running = meta_loss if running is None else 0.98 * running + 0.02 * meta_loss
+                bar.set_postfix(meta_loss=f"{running:.4f}")
+                continue
             loss = method.loss(model, part, epoch, run["step"])
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss {loss.item()} at step {run['step']} (epoch {epoch + 1})")
@@ -219,6 +256,8 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> d
             "dev_per_exit": per_exit, "dev_last_exit": scores[-1], "dev_mean_over_exits": sum(scores) / len(scores),
             "elapsed_seconds": time.perf_counter() - started,
         }
+        if diagnostics:
+            record["meta"] = summarise_meta(diagnostics)
         # staged methods: only a model whose every exit has trained may be kept
         improved = epoch >= method.first_selectable_epoch and chosen > run["best"]
         record["saved"] = improved
@@ -240,6 +279,17 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> d
     shutil.rmtree(state_dir, ignore_errors=True)
     return {"output": str(output), "best": run["best_record"], "log": str(output / "log.jsonl"),
             "train_examples": len(train_set), "seconds": time.perf_counter() - started}
+
+
+def summarise_meta(diagnostics: list[dict]) -> dict:
+    """Per-epoch means of the meta-learning diagnostics (see ``metabert.meta.meta_gradient``)."""
+    out = {}
+    for key in ("query_loss", "inner_step_relative", "cosine_to_query_gradient"):
+        values = [d[key] for d in diagnostics if key in d]
+        if values:
+            out[key] = sum(values) / len(values)
+    out["meta_updates"] = len(diagnostics)
+    return out
 
 
 def resume_config(output: str | Path) -> TrainConfig:

@@ -36,6 +36,17 @@ def add_parser(sub, name):
     p.add_argument("--eval-batch-size", type=int, default=64)
     p.add_argument("--select-by", default="last", choices=SELECT_BY,
                    help="keep the epoch with the best last exit, or best mean over exits")
+    meta = p.add_argument_group("--method meta (MetaBERT's Algorithm 1; see metabert.meta)")
+    meta.add_argument("--meta-inner-lr", type=float, default=1e-4, help="α, inner SGD step (Eq. 2)")
+    meta.add_argument("--meta-lr", type=float, default=1e-5, help="β, meta step (Eq. 4)")
+    meta.add_argument("--meta-inner-steps", type=int, default=1)
+    meta.add_argument("--meta-support-size", type=int, default=16, help="K: examples per support (and query) batch")
+    meta.add_argument("--meta-batch", type=int, default=2, help="tasks per meta-update")
+    meta.add_argument("--meta-order", choices=["first", "second"], default="first")
+    meta.add_argument("--meta-adapt", choices=["all", "exits"], default="all", help="what the inner loop adapts")
+    meta.add_argument("--meta-task", choices=["episode", "exit"], default="episode")
+    meta.add_argument("--meta-schedule", choices=["interleaved", "warmstart"], default="interleaved")
+    meta.add_argument("--meta-warmstart-epochs", type=int, default=1)
     p.add_argument("--save-every", type=int, default=0,
                    help="save the resumable training state every N steps (and after each epoch)")
     p.add_argument("--resume", metavar="DIR",
@@ -61,6 +72,10 @@ def run(args) -> int:
         calibration_fraction=args.calibration_fraction, seed=args.seed, grad_clip=args.grad_clip,
         pooling=args.pooling, dropout=args.dropout, eval_batch_size=args.eval_batch_size, select_by=args.select_by,
         save_every=args.save_every, backbone_dropout=args.backbone_dropout, num_layers=args.num_layers,
+        meta_inner_lr=args.meta_inner_lr, meta_lr=args.meta_lr, meta_inner_steps=args.meta_inner_steps,
+        meta_support_size=args.meta_support_size, meta_batch=args.meta_batch, meta_order=args.meta_order,
+        meta_adapt=args.meta_adapt, meta_task=args.meta_task, meta_schedule=args.meta_schedule,
+        meta_warmstart_epochs=args.meta_warmstart_epochs,
     )
     return report(train(config, progress=not args.no_progress))
 

@@ -1,0 +1,151 @@
+"""MetaBERT's meta-learning (Algorithm 1: MAML, Eqs. 2-4), written with ``torch.func.functional_call``.
+
+Vocabulary after learn2learn: ``adapt`` takes inner SGD steps on a support batch and returns the
+adapted parameters θ' as a new dict (θ itself is never modified); ``meta_gradient`` sums the query
+losses at each task's θ' and differentiates them with respect to θ, through the inner steps
+(second order) or not (first order: the query gradient at θ' stands in for it).
+
+A *task* is read two ways (DESIGN.md): ``episode``, a support and a query batch whose loss is the
+sum of every exit's loss; ``exit``, one exit's loss per task in the inner step, all exits' query
+losses in the outer step.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch.func import functional_call
+
+from metabert.batching import model_inputs
+from metabert.modeling import MultiExitBert, exit_losses
+
+TASKS = ("episode", "exit")
+SCHEDULES = ("interleaved", "warmstart")
+ADAPT = ("all", "exits")
+
+
+@dataclass(frozen=True)
+class MetaConfig:
+    """inner_lr α, meta_lr β (Eqs. 2 and 4); inner_steps; support size K (examples per support
+    batch; the query batch has as many); meta_batch: tasks per meta-update; first_order; adapt:
+    which parameters the inner loop adapts ("all" or only the "exits"); task and schedule as in the
+    module docstring; warmstart_epochs: meta-learning epochs before Adam, for ``warmstart``."""
+
+    inner_lr: float = 1e-4
+    meta_lr: float = 1e-5
+    inner_steps: int = 1
+    support_size: int = 16
+    meta_batch: int = 2
+    first_order: bool = True
+    adapt: str = "all"
+    task: str = "episode"
+    schedule: str = "interleaved"
+    warmstart_epochs: int = 1
+
+    def __post_init__(self):
+        for name, ok in {
+            "inner_lr": self.inner_lr > 0, "meta_lr": self.meta_lr > 0, "inner_steps": self.inner_steps >= 1,
+            "support_size": self.support_size >= 1, "meta_batch": self.meta_batch >= 1,
+            "adapt": self.adapt in ADAPT, "task": self.task in TASKS, "schedule": self.schedule in SCHEDULES,
+            "warmstart_epochs": self.warmstart_epochs >= 1,
+        }.items():
+            if not ok:
+                raise ValueError(f"invalid meta option {name}: {getattr(self, name)!r}")
+
+
+def parameters(model: MultiExitBert) -> dict[str, torch.Tensor]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def task_loss(model: MultiExitBert, params: dict, batch: dict, exit_index: int | None = None) -> torch.Tensor:
+    """Loss at ``params``: the sum over exits (episode), or exit ``exit_index``'s alone."""
+    logits = functional_call(model, params, args=(), kwargs=model_inputs(batch))  # (L, B, C)
+    losses = exit_losses(logits, batch["labels"])
+    return losses.sum() if exit_index is None else losses[exit_index]
+
+
+def adapt(model: MultiExitBert, params: dict, support: dict, config: MetaConfig, exit_index: int | None = None,
+          where: str = "") -> dict[str, torch.Tensor]:
+    """θ' = θ - α ∇θ L_support(θ) (Eq. 2), ``inner_steps`` times; returns a new dict."""
+    adapted = dict(params)
+    names = [n for n in params if config.adapt == "all" or n.startswith("exits.")]
+    for step in range(config.inner_steps):
+        loss = task_loss(model, adapted, support, exit_index)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite inner loss {loss.item()} {where}(inner step {step + 1}; inner_lr={config.inner_lr}, "
+                f"inner_steps={config.inner_steps}, adapt={config.adapt}, task={config.task})")
+        grads = torch.autograd.grad(loss, [adapted[n] for n in names], create_graph=not config.first_order)
+        for n, g in zip(names, grads):
+            adapted[n] = adapted[n] - config.inner_lr * (g.detach() if config.first_order else g)
+    return adapted
+
+
+@contextmanager
+def twice_differentiable(model: MultiExitBert, needed: bool):
+    """Second-order MAML differentiates through a gradient; PyTorch's fused CPU attention has no
+    double backward, so the plain ("eager") attention is used meanwhile."""
+    before = model.encoder.config._attn_implementation
+    if needed and before != "eager":
+        model.encoder.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        if needed and before != "eager":
+            model.encoder.set_attn_implementation(before)
+
+
+def meta_gradient(model: MultiExitBert, tasks: list[tuple[dict, dict]], config: MetaConfig,
+                  where: str = "") -> tuple[dict[str, torch.Tensor], dict]:
+    """∇θ Σ_i L_query_i(θ'_i) (Eqs. 3-4) over ``tasks`` [(support, query), ...], and diagnostics:
+    the relative size of the inner step ‖θ'-θ‖/‖θ‖ and the query loss."""
+    with twice_differentiable(model, not config.first_order):
+        return _meta_gradient(model, tasks, config, where)
+
+
+def _meta_gradient(model, tasks, config, where):
+    params = parameters(model)
+    total, step_norm, base_norm = 0.0, 0.0, 0.0
+    for i, (support, query) in enumerate(tasks):
+        exit_index = i % model.num_layers if config.task == "exit" else None
+        adapted = adapt(model, params, support, config, exit_index, where)
+        total = total + task_loss(model, adapted, query)  # every exit's query loss ("collaborative")
+        with torch.no_grad():
+            step_norm += sum(float((adapted[n] - params[n]).pow(2).sum()) for n in params)
+            base_norm += sum(float(p.pow(2).sum()) for p in params.values())
+    if not torch.isfinite(total):
+        raise FloatingPointError(f"non-finite query loss {total.item()} {where}(inner_lr={config.inner_lr})")
+    grads = torch.autograd.grad(total, list(params.values()), allow_unused=True)
+    grads = {n: (g if g is not None else torch.zeros_like(p)) for (n, p), g in zip(params.items(), grads)}
+    return grads, {"query_loss": total.item() / len(tasks), "inner_step_relative": math.sqrt(step_norm / base_norm)}
+
+
+def split_tasks(batch: dict, config: MetaConfig) -> list[tuple[dict, dict]]:
+    """Cut a batch into ``meta_batch`` (support, query) pairs of ``support_size`` rows each (fewer
+    tasks when the batch is small; at least one, halving the batch)."""
+    rows = batch["labels"].shape[0]
+    k = min(config.support_size, max(1, rows // 2))
+    count = max(1, min(config.meta_batch, rows // (2 * k)))
+    tasks = []
+    for t in range(count):
+        s, q = slice(2 * t * k, 2 * t * k + k), slice(2 * t * k + k, 2 * t * k + 2 * k)
+        tasks.append(({n: v[s] for n, v in batch.items()}, {n: v[q] for n, v in batch.items()}))
+    return tasks
+
+
+def cosine(a: dict, b: dict) -> float:
+    dot = sum(float((a[n] * b[n]).sum()) for n in a)
+    na = math.sqrt(sum(float(a[n].pow(2).sum()) for n in a))
+    nb = math.sqrt(sum(float(b[n].pow(2).sum()) for n in b))
+    return dot / (na * nb) if na and nb else float("nan")
+
+
+@torch.no_grad()
+def apply(model: MultiExitBert, grads: dict, lr: float) -> None:
+    """θ ← θ - β g (Eq. 4)."""
+    for n, p in model.named_parameters():
+        if n in grads:
+            p.sub_(lr * grads[n])
