@@ -3,12 +3,16 @@
 # (threshold 0: every sample runs every layer), each driven for DURATION seconds by CLIENTS clients
 # from a second process, one after the other in the same run. Writes runs/bench/loadtest.json.
 set -euo pipefail
+for tool in curl; do command -v $tool >/dev/null || { echo "needs $tool" >&2; exit 1; }; done
 CKPT=${1:-runs/foundation/sst2}
 METABERT=${METABERT:-metabert}
 CLIENTS=${CLIENTS:-16}
 DURATION=${DURATION:-60}
 OUT=${OUT:-runs/bench}
 mkdir -p "$OUT"
+# the early-exit server uses the checkpoint's calibrated policy: at most 1 point below the last exit
+# on the slice of training data held out at training time
+$METABERT calibrate --checkpoint "$CKPT" --max-drop "${MAX_DROP:-1}"
 $METABERT serve --checkpoint "$CKPT" --port 8101 --threads 1 & early=$!
 $METABERT serve --checkpoint "$CKPT" --port 8102 --threads 1 --threshold 0 & full=$!
 trap 'kill $early $full 2>/dev/null || true' EXIT

@@ -106,3 +106,26 @@ def test_meta_method_moves_parameters_and_reports(model):
         get_method("meta", 1, MetaConfig(schedule="warmstart"))
     warm = get_method("meta", 3, MetaConfig(schedule="warmstart", warmstart_epochs=1))
     assert warm.meta_only_epochs == 1 and warm.before_step(model, batch(model), epoch=1, step=5) == {}
+
+
+@pytest.mark.parametrize("schedule", ["interleaved", "warmstart"])
+def test_meta_training_end_to_end_logs_diagnostics(tmp_path, schedule):
+    import json
+
+    from metabert.cli import main
+    from test_resume import write_data
+
+    data = write_data(tmp_path)
+    out = tmp_path / "meta"
+    assert main(["train", "--task", "custom", "--train-file", str(data), "--dev-file", str(data), "--text-columns",
+                 "text", "--label-column", "label", "--model", "tiny", "--method", "meta", "--epochs", "2",
+                 "--batch-size", "8", "--meta-support-size", "2", "--meta-schedule", schedule,
+                 "--output", str(out), "--no-progress"]) == 0
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert "meta" in log[0] and log[0]["meta"]["meta_updates"] == 15
+    assert 0 < log[0]["meta"]["inner_step_relative"] < 1
+    assert -1 <= log[0]["meta"]["cosine_to_query_gradient"] <= 1
+    if schedule == "warmstart":
+        assert "meta" not in log[1] and not log[0]["saved"] and log[1]["saved"]
+    else:
+        assert log[1]["meta"]["meta_updates"] == 15

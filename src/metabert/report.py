@@ -181,7 +181,7 @@ def render_bench(paths: list[Path], command: str = "") -> str:
         out += [f"## Exit policies at equal layer speed-up: {c['task']} {c['split']}", "",
                 f"{c['metric']} interpolated between neighbouring settings of each policy (`metabert curves`); "
                 f"measured batch-1 speed-ups on the first {c['measured_on_examples']} examples are in the JSON "
-                "and the plot.", ""]
+                "and the plot.", "", f"![{c['task']} policies]({c['task']}.curves.png)", ""]
         targets = list(next(iter(c["score_at_layer_speedup"].values())).keys())
         out += ["| policy | " + " | ".join(targets) + " |", "|---|" + "---|" * len(targets)]
         for name, row in c["score_at_layer_speedup"].items():
