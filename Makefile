@@ -23,8 +23,9 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/metabert train --task sst2 --model minilm-l6 --method joint --epochs 1 \
 	    --max-train-samples 16000 --output $(DEMO_DIR)/sst2
-	$(BIN)/metabert evaluate --checkpoint $(DEMO_DIR)/sst2 --task sst2 --threshold 0.3 \
-	    --output $(DEMO_DIR)/sst2_threshold.json
+	$(BIN)/metabert calibrate --checkpoint $(DEMO_DIR)/sst2 --max-drop 1
+	$(BIN)/metabert evaluate --checkpoint $(DEMO_DIR)/sst2 --task sst2 \
+	    --output $(DEMO_DIR)/sst2_calibrated.json
 	$(BIN)/metabert evaluate --checkpoint $(DEMO_DIR)/sst2 --task sst2 \
 	    --thresholds auto --output $(DEMO_DIR)/sst2_sweep.json
 

@@ -117,3 +117,14 @@ def test_local_backbone_folder(tmp_path):
     assert model.num_layers == 3 and model.config.backbone == str(tmp_path / "bb")
     for a, b in zip(model.encoder.parameters(), tiny.encoder.parameters()):
         assert torch.equal(a, b)
+
+
+def test_linear_heads_round_trip(tmp_path):
+    model = MultiExitBert.from_backbone("tiny", ["a", "b"], head="linear").eval()
+    assert model.exits[0].dense is None
+    model.save_pretrained(tmp_path / "c")
+    loaded = MultiExitBert.from_pretrained(tmp_path / "c")
+    inputs = batch_for(model.tokenizer, TEXTS)
+    with torch.no_grad():
+        assert torch.equal(loaded(**inputs), model(**inputs))
+        assert torch.allclose(model.exits[1].infer(torch.ones(1, 32)), model.exits[1](torch.ones(1, 32)))

@@ -35,9 +35,9 @@ def layer_flops(tokens: int, hidden: int, intermediate: int) -> int:
     return projections + ffn + attention
 
 
-def head_flops(tokens: int, hidden: int, classes: int) -> int:
-    """An exit head: mean pooling, dense, linear (softmax and the exit test are negligible)."""
-    return tokens * hidden + 2 * hidden * hidden + 2 * hidden * classes
+def head_flops(tokens: int, hidden: int, classes: int, dense: bool = True) -> int:
+    """An exit head: mean pooling, dense (pooler heads), linear (softmax, exit test: negligible)."""
+    return tokens * hidden + (2 * hidden * hidden if dense else 0) + 2 * hidden * classes
 
 
 def flops_per_sample(model: MultiExitBert, lengths: list[int], exit_layers: list[int] | None) -> float:
@@ -46,8 +46,8 @@ def flops_per_sample(model: MultiExitBert, lengths: list[int], exit_layers: list
     cfg = model.encoder.config
     total = 0
     for i, n in enumerate(lengths):
-        layer, head = layer_flops(n, cfg.hidden_size, cfg.intermediate_size), head_flops(n, cfg.hidden_size,
-                                                                                          model.config.num_labels)
+        layer = layer_flops(n, cfg.hidden_size, cfg.intermediate_size)
+        head = head_flops(n, cfg.hidden_size, model.config.num_labels, model.config.head == "pooler")
         k = model.num_layers if exit_layers is None else exit_layers[i]
         total += k * layer + (head if exit_layers is None else k * head)
     return total / len(lengths)

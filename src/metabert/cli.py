@@ -6,10 +6,10 @@ import argparse
 import logging
 import sys
 
-from metabert.commands import bench, calibrate, curves, download_glue, evaluate, export, loadtest, predict, report, serve, train
+from metabert.commands import bench, calibrate, curves, download_glue, evaluate, export, loadtest, predict, report, reproduce, serve, train
 from metabert.data import DataError
 
-COMMANDS = {"train": train, "evaluate": evaluate, "calibrate": calibrate, "export": export, "bench": bench, "curves": curves, "predict": predict, "serve": serve, "loadtest": loadtest, "report": report, "download-glue": download_glue}
+COMMANDS = {"train": train, "evaluate": evaluate, "calibrate": calibrate, "export": export, "bench": bench, "curves": curves, "predict": predict, "serve": serve, "loadtest": loadtest, "reproduce": reproduce, "report": report, "download-glue": download_glue}
 
 
 def build_parser() -> argparse.ArgumentParser:

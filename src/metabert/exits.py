@@ -167,8 +167,3 @@ def simulate_exits(all_logits: torch.Tensor, policy: ExitPolicy) -> torch.Tensor
         layers[leave] = i + 1
         open_ &= ~done
     return layers
-
-
-def exit_layers_from_logits(all_logits: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Entropy early exit at ``threshold`` from every exit's logits: (L, N, C) -> (N,) 1-based."""
-    return simulate_exits(all_logits, EntropyPolicy(threshold))

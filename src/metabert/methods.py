@@ -91,7 +91,7 @@ class TwoStage(Method):
 
     def __init__(self, epochs: int = 2):
         if epochs < 2:
-            raise ValueError(f"two-stage training needs at least 2 epochs (one per stage), got {epochs}")
+            raise ValueError(f"{self.name} training needs at least 2 epochs (one per stage), got {epochs}")
         super().__init__(epochs)
         self.stage1 = math.ceil(epochs / 2)
         self.first_selectable_epoch = self.stage1  # a stage-1 model has untrained inner exits
@@ -104,7 +104,10 @@ class TwoStage(Method):
         logits = _logits(model, batch)
         if epoch < self.stage1:
             return exit_losses(logits[-1:], batch["labels"]).sum()
-        return exit_losses(logits[:-1], batch["labels"]).sum()
+        return self.inner_exits_loss(logits, batch["labels"])
+
+    def inner_exits_loss(self, logits, labels):
+        return exit_losses(logits[:-1], labels).sum()
 
 
 class Alternating(Method):
@@ -133,28 +136,14 @@ class AlternatingStep(Alternating):
         super().__init__(epochs, per_step=True)
 
 
-class Distill(Method):
+class Distill(TwoStage):
     """FastBERT (Liu et al., 2020): the backbone and last exit learn the task first; then, with them
     frozen, exits 1..L-1 learn the last exit's soft labels (KL divergence, temperature 1). Stages
     split the epochs as in ``two-stage``."""
 
     name = "distill"
 
-    def __init__(self, epochs: int = 2):
-        if epochs < 2:
-            raise ValueError(f"distill training needs at least 2 epochs (one per stage), got {epochs}")
-        super().__init__(epochs)
-        self.stage1 = math.ceil(epochs / 2)
-        self.first_selectable_epoch = self.stage1
-
-    def trainable(self, name, epoch, num_layers):
-        inner = _is_exit(name, range(num_layers - 1))
-        return not inner if epoch < self.stage1 else inner
-
-    def loss(self, model, batch, epoch, step=0):
-        logits = _logits(model, batch)
-        if epoch < self.stage1:
-            return exit_losses(logits[-1:], batch["labels"]).sum()
+    def inner_exits_loss(self, logits, labels):
         teacher = logits[-1].detach().softmax(-1)
         return sum(F.kl_div(s.log_softmax(-1), teacher, reduction="batchmean") for s in logits[:-1])
 

@@ -28,6 +28,7 @@ from metabert.exits import EntropyPolicy, ExitPolicy, policy_from_dict
 log = logging.getLogger(__name__)
 
 POOLINGS = ("mean", "cls")
+HEADS = ("pooler", "linear")
 CONFIG_NAME = "metabert_config.json"
 WEIGHTS_NAME = "model.safetensors"
 
@@ -39,6 +40,7 @@ class MultiExitConfig:
     num_labels: number of classes of every exit.
     label_names: the class names, index i is class i (stored so predictions can be named).
     pooling: how an exit reads the layer output: ``mean`` over real tokens or the ``cls`` token.
+    head: the exit classifier, ``pooler`` (dense + tanh + linear, DeeBERT) or ``linear``.
     dropout: dropout before each exit's final linear layer.
     backbone: what ``--model`` named when the model was created (for the record).
     backbone_config: the encoder's Hugging Face config as a dict.
@@ -57,8 +59,11 @@ class MultiExitConfig:
     task: dict = field(default_factory=dict)
     calibration: dict = field(default_factory=dict)
     exit_policy: dict = field(default_factory=dict)
+    head: str = "pooler"
 
     def __post_init__(self):
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
         if self.num_labels < 2:
             raise ValueError(f"num_labels must be >= 2, got {self.num_labels}")
         if len(self.label_names) != self.num_labels:
@@ -73,21 +78,23 @@ class MultiExitConfig:
 
 
 class ExitHead(nn.Module):
-    """DeeBERT's off-ramp: dense + tanh (a BERT pooler), dropout, linear."""
+    """An exit classifier. ``pooler`` (default): DeeBERT's off-ramp, dense + tanh (a BERT pooler),
+    dropout, linear. ``linear``: dropout and a linear layer on the pooled output."""
 
-    def __init__(self, hidden: int, num_labels: int, dropout: float):
+    def __init__(self, hidden: int, num_labels: int, dropout: float, kind: str = "pooler"):
         super().__init__()
-        self.dense = nn.Linear(hidden, hidden)
+        self.dense = nn.Linear(hidden, hidden) if kind == "pooler" else None
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(hidden, num_labels)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:  # (B, H) -> (B, C)
-        return self.classifier(self.dropout(torch.tanh(self.dense(pooled))))
+        hidden = pooled if self.dense is None else torch.tanh(self.dense(pooled))
+        return self.classifier(self.dropout(hidden))
 
     def infer(self, pooled: torch.Tensor) -> torch.Tensor:
         """``forward`` without dropout and module-call overhead, for inference (a batch-1 head costs
         about as much in Python calls as in arithmetic)."""
-        hidden = torch.tanh(F.linear(pooled, self.dense.weight, self.dense.bias))
+        hidden = pooled if self.dense is None else torch.tanh(F.linear(pooled, self.dense.weight, self.dense.bias))
         return F.linear(hidden, self.classifier.weight, self.classifier.bias)
 
 
@@ -121,11 +128,13 @@ class MultiExitBert(nn.Module):
         self.tokenizer = tokenizer
         hidden = encoder.config.hidden_size
         self.exits = nn.ModuleList(
-            ExitHead(hidden, config.num_labels, config.dropout) for _ in range(self.num_layers)
+            ExitHead(hidden, config.num_labels, config.dropout, config.head) for _ in range(self.num_layers)
         )
         init_range = getattr(encoder.config, "initializer_range", 0.02)
         for head in self.exits:
             for linear in (head.dense, head.classifier):
+                if linear is None:
+                    continue
                 nn.init.normal_(linear.weight, std=init_range)
                 nn.init.zeros_(linear.bias)
 
@@ -140,6 +149,7 @@ class MultiExitBert(nn.Module):
         task: dict | None = None,
         seed: int = 0,
         backbone_dropout: float | None = None,
+        head: str = "pooler",
     ) -> "MultiExitBert":
         """A new multi-exit model on a pretrained backbone (see ``metabert.backbones``)."""
         backbone = model if isinstance(model, Backbone) else load_backbone(model, seed=seed, dropout=backbone_dropout)
@@ -151,6 +161,7 @@ class MultiExitBert(nn.Module):
             backbone=backbone.source,
             backbone_config=json.loads(backbone.encoder.config.to_json_string()),
             task=task or {},
+            head=head,
         )
         with torch.random.fork_rng():
             torch.manual_seed(seed)

@@ -60,6 +60,7 @@ class TrainConfig:
     save_every: int = 0  # steps between resumable training-state saves (0: never)
     backbone_dropout: float | None = None  # replaces the encoder's dropout when set
     num_layers: int | None = None  # keep only the first k layers (static BERT-kL)
+    head: str = "pooler"  # exit classifier: pooler (dense+tanh+linear) or linear
     # --method meta (see metabert.meta.MetaConfig)
     meta_inner_lr: float = 1e-4
     meta_lr: float = 1e-5
@@ -154,6 +155,7 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> d
     model = MultiExitBert.from_backbone(
         config.model, list(spec.labels), pooling=config.pooling, dropout=config.dropout,
         task=data_mod.spec_to_dict(spec), seed=config.seed, backbone_dropout=config.backbone_dropout,
+        head=config.head,
     )
     model.with_config(calibration={
         "source": train_set.source, "fraction": config.calibration_fraction,
@@ -217,9 +219,10 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> d
                 run["step"] += 1
                 run["batch"] += 1
                 seen += len(batch["labels"])
-                meta_loss = diagnostics[-1]["query_loss"]
-                running = meta_loss if running is None else 0.98 * running + 0.02 * meta_loss
-                bar.set_postfix(meta_loss=f"{running:.4f}")
+                if diagnostics:
+                    meta_loss = diagnostics[-1]["query_loss"]
+                    running = meta_loss if running is None else 0.98 * running + 0.02 * meta_loss
+                    bar.set_postfix(meta_loss=f"{running:.4f}")
                 continue
             loss = method.loss(model, part, epoch, run["step"])
             if not torch.isfinite(loss):
@@ -348,6 +351,7 @@ def load_state(directory: Path, config: TrainConfig, model, optimizer, scheduler
 
 def write_log(path: Path, records: list[dict]) -> None:
     """Every evaluation so far, one JSON object per line (rewritten whole, then renamed into place)."""
+    path.parent.mkdir(parents=True, exist_ok=True)  # before a staged method's first checkpoint
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
     tmp.replace(path)

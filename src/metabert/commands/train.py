@@ -6,19 +6,29 @@ import json
 
 from metabert.commands.common import add_data_options
 from metabert.methods import METHODS
-from metabert.modeling import POOLINGS
+from metabert.modeling import HEADS, POOLINGS
 from metabert.training import SELECT_BY, TrainConfig, resume_config, train
 
 
 def add_parser(sub, name):
     p = sub.add_parser(name, help="train a multi-exit classifier", description=__doc__)
     add_data_options(p, task_required=False)
+    add_training_options(p)
+    p.add_argument("--method", default="joint", choices=sorted(METHODS), help="training method")
+    p.add_argument("--resume", metavar="DIR",
+                   help="continue the interrupted run whose --output was DIR, with its options")
+    p.set_defaults(run=run)
+
+
+def add_training_options(p) -> None:
+    """Every option of a training run but the task and method (shared with ``reproduce``)."""
+    if not any(a.dest == "data_dir" for a in p._actions):
+        add_data_options(p, task_required=False)
     p.add_argument("--train-file", help="--task custom: training file (TSV, CSV or JSONL)")
     p.add_argument("--text-columns", help="--task custom: one or two comma-separated text columns")
     p.add_argument("--label-column", help="--task custom: label column")
     p.add_argument("--model", default="minilm-l6", help="minilm-l6 (default), tiny, a local folder or a hub name")
-    p.add_argument("--method", default="joint", choices=sorted(METHODS), help="training method")
-    p.add_argument("--output", help="checkpoint folder to write")
+    p.add_argument("--output", help="output folder")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--learning-rate", "--lr", type=float, default=5e-5)
@@ -31,6 +41,7 @@ def add_parser(sub, name):
     p.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0: off)")
     p.add_argument("--pooling", default="mean", choices=POOLINGS, help="how each exit reads its layer")
     p.add_argument("--dropout", type=float, default=0.1, help="dropout in the exit heads")
+    p.add_argument("--head", default="pooler", choices=HEADS, help="exit classifier: pooler (DeeBERT) or linear")
     p.add_argument("--backbone-dropout", type=float, help="replace the encoder's dropout (default: its own)")
     p.add_argument("--num-layers", type=int, help="keep only the first k layers (static BERT-kL baseline)")
     p.add_argument("--eval-batch-size", type=int, default=64)
@@ -49,10 +60,7 @@ def add_parser(sub, name):
     meta.add_argument("--meta-warmstart-epochs", type=int, default=1)
     p.add_argument("--save-every", type=int, default=0,
                    help="save the resumable training state every N steps (and after each epoch)")
-    p.add_argument("--resume", metavar="DIR",
-                   help="continue the interrupted run whose --output was DIR, with its options")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(run=run)
 
 
 def run(args) -> int:
@@ -62,22 +70,26 @@ def run(args) -> int:
         return report(summary)
     if not args.task or not args.output:
         raise ValueError("--task and --output are required (or --resume DIR)")
-    config = TrainConfig(
-        task=args.task, output=args.output, model=args.model, method=args.method, data_dir=args.data_dir,
-        train_file=args.train_file, dev_file=args.dev_file,
+    config = TrainConfig(**config_fields(args))
+    return report(train(config, progress=not args.no_progress))
+
+
+def config_fields(args) -> dict:
+    return dict(
+        task=args.task, output=args.output, model=args.model, method=getattr(args, "method", "joint"),
+        data_dir=args.data_dir, train_file=args.train_file, dev_file=args.dev_file,
         text_columns=tuple(c.strip() for c in (args.text_columns or "").split(",") if c.strip()),
         label_column=args.label_column, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, weight_decay=args.weight_decay, warmup=args.warmup,
         max_seq_length=args.max_seq_length, max_train_samples=args.max_train_samples,
         calibration_fraction=args.calibration_fraction, seed=args.seed, grad_clip=args.grad_clip,
         pooling=args.pooling, dropout=args.dropout, eval_batch_size=args.eval_batch_size, select_by=args.select_by,
-        save_every=args.save_every, backbone_dropout=args.backbone_dropout, num_layers=args.num_layers,
+        save_every=args.save_every, backbone_dropout=args.backbone_dropout, num_layers=args.num_layers, head=args.head,
         meta_inner_lr=args.meta_inner_lr, meta_lr=args.meta_lr, meta_inner_steps=args.meta_inner_steps,
         meta_support_size=args.meta_support_size, meta_batch=args.meta_batch, meta_order=args.meta_order,
         meta_adapt=args.meta_adapt, meta_task=args.meta_task, meta_schedule=args.meta_schedule,
         meta_warmstart_epochs=args.meta_warmstart_epochs,
     )
-    return report(train(config, progress=not args.no_progress))
 
 
 def report(summary: dict) -> int:

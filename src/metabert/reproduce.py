@@ -1,0 +1,155 @@
+"""Reproduce MetaBERT's Table II and Fig. 2: every training method on every task and seed, from the
+same backbone and budget; every exit's dev score and entropy early exit at fixed layer speed-ups,
+with γ chosen on the calibration slice held out of the training data (never on dev).
+
+Each (task, method, seed) cell writes ``DIR/<task>/<method>/seed<k>/result.json``; a cell whose
+result exists is not trained again, so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from metabert import data as data_mod
+from metabert.batching import encode
+from metabert.calibration import calibration_set, choose
+from metabert.evaluation import _pyplot, all_exit_logits, per_exit_scores, simulate
+from metabert.modeling import MultiExitBert
+from metabert.training import TrainConfig, train
+
+log = logging.getLogger(__name__)
+
+# MetaBERT's Table II (BERT-base, GLUE dev as reported in the paper), for the table's last rows.
+PAPER_TABLE2 = {
+    "joint": {"cola": 55.5, "rte": 65.3, "mrpc": 89.4, "sst2": 90.8},
+    "two-stage": {"cola": 56.5, "rte": 67.8, "mrpc": 91.5, "sst2": 92.7},
+    "alternating": {"cola": 55.7, "rte": 68.2, "mrpc": 91.3, "sst2": 91.8},
+    "meta": {"cola": 58.1, "rte": 70.8, "mrpc": 91.7, "sst2": 93.5},
+}
+
+
+def run_cell(base: TrainConfig, task: str, method: str, seed: int, root: Path, speedups: list[float],
+             progress: bool = False) -> dict:
+    cell = root / task / method / f"seed{seed}"
+    result_file = cell / "result.json"
+    if result_file.exists():
+        return json.loads(result_file.read_text())
+    config = replace(base, task=task, method=method, seed=seed, output=str(cell / "checkpoint"))
+    summary = train(config, progress=progress)
+    model = MultiExitBert.from_pretrained(config.output)
+    spec = data_mod.get_task(task)
+    dev = encode(data_mod.load_glue(task, "dev", base.data_dir), model.tokenizer, base.max_seq_length)
+    logits = all_exit_logits(model, dev, base.eval_batch_size)
+    per_exit = per_exit_scores(logits, dev.labels, spec.metric)
+    held, what = calibration_set(model, base.data_dir)
+    held_enc = encode(held, model.tokenizer, base.max_seq_length)
+    held_logits = all_exit_logits(model, held_enc, base.eval_batch_size)
+    early = {}
+    for s in speedups:
+        try:
+            choice = choose(held_logits, held_enc.labels, spec.metric, target_speedup=s)
+        except ValueError as err:  # this speed-up is out of reach on the calibration slice
+            early[f"{s:g}"] = {"error": str(err)}
+            continue
+        result = simulate(logits, dev.labels, spec.metric, choice["policy"])
+        early[f"{s:g}"] = {"threshold": choice["policy"].threshold, "score": result["score"],
+                           "dev_layer_speedup": result["layer_speedup"],
+                           "calibration_layer_speedup": choice["result"]["layer_speedup"]}
+    scores = [e["score"] for e in per_exit]
+    out = {"task": task, "method": method, "seed": seed, "metric": spec.metric, "per_exit": scores,
+           "last_exit": scores[-1], "mean_over_exits": sum(scores) / len(scores), "early_exit": early,
+           "calibrated_on": what, "train_seconds": sum(r["train_seconds"] for r in _log(config.output)),
+           "epochs": config.epochs, "train_examples": summary["train_examples"], "config": asdict(config)}
+    result_file.write_text(json.dumps(out, indent=2))
+    return out
+
+
+def _log(checkpoint: str) -> list[dict]:
+    return [json.loads(line) for line in (Path(checkpoint) / "log.jsonl").read_text().splitlines() if line.strip()]
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def aggregate(results: list[dict], speedups: list[float]) -> dict:
+    table: dict = {}
+    for r in results:
+        cell = table.setdefault(r["method"], {}).setdefault(r["task"], {"runs": []})
+        cell["runs"].append(r)
+    for method, tasks in table.items():
+        for task, cell in tasks.items():
+            runs = cell.pop("runs")
+            cell["seeds"] = len(runs)
+            cell["last_exit"] = mean_std([r["last_exit"] for r in runs])
+            cell["mean_over_exits"] = mean_std([r["mean_over_exits"] for r in runs])
+            cell["per_exit"] = [statistics.fmean(s) for s in zip(*(r["per_exit"] for r in runs))]
+            cell["train_seconds"] = statistics.fmean(r["train_seconds"] for r in runs)
+            for s in speedups:
+                ok = [r["early_exit"][f"{s:g}"] for r in runs if "score" in r["early_exit"].get(f"{s:g}", {})]
+                cell[f"at_{s:g}x"] = mean_std([e["score"] for e in ok]) if ok else None
+    return table
+
+
+def render(table: dict, tasks: list[str], speedups: list[float], command: str) -> str:
+    def fmt(v):
+        return "n/a" if v is None else f"{v[0]:.1f} ± {v[1]:.1f}"
+
+    out = ["# Table II reproduction", "", f"Generated by `{command}`. Mean ± standard deviation over seeds; "
+           "dev scores in points; early exit at a layer speed-up with γ chosen on the training slice held "
+           "out for calibration (never on dev).", ""]
+    for key, title in [("last_exit", "last exit"), ("mean_over_exits", "mean over all exits (area under Fig. 2)")] + [
+            (f"at_{s:g}x", f"entropy early exit at {s:g}x layer speed-up") for s in speedups]:
+        out += [f"## {title}", "", "| method | " + " | ".join(tasks) + " | average |", "|---|" + "---|" * (len(tasks) + 1)]
+        for method, cells in table.items():
+            vals = [cells.get(t, {}).get(key) for t in tasks]
+            avg = statistics.fmean(v[0] for v in vals) if all(vals) else None
+            out.append(f"| {method} | " + " | ".join(fmt(v) for v in vals) + f" | {'n/a' if avg is None else f'{avg:.1f}'} |")
+        out.append("")
+    out += ["## The paper's Table II (BERT-base, 12 layers; not comparable in absolute terms)", "",
+            "| method | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+    for method, row in PAPER_TABLE2.items():
+        out.append(f"| {method} | " + " | ".join(f"{row.get(t, float('nan')):.1f}" for t in tasks) + " |")
+    out += ["", "## Training wall time per run (mean over seeds)", "", "| method | " + " | ".join(tasks) + " |",
+            "|---|" + "---|" * len(tasks)]
+    for method, cells in table.items():
+        out.append(f"| {method} | " + " | ".join(
+            f"{cells[t]['train_seconds'] / 60:.1f} min" if t in cells else "n/a" for t in tasks) + " |")
+    return "\n".join(out) + "\n"
+
+
+def plot_fig2(table: dict, task: str, path: Path) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, cells in table.items():
+        if task in cells:
+            scores = cells[task]["per_exit"]
+            ax.plot(range(1, len(scores) + 1), scores, marker="o", label=method)
+    ax.set(xlabel="exit (layer)", ylabel="dev score", title=f"{task}: score of every exit (Fig. 2)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def reproduce(base: TrainConfig, tasks: list[str], methods: list[str], seeds: int, root: str | Path,
+              speedups: list[float], command: str, progress: bool = False) -> Path:
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    results = []
+    for task in tasks:
+        for method in methods:
+            for seed in range(seeds):
+                log.info("cell %s / %s / seed %d", task, method, seed)
+                results.append(run_cell(base, task, method, seed, root, speedups, progress))
+    table = aggregate(results, speedups)
+    (root / "table2.json").write_text(json.dumps(table, indent=2))
+    (root / "table2.md").write_text(render(table, tasks, speedups, command))
+    for task in tasks:
+        plot_fig2(table, task, root / f"fig2_{task}.png")
+    return root / "table2.md"
