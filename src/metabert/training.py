@@ -61,6 +61,7 @@ class TrainConfig:
     backbone_dropout: float | None = None  # replaces the encoder's dropout when set
     num_layers: int | None = None  # keep only the first k layers (static BERT-kL)
     head: str = "pooler"  # exit classifier: pooler (dense+tanh+linear) or linear
+    bucket_pool: int = 50  # batches per length-sorted pool; 1 = random batches (no length bucketing)
     # --method meta (see metabert.meta.MetaConfig)
     meta_inner_lr: float = 1e-4
     meta_lr: float = 1e-5
@@ -96,6 +97,7 @@ class TrainConfig:
             "max_train_samples": self.max_train_samples is None or self.max_train_samples >= 1,
             "backbone_dropout": self.backbone_dropout is None or 0 <= self.backbone_dropout < 1,
             "save_every": self.save_every >= 0,
+            "bucket_pool": self.bucket_pool >= 1,
         }
         for name, ok in checks.items():
             if not ok:
@@ -203,10 +205,11 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> d
             rng.setstate(run["rng"])  # stopped between epochs
         resume = False
         run["epoch_rng"] = rng.getstate()
-        batches = train_batches(train_enc, config.batch_size, rng)
+        batches = train_batches(train_enc, config.batch_size, rng, pool=config.bucket_pool)
         first = run["batch"]
         bar = tqdm(iterate(train_enc, batches[first:], pad), total=len(batches), initial=first,
-                   desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, unit="batch")
+                   desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, unit="batch",
+                   mininterval=1.0)
         seen, epoch_start, running, diagnostics = 0, time.perf_counter(), None, []
         for batch in bar:
             part, weight = distributed.shard(batch, world)

@@ -45,6 +45,8 @@ def add_training_options(p) -> None:
     p.add_argument("--backbone-dropout", type=float, help="replace the encoder's dropout (default: its own)")
     p.add_argument("--num-layers", type=int, help="keep only the first k layers (static BERT-kL baseline)")
     p.add_argument("--eval-batch-size", type=int, default=64)
+    p.add_argument("--bucket-pool", type=int, default=50,
+                   help="batches per length-sorted pool when bucketing by length (1: random batches)")
     p.add_argument("--select-by", default="last", choices=SELECT_BY,
                    help="keep the epoch with the best last exit, or best mean over exits")
     meta = p.add_argument_group("--method meta (MetaBERT's Algorithm 1; see metabert.meta)")
@@ -84,7 +86,8 @@ def config_fields(args) -> dict:
         max_seq_length=args.max_seq_length, max_train_samples=args.max_train_samples,
         calibration_fraction=args.calibration_fraction, seed=args.seed, grad_clip=args.grad_clip,
         pooling=args.pooling, dropout=args.dropout, eval_batch_size=args.eval_batch_size, select_by=args.select_by,
-        save_every=args.save_every, backbone_dropout=args.backbone_dropout, num_layers=args.num_layers, head=args.head,
+        save_every=args.save_every, backbone_dropout=args.backbone_dropout, num_layers=args.num_layers,
+        head=args.head, bucket_pool=args.bucket_pool,
         meta_inner_lr=args.meta_inner_lr, meta_lr=args.meta_lr, meta_inner_steps=args.meta_inner_steps,
         meta_support_size=args.meta_support_size, meta_batch=args.meta_batch, meta_order=args.meta_order,
         meta_adapt=args.meta_adapt, meta_task=args.meta_task, meta_schedule=args.meta_schedule,
