@@ -6,7 +6,7 @@ import torch
 from metabert.calibration import choose
 from metabert.cli import main
 from metabert.exits import simulate_exits
-from test_cli import custom_files
+from test_cli import train_tiny
 
 
 def synthetic(n=200, layers=4, seed=0):
@@ -56,11 +56,7 @@ def test_bad_goals():
 
 
 def test_calibrate_command_stores_policy_used_by_evaluate(tmp_path, capsys):
-    train, dev = custom_files(tmp_path)
-    ckpt = tmp_path / "ckpt"
-    assert main(["train", "--task", "custom", "--train-file", str(train), "--dev-file", str(train),
-                 "--text-columns", "text", "--label-column", "label", "--model", "tiny", "--epochs", "1",
-                 "--calibration-fraction", "0.25", "--output", str(ckpt), "--no-progress"]) == 0
+    ckpt, dev = train_tiny(tmp_path, "--calibration-fraction", "0.25")
     assert main(["calibrate", "--checkpoint", str(ckpt), "--target-speedup", "1.5"]) == 0
     stored = json.loads((ckpt / "metabert_config.json").read_text())["exit_policy"]
     assert stored["name"] == "entropy" and "held-out 25%" in stored["chosen_on"]

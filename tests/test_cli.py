@@ -20,6 +20,16 @@ def custom_files(tmp_path):
     return train, dev
 
 
+def train_tiny(tmp_path, *extra: str):
+    """A 1-epoch tiny checkpoint trained on ``custom_files``; returns (checkpoint, dev file)."""
+    train, dev = custom_files(tmp_path)
+    ckpt = tmp_path / "ckpt"
+    assert main(["train", "--task", "custom", "--train-file", str(train), "--dev-file", str(train),
+                 "--text-columns", "text", "--label-column", "label", "--model", "tiny", "--epochs", "1",
+                 "--output", str(ckpt), "--no-progress", *extra]) == 0
+    return ckpt, dev
+
+
 def test_train_and_evaluate_custom_end_to_end(tmp_path, capsys):
     train, dev = custom_files(tmp_path)
     ckpt = tmp_path / "ckpt"

@@ -15,7 +15,7 @@ from metabert.data import Dataset, Example
 from metabert.evaluation import all_exit_logits, candidate_policies
 from metabert.exits import POLICIES, simulate_exits
 from metabert.modeling import MultiExitBert
-from test_cli import custom_files
+from test_cli import train_tiny
 
 pytest.importorskip("onnxruntime")
 from metabert.onnx_runtime import OrtMultiExit, export  # noqa: E402
@@ -63,11 +63,7 @@ def test_flops_count_layers_and_heads():
 
 
 def test_bench_command_end_to_end(tmp_path, capsys):
-    train, dev = custom_files(tmp_path)
-    ckpt = tmp_path / "ckpt"
-    assert main(["train", "--task", "custom", "--train-file", str(train), "--dev-file", str(train),
-                 "--text-columns", "text", "--label-column", "label", "--model", "tiny", "--epochs", "1",
-                 "--calibration-fraction", "0.25", "--output", str(ckpt), "--no-progress"]) == 0
+    ckpt, dev = train_tiny(tmp_path, "--calibration-fraction", "0.25")
     out = tmp_path / "bench.json"
     assert main(["bench", "--checkpoint", str(ckpt), "--task", "custom", "--dev-file", str(dev),
                  "--target-speedup", "1.2", "--repeats", "2", "--warmup", "2", "--batch-size", "4",
@@ -85,11 +81,7 @@ def test_bench_command_end_to_end(tmp_path, capsys):
 
 
 def test_curves_command(tmp_path, capsys):
-    train, dev = custom_files(tmp_path)
-    ckpt = tmp_path / "ckpt"
-    assert main(["train", "--task", "custom", "--train-file", str(train), "--dev-file", str(train),
-                 "--text-columns", "text", "--label-column", "label", "--model", "tiny", "--epochs", "1",
-                 "--output", str(ckpt), "--no-progress"]) == 0
+    ckpt, dev = train_tiny(tmp_path)
     out = tmp_path / "curves.json"
     assert main(["curves", "--checkpoint", str(ckpt), "--task", "custom", "--dev-file", str(dev),
                  "--measure-points", "2", "--measure-examples", "4", "--output", str(out), "--no-progress"]) == 0

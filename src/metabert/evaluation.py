@@ -31,6 +31,11 @@ def all_exit_logits(model: MultiExitBert, data: Encoded, batch_size: int = 64, p
     return out
 
 
+def padded_batches(model: MultiExitBert, data: Encoded, batch_size: int) -> list[dict]:
+    """Length-sorted, padded batches built before any timing starts (padding is not timed)."""
+    return list(iterate(data, eval_batches(data, batch_size), model.tokenizer.pad_token_id))
+
+
 @torch.no_grad()
 def run_early_exit(model: MultiExitBert, data: Encoded, policy: ExitPolicy | float, batch_size: int = 64):
     """Real early-exit inference over the dataset; returns (output in dataset order, seconds)."""
@@ -39,8 +44,7 @@ def run_early_exit(model: MultiExitBert, data: Encoded, policy: ExitPolicy | flo
     model.eval()
     logits = torch.empty(len(data), model.config.num_labels)
     layers = torch.empty(len(data), dtype=torch.long)
-    pad = model.tokenizer.pad_token_id
-    batches = [b for b in iterate(data, eval_batches(data, batch_size), pad)]  # tokenisation/padding apart
+    batches = padded_batches(model, data, batch_size)
     start = time.perf_counter()
     for batch in batches:
         result = model.early_exit(**model_inputs(batch), policy=policy)
@@ -53,8 +57,7 @@ def run_early_exit(model: MultiExitBert, data: Encoded, policy: ExitPolicy | flo
 def time_full_model(model: MultiExitBert, data: Encoded, batch_size: int = 64) -> float:
     """Seconds for the plain classifier: all layers, last exit only (the baseline to compare with)."""
     model.eval()
-    pad = model.tokenizer.pad_token_id
-    batches = [b for b in iterate(data, eval_batches(data, batch_size), pad)]
+    batches = padded_batches(model, data, batch_size)
     start = time.perf_counter()
     for batch in batches:
         model.full_logits(**model_inputs(batch))

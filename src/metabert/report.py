@@ -65,10 +65,8 @@ def tasks_in(root: Path) -> list[str]:
                   if (root / p.name.removesuffix(".sweep.json") / "log.jsonl").exists())
 
 
-def render(root: Path, plot_path: Path | None = None, command: str = "") -> str:
-    tasks = [load_task(root, t) for t in tasks_in(root)]
-    if not tasks:
-        raise FileNotFoundError(f"{root}: no <task>.sweep.json with a <task>/ checkpoint beside it")
+def render(tasks: list[dict], plot_path: Path | None = None, command: str = "") -> str:
+    """The results page for tasks read by ``load_task``."""
     today = dt.date.today().isoformat()
     out = [
         "# Results: joint-trained multi-exit MiniLM on GLUE",
@@ -138,8 +136,10 @@ def write(root: str | Path, output: str | Path, command: str = "") -> Path:
     output.parent.mkdir(parents=True, exist_ok=True)
     plot = output.with_suffix(".png")
     tasks = [load_task(root, t) for t in tasks_in(root)]
+    if not tasks:
+        raise FileNotFoundError(f"{root}: no <task>.sweep.json with a <task>/ checkpoint beside it")
     plot_grid([t["sweep"] for t in tasks], [t["task"] for t in tasks], plot)
-    output.write_text(render(root, plot, command))
+    output.write_text(render(tasks, plot, command or f"metabert report {root}"))
     return output
 
 

@@ -37,15 +37,21 @@ def add_policy_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patience", type=int, help="t for the patience policies (default 2)")
 
 
+def policy_name_and_patience(args, stored: dict) -> tuple[str, int]:
+    """The policy the options name (else the stored one, else entropy) and its patience t."""
+    name = args.policy or stored.get("name", "entropy")
+    patience = args.patience or (stored.get("patience") if stored.get("name") == name else None) or 2
+    return name, patience
+
+
 def policy_from_args(args, stored: dict):
     """The policy the options name, or None when they name none (then the checkpoint's is used)."""
     from metabert.exits import get_policy
 
     if args.policy is None and args.threshold is None and args.patience is None:
         return None
-    name = args.policy or stored.get("name", "entropy")
+    name, patience = policy_name_and_patience(args, stored)
     same = stored.get("name") == name
-    patience = args.patience or (stored.get("patience") if same else None) or 2
     threshold = args.threshold if args.threshold is not None else (stored.get("threshold") if same else None)
     policy = get_policy(name, threshold, patience)
     if threshold is None and policy.parameter == "threshold":

@@ -7,7 +7,9 @@ from pathlib import Path
 
 from metabert import data as data_mod
 from metabert.batching import encode
-from metabert.commands.common import add_data_options, add_policy_options, float_list, policy_from_args
+from metabert.commands.common import (
+    add_data_options, add_policy_options, float_list, policy_from_args, policy_name_and_patience,
+)
 from metabert.evaluation import all_exit_logits, evaluate, format_report, plot_report, sweep_policies, write_sweep_csv
 from metabert.modeling import MultiExitBert
 
@@ -55,8 +57,7 @@ def run(args) -> int:
     task, spec, dataset = load_data(model, args)
     encoded = encode(dataset, model.tokenizer, args.max_seq_length)
     stored = model.config.exit_policy
-    name = args.policy or stored.get("name", "entropy")
-    patience = args.patience or (stored.get("patience") if stored.get("name") == name else None) or 2
+    name, patience = policy_name_and_patience(args, stored)
     policy, sweep, logits, given = None, None, None, None
     if args.thresholds:
         logits = all_exit_logits(model, encoded, args.batch_size, args.progress)
