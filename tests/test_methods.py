@@ -92,3 +92,26 @@ def test_distill_stage_two_is_kl_to_the_last_exit():
 def test_unknown_method_lists_the_valid_ones():
     with pytest.raises(ValueError, match="unknown training method 'magic'.*joint"):
         get_method("magic")
+
+
+def test_joint_matched_takes_the_updates_and_rows_of_meta():
+    from metabert.meta import MetaConfig, split_tasks
+
+    model = MultiExitBert.from_backbone("tiny", ["a", "b"], seed=0)
+    enc = model.tokenizer([f"text number {i}" for i in range(10)], padding=True, return_tensors="pt")
+    batch = {**enc, "labels": torch.arange(10) % 2}
+    config = MetaConfig(support_size=2, meta_batch=2)
+    matched, meta = get_method("joint-matched", 3, config), get_method("meta", 3, config)
+    assert [matched.updates_per_batch(e) for e in range(3)] == [2, 2, 2]
+    assert [meta.updates_per_batch(e) for e in range(3)] == [1, 1, 1]
+    first, second = matched.update_batches(batch, 0)
+    assert second is batch
+    rows = torch.cat([part["labels"] for task in split_tasks(batch, config) for part in task])
+    assert torch.equal(first["input_ids"], batch["input_ids"][:8]) and torch.equal(first["labels"], rows)
+
+    warm = MetaConfig(support_size=2, meta_batch=2, schedule="warmstart", warmstart_epochs=1)
+    matched, meta = get_method("joint-matched", 3, warm), get_method("meta", 3, warm)
+    assert [matched.updates_per_batch(e) for e in range(3)] == [1, 1, 1]
+    assert [meta.updates_per_batch(e) for e in range(3)] == [0, 1, 1]
+    assert len(matched.update_batches(batch, 0)[0]["labels"]) == 8
+    assert matched.update_batches(batch, 1) == [batch]

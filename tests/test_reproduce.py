@@ -7,12 +7,12 @@ from metabert.cli import main
 
 def test_reproduce_writes_table_and_figures_and_resumes(tmp_path, glue_dir, capsys):
     out = tmp_path / "t2"
-    args = ["reproduce", "--tasks", "rte", "--methods", "joint,two-stage,meta", "--seeds", "2", "--model", "tiny",
-            "--epochs", "2", "--max-train-samples", "48", "--calibration-fraction", "0.2", "--batch-size", "16",
+    args = ["reproduce", "--tasks", "rte", "--methods", "joint,two-stage,meta,joint-matched", "--seeds", "2",
+            "--model", "tiny", "--epochs", "3", "--task-epochs", "rte=2", "--max-train-samples", "48", "--calibration-fraction", "0.2", "--batch-size", "16",
             "--meta-support-size", "4", "--data-dir", str(glue_dir), "--output", str(out), "--no-progress"]
     assert main(args) == 0
     table = json.loads((out / "table2.json").read_text())
-    assert set(table) == {"joint", "two-stage", "meta"}
+    assert set(table) == {"joint", "two-stage", "meta", "joint-matched"}
     cell = table["meta"]["rte"]
     assert cell["seeds"] == 2 and len(cell["per_exit"]) == 3
     assert len(cell["last_exit"]) == 2  # mean and standard deviation
@@ -21,6 +21,17 @@ def test_reproduce_writes_table_and_figures_and_resumes(tmp_path, glue_dir, caps
     assert (out / "fig2_rte.png").read_bytes()[:4] == b"\x89PNG"
     result = json.loads((out / "rte" / "joint" / "seed0" / "result.json").read_text())
     assert result["calibrated_on"].startswith("the held-out 20%")
+    assert result["epochs"] == 2  # --task-epochs overrides --epochs
     stamp = (out / "rte" / "joint" / "seed0" / "result.json").stat().st_mtime
     assert main(args) == 0  # every cell done: nothing is trained again
     assert (out / "rte" / "joint" / "seed0" / "result.json").stat().st_mtime == stamp
+
+
+def test_reproduce_rejects_bad_task_epochs(tmp_path, capsys):
+    base = ["reproduce", "--tasks", "rte,mrpc", "--model", "tiny", "--output", str(tmp_path / "x")]
+    for extra, message in [(["--task-epochs", "rte:2"], "TASK=N"),
+                           (["--task-epochs", "sst2=2"], "'sst2' is not one of --tasks"),
+                           (["--methods", "joint,two-stage", "--task-epochs", "mrpc=1"], "at least 2 epochs")]:
+        assert main(base + extra) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()  # refused before any training

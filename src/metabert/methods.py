@@ -18,7 +18,7 @@ from metabert.modeling import MultiExitBert, exit_losses
 
 
 class TrainingMethod(Protocol):
-    """``epoch`` and ``step`` (optimizer steps so far) are 0-based; ``epochs`` (the run's total) is
+    """``epoch`` and ``step`` (training batches so far) are 0-based; ``epochs`` (the run's total) is
     given to the constructor. Methods keep no state between calls: what they do depends only on
     their arguments, so a resumed run continues exactly."""
 
@@ -29,6 +29,12 @@ class TrainingMethod(Protocol):
 
     def trainable(self, name: str, epoch: int, num_layers: int) -> bool:
         """Whether parameter ``name`` trains in ``epoch`` (default: all of them)."""
+        ...
+
+    def updates_per_batch(self, epoch: int) -> int:
+        ...
+
+    def update_batches(self, batch: dict[str, torch.Tensor], epoch: int) -> list[dict[str, torch.Tensor]]:
         ...
 
 
@@ -49,6 +55,14 @@ class Method:
 
     def trainable(self, name: str, epoch: int, num_layers: int) -> bool:
         return True
+
+    def updates_per_batch(self, epoch: int) -> int:
+        """Optimizer (Adam) steps per batch in ``epoch``: sizes the learning-rate schedule."""
+        return 1
+
+    def update_batches(self, batch: dict, epoch: int) -> list[dict]:
+        """The batches this epoch's optimizer steps take for one training batch, in order."""
+        return [batch] if self.updates_per_batch(epoch) else []
 
 
 class Joint(Method):
@@ -148,6 +162,38 @@ class Distill(TwoStage):
         return sum(F.kl_div(s.log_softmax(-1), teacher, reduction="batchmean") for s in logits[:-1])
 
 
+class JointMatched(Joint):
+    """Control for ``meta`` (issue #3): the joint loss given the same optimizer updates and the same
+    examples as ``meta`` with the same meta options. Wherever ``meta`` makes a meta-update on the
+    tasks cut from a batch, this takes an extra Adam step on those same rows (support and query
+    batches together); wherever ``meta`` takes its Adam step on the batch, so does this. A MetaBERT
+    gain counts only where it beats this, not plain ``joint``, which sees each batch once."""
+
+    name = "joint-matched"
+
+    def __init__(self, epochs: int = 1, config=None):
+        from metabert.meta import MetaConfig
+
+        super().__init__(epochs)
+        self.config = config or MetaConfig()
+        self.meta_epochs = self.config.warmstart_epochs if self.config.schedule == "warmstart" else epochs
+
+    def updates_per_batch(self, epoch: int) -> int:
+        return int(epoch < self.meta_epochs) + int(self.config.schedule == "interleaved" or epoch >= self.meta_epochs)
+
+    def update_batches(self, batch: dict, epoch: int) -> list[dict]:
+        """The batches this epoch's optimizer steps take, in order."""
+        from metabert.meta import split_tasks
+
+        out = []
+        if epoch < self.meta_epochs:
+            parts = [part for task in split_tasks(batch, self.config) for part in task]
+            out.append({n: torch.cat([p[n] for p in parts]) for n in batch})
+        if self.config.schedule == "interleaved" or epoch >= self.meta_epochs:
+            out.append(batch)
+        return out
+
+
 class Meta(Method):
     """MetaBERT (Algorithm 2 around Algorithm 1): the summed exit losses trained with Adam, from
     parameters moved by MAML meta-updates (``metabert.meta``). ``interleaved``: every step first
@@ -167,6 +213,9 @@ class Meta(Method):
                              f"({self.config.warmstart_epochs})")
         self.meta_only_epochs = self.config.warmstart_epochs if self.config.schedule == "warmstart" else 0
         self.first_selectable_epoch = self.meta_only_epochs
+
+    def updates_per_batch(self, epoch: int) -> int:
+        return int(epoch >= self.meta_only_epochs)
 
     def loss(self, model, batch, epoch, step=0):
         return exit_losses(_logits(model, batch), batch["labels"]).sum()
@@ -199,7 +248,7 @@ class Meta(Method):
 
 
 METHODS: dict[str, type] = {m.name: m for m in (Joint, Weighted, LastExit, TwoStage, Alternating, AlternatingStep,
-                                                 Distill, Meta)}
+                                                 Distill, Meta, JointMatched)}
 
 
 def get_method(name: str, epochs: int = 1, meta_config=None) -> TrainingMethod:
@@ -207,4 +256,4 @@ def get_method(name: str, epochs: int = 1, meta_config=None) -> TrainingMethod:
         cls = METHODS[name]
     except KeyError:
         raise ValueError(f"unknown training method {name!r}; choose one of: {', '.join(METHODS)}") from None
-    return cls(epochs, meta_config) if name == "meta" else cls(epochs)
+    return cls(epochs, meta_config) if name in ("meta", "joint-matched") else cls(epochs)

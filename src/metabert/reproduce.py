@@ -33,12 +33,13 @@ PAPER_TABLE2 = {
 
 
 def run_cell(base: TrainConfig, task: str, method: str, seed: int, root: Path, speedups: list[float],
-             progress: bool = False) -> dict:
+             progress: bool = False, epochs: int | None = None) -> dict:
     cell = root / task / method / f"seed{seed}"
     result_file = cell / "result.json"
     if result_file.exists():
         return json.loads(result_file.read_text())
-    config = replace(base, task=task, method=method, seed=seed, output=str(cell / "checkpoint"))
+    config = replace(base, task=task, method=method, seed=seed, output=str(cell / "checkpoint"),
+                     epochs=epochs or base.epochs)
     summary = train(config, progress=progress)
     model = MultiExitBert.from_pretrained(config.output)
     spec = data_mod.get_task(task)
@@ -138,7 +139,8 @@ def plot_fig2(table: dict, task: str, path: Path) -> None:
 
 
 def reproduce(base: TrainConfig, tasks: list[str], methods: list[str], seeds: int, root: str | Path,
-              speedups: list[float], command: str, progress: bool = False) -> Path:
+              speedups: list[float], command: str, progress: bool = False,
+              task_epochs: dict[str, int] | None = None) -> Path:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     results = []
@@ -146,7 +148,8 @@ def reproduce(base: TrainConfig, tasks: list[str], methods: list[str], seeds: in
         for method in methods:
             for seed in range(seeds):
                 log.info("cell %s / %s / seed %d", task, method, seed)
-                results.append(run_cell(base, task, method, seed, root, speedups, progress))
+                results.append(run_cell(base, task, method, seed, root, speedups, progress,
+                                        (task_epochs or {}).get(task)))
     table = aggregate(results, speedups)
     (root / "table2.json").write_text(json.dumps(table, indent=2))
     (root / "table2.md").write_text(render(table, tasks, speedups, command))

@@ -179,7 +179,7 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> d
     ]
     optimizer = torch.optim.AdamW(groups, lr=config.learning_rate)
     steps_per_epoch = -(-len(train_enc) // config.batch_size)
-    total = steps_per_epoch * (config.epochs - meta_only)
+    total = steps_per_epoch * sum(method.updates_per_batch(e) for e in range(config.epochs))
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup * total), total)
 
     output = Path(config.output)
@@ -212,7 +212,6 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> d
                    mininterval=1.0)
         seen, epoch_start, running, diagnostics = 0, time.perf_counter(), None, []
         for batch in bar:
-            part, weight = distributed.shard(batch, world)
             if hook is not None:
                 info = hook(model, batch, epoch, run["step"], world=world,
                             diagnose=run["step"] % config.meta_diagnose_every == 0)
@@ -227,16 +226,18 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> d
                     running = meta_loss if running is None else 0.98 * running + 0.02 * meta_loss
                     bar.set_postfix(meta_loss=f"{running:.4f}")
                 continue
-            loss = method.loss(model, part, epoch, run["step"])
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss {loss.item()} at step {run['step']} (epoch {epoch + 1})")
-            optimizer.zero_grad(set_to_none=True)
-            (loss * weight).backward()
-            distributed.all_reduce_gradients(model.parameters(), world)
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            scheduler.step()
+            for update in method.update_batches(batch, epoch):  # one Adam step each (two: joint-matched)
+                part, weight = distributed.shard(update, world)
+                loss = method.loss(model, part, epoch, run["step"])
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"non-finite loss {loss.item()} at step {run['step']} (epoch {epoch + 1})")
+                optimizer.zero_grad(set_to_none=True)
+                (loss * weight).backward()
+                distributed.all_reduce_gradients(model.parameters(), world)
+                if config.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                optimizer.step()
+                scheduler.step()
             run["step"] += 1
             run["batch"] += 1
             seen += len(batch["labels"])

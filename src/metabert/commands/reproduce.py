@@ -17,6 +17,8 @@ def add_parser(sub, name):
     p.add_argument("--tasks", default="cola,rte,mrpc,sst2")
     p.add_argument("--methods", default="joint,two-stage,alternating,meta")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--task-epochs", default="", metavar="TASK=N,...",
+                   help="epochs per task where it differs from --epochs, e.g. sst2=2,cola=3")
     p.add_argument("--speedups", default="1.5,2", help="layer speed-ups at which to report early exit")
     p.set_defaults(run=run)
 
@@ -26,10 +28,26 @@ def run(args) -> int:
         raise ValueError("--output is required")
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    task_epochs = parse_task_epochs(args.task_epochs, tasks)
     base = TrainConfig(**{**train_cmd.config_fields(args), "task": tasks[0], "method": methods[0]})
-    for m in methods:  # fail before hours of training, not after
-        TrainConfig(**{**train_cmd.config_fields(args), "task": tasks[0], "method": m})
+    for t in tasks:  # fail before hours of training, not after
+        for m in methods:
+            TrainConfig(**{**train_cmd.config_fields(args), "task": t, "method": m,
+                           "epochs": task_epochs.get(t, args.epochs)})
     path = reproduce(base, tasks, methods, args.seeds, args.output, [float(s) for s in args.speedups.split(",")],
-                     command="metabert " + " ".join(sys.argv[1:]), progress=not args.no_progress)
+                     command="metabert " + " ".join(sys.argv[1:]), progress=not args.no_progress,
+                     task_epochs=task_epochs)
     print(path.read_text())
     return 0
+
+
+def parse_task_epochs(text: str, tasks: list[str]) -> dict[str, int]:
+    out = {}
+    for item in filter(None, (i.strip() for i in text.split(","))):
+        task, sep, value = item.partition("=")
+        if not sep or not value.strip().isdigit() or int(value) < 1:
+            raise ValueError(f"--task-epochs: expected TASK=N with N >= 1, got {item!r}")
+        if task.strip() not in tasks:
+            raise ValueError(f"--task-epochs: {task.strip()!r} is not one of --tasks ({', '.join(tasks)})")
+        out[task.strip()] = int(value)
+    return out
