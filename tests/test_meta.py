@@ -108,6 +108,21 @@ def test_meta_method_moves_parameters_and_reports(model):
     assert warm.meta_only_epochs == 1 and warm.before_step(model, batch(model), epoch=1, step=5) == {}
 
 
+def test_adam_meta_optimiser_takes_adam_steps_and_keeps_grads(model):
+    config = MetaConfig(optimizer="adam", meta_lr=1e-3)
+    optimizer = meta.make_optimizer(model, config)
+    assert meta.make_optimizer(model, MetaConfig()) is None  # plain SGD keeps no state
+    name, param = next(iter(model.named_parameters()))
+    param.grad = torch.full_like(param, 7.0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    grads = {n: torch.randn_like(p) for n, p in model.named_parameters()}
+    meta.apply(model, grads, config.meta_lr, optimizer)
+    for n, p in model.named_parameters():  # Adam's first step moves each weight by lr in the gradient's sign
+        assert torch.allclose(before[n] - p.detach(), 1e-3 * grads[n].sign(), atol=1e-5), n
+    assert torch.equal(param.grad, torch.full_like(param, 7.0))  # the training step's gradient is left as it was
+    assert len(optimizer.state) == len(grads)
+
+
 @pytest.mark.parametrize("schedule", ["interleaved", "warmstart"])
 def test_meta_training_end_to_end_logs_diagnostics(tmp_path, schedule):
     import json

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -19,22 +20,24 @@ def write_data(tmp_path):
     return path
 
 
-def args_for(data, out):
+def args_for(data, out, extra=()):
     return ["train", "--task", "custom", "--train-file", str(data), "--dev-file", str(data), "--text-columns", "text",
             "--label-column", "label", "--model", "tiny", "--epochs", "3", "--batch-size", "4", "--save-every", "3",
-            "--learning-rate", "1e-3", "--output", str(out), "--no-progress"]
+            "--learning-rate", "1e-3", "--output", str(out), "--no-progress", *extra]
 
 
-def test_sigkill_then_resume_gives_the_same_weights(tmp_path):
+@pytest.mark.parametrize("extra", [(), ("--method", "meta", "--meta-optimizer", "adam", "--meta-support-size", "1")],
+                         ids=["joint", "meta-adam"])  # meta-adam: the meta-optimiser's moments are restored too
+def test_sigkill_then_resume_gives_the_same_weights(tmp_path, extra):
     data = write_data(tmp_path)
     torch.set_num_threads(1)
-    assert main(args_for(data, tmp_path / "straight")) == 0
+    assert main(args_for(data, tmp_path / "straight", extra)) == 0
     assert not (tmp_path / "straight.state").exists()  # removed when training ends
 
     killed = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     code = "import sys, torch; torch.set_num_threads(1); from metabert.cli import main; sys.exit(main(sys.argv[1:]))"
-    proc = subprocess.Popen([sys.executable, "-c", code, *args_for(data, killed)], env=env)
+    proc = subprocess.Popen([sys.executable, "-c", code, *args_for(data, killed, extra)], env=env)
     state = tmp_path / "killed.state" / "state.pt"
     deadline = time.time() + 120
     while proc.poll() is None and time.time() < deadline:  # kill once a mid-epoch state is on disk

@@ -23,6 +23,7 @@ from metabert.batching import model_inputs
 from metabert.modeling import MultiExitBert, exit_losses
 
 TASKS = ("episode", "exit")
+OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("interleaved", "warmstart")
 ADAPT = ("all", "exits")
 
@@ -32,7 +33,9 @@ class MetaConfig:
     """inner_lr α, meta_lr β (Eqs. 2 and 4); inner_steps; support size K (examples per support
     batch; the query batch has as many); meta_batch: tasks per meta-update; first_order; adapt:
     which parameters the inner loop adapts ("all" or only the "exits"); task and schedule as in the
-    module docstring; warmstart_epochs: meta-learning epochs before Adam, for ``warmstart``."""
+    module docstring; warmstart_epochs: meta-learning epochs before Adam, for ``warmstart``;
+    optimizer: how the meta-gradient moves θ, plain SGD θ ← θ - β g (Eq. 4 as written) or Adam with
+    learning rate β (MAML's own meta-optimiser, Finn et al. 2017)."""
 
     inner_lr: float = 1e-4
     meta_lr: float = 1e-5
@@ -44,13 +47,14 @@ class MetaConfig:
     task: str = "episode"
     schedule: str = "interleaved"
     warmstart_epochs: int = 1
+    optimizer: str = "sgd"
 
     def __post_init__(self):
         for name, ok in {
             "inner_lr": self.inner_lr > 0, "meta_lr": self.meta_lr > 0, "inner_steps": self.inner_steps >= 1,
             "support_size": self.support_size >= 1, "meta_batch": self.meta_batch >= 1,
             "adapt": self.adapt in ADAPT, "task": self.task in TASKS, "schedule": self.schedule in SCHEDULES,
-            "warmstart_epochs": self.warmstart_epochs >= 1,
+            "warmstart_epochs": self.warmstart_epochs >= 1, "optimizer": self.optimizer in OPTIMIZERS,
         }.items():
             if not ok:
                 raise ValueError(f"invalid meta option {name}: {getattr(self, name)!r}")
@@ -143,9 +147,24 @@ def cosine(a: dict, b: dict) -> float:
     return dot / (na * nb) if na and nb else float("nan")
 
 
+def make_optimizer(model: MultiExitBert, config: MetaConfig) -> torch.optim.Optimizer | None:
+    """The meta-optimiser's state (Adam's moments), or None for plain SGD."""
+    if config.optimizer == "sgd":
+        return None
+    return torch.optim.Adam(model.parameters(), lr=config.meta_lr)
+
+
 @torch.no_grad()
-def apply(model: MultiExitBert, grads: dict, lr: float) -> None:
-    """θ ← θ - β g (Eq. 4)."""
+def apply(model: MultiExitBert, grads: dict, lr: float, optimizer: torch.optim.Optimizer | None = None) -> None:
+    """θ ← θ - β g (Eq. 4), or an Adam step on g when ``optimizer`` is given."""
+    if optimizer is None:
+        for n, p in model.named_parameters():
+            if n in grads:
+                p.sub_(lr * grads[n])
+        return
+    saved = {n: p.grad for n, p in model.named_parameters()}
     for n, p in model.named_parameters():
-        if n in grads:
-            p.sub_(lr * grads[n])
+        p.grad = grads.get(n)
+    optimizer.step()
+    for n, p in model.named_parameters():
+        p.grad = saved[n]

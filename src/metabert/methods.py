@@ -220,10 +220,11 @@ class Meta(Method):
     def loss(self, model, batch, epoch, step=0):
         return exit_losses(_logits(model, batch), batch["labels"]).sum()
 
-    def before_step(self, model, batch, epoch, step, world=None, diagnose=False) -> dict:
+    def before_step(self, model, batch, epoch, step, world=None, diagnose=False, optimizer=None) -> dict:
         """One meta-update (Eq. 4) on tasks cut from the (global) ``batch``; under torch.distributed
         each process takes every world-size-th task and the meta-gradients are summed, which is
-        the single-process update. Returns diagnostics."""
+        the single-process update. ``optimizer``: the meta-optimiser (``meta.make_optimizer``) when
+        it keeps state. Returns diagnostics."""
         from metabert import distributed, meta
 
         if self.config.schedule == "warmstart" and epoch >= self.meta_only_epochs:
@@ -243,7 +244,7 @@ class Meta(Method):
             plain = dict(zip(params, torch.autograd.grad(query, list(params.values()), allow_unused=True)))
             plain = {n: (g if g is not None else torch.zeros_like(params[n])) for n, g in plain.items()}
             info["cosine_to_query_gradient"] = meta.cosine(grads, plain)
-        meta.apply(model, grads, self.config.meta_lr)
+        meta.apply(model, grads, self.config.meta_lr, optimizer)
         return info
 
 

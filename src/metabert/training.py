@@ -20,6 +20,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from metabert import data as data_mod
 from metabert import distributed
+from metabert import meta as meta_mod
 from metabert.batching import encode, iterate, train_batches
 from metabert.evaluation import all_exit_logits, per_exit_scores
 from metabert.methods import METHODS, get_method
@@ -73,6 +74,7 @@ class TrainConfig:
     meta_task: str = "episode"
     meta_schedule: str = "interleaved"
     meta_warmstart_epochs: int = 1
+    meta_optimizer: str = "sgd"
     meta_diagnose_every: int = 10  # steps between cosine(meta-gradient, plain query gradient) checks
 
     def meta_config(self):
@@ -83,7 +85,8 @@ class TrainConfig:
         return MetaConfig(inner_lr=self.meta_inner_lr, meta_lr=self.meta_lr, inner_steps=self.meta_inner_steps,
                           support_size=self.meta_support_size, meta_batch=self.meta_batch,
                           first_order=self.meta_order == "first", adapt=self.meta_adapt, task=self.meta_task,
-                          schedule=self.meta_schedule, warmstart_epochs=self.meta_warmstart_epochs)
+                          schedule=self.meta_schedule, warmstart_epochs=self.meta_warmstart_epochs,
+                          optimizer=self.meta_optimizer)
 
     def __post_init__(self):
         checks = {
@@ -178,6 +181,9 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> d
         {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW(groups, lr=config.learning_rate)
+    optimizers = {"optimizer": optimizer}
+    if config.method == "meta" and (meta_opt := meta_mod.make_optimizer(model, config.meta_config())) is not None:
+        optimizers["meta_optimizer"] = meta_opt
     steps_per_epoch = -(-len(train_enc) // config.batch_size)
     total = steps_per_epoch * sum(method.updates_per_batch(e) for e in range(config.epochs))
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup * total), total)
@@ -188,7 +194,7 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> d
            "epoch_rng": None, "rng": None, "elapsed": 0.0}
     rng = random.Random(config.seed)
     if resume:
-        run = load_state(state_dir, config, model, optimizer, scheduler)
+        run = load_state(state_dir, config, model, optimizers, scheduler)
         log.info("resuming at epoch %d, batch %d (step %d)", run["epoch"] + 1, run["batch"], run["step"])
     started = time.perf_counter() - run["elapsed"]
     if world.size > 1:  # the same initial weights everywhere (seeded), different dropout masks per process
@@ -213,7 +219,7 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> d
         seen, epoch_start, running, diagnostics = 0, time.perf_counter(), None, []
         for batch in bar:
             if hook is not None:
-                info = hook(model, batch, epoch, run["step"], world=world,
+                info = hook(model, batch, epoch, run["step"], world=world, optimizer=optimizers.get("meta_optimizer"),
                             diagnose=run["step"] % config.meta_diagnose_every == 0)
                 if info:
                     diagnostics.append(info)
@@ -246,7 +252,7 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> d
             if (config.save_every and world.main and run["step"] % config.save_every == 0
                     and run["batch"] < len(batches)):
                 run["elapsed"], run["rng"] = time.perf_counter() - started, rng.getstate()
-                save_state(state_dir, config, model, optimizer, scheduler, run)
+                save_state(state_dir, config, model, optimizers, scheduler, run)
         train_seconds = time.perf_counter() - epoch_start
         run["epoch"], run["batch"] = epoch + 1, 0
         if not world.main:  # evaluation, checkpoints and logs are the main process's job
@@ -279,7 +285,7 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> d
         write_log(output / "log.jsonl", run["records"])
         run["elapsed"], run["rng"] = time.perf_counter() - started, rng.getstate()
         if config.save_every and epoch + 1 < config.epochs:
-            save_state(state_dir, config, model, optimizer, scheduler, run)
+            save_state(state_dir, config, model, optimizers, scheduler, run)
     distributed.barrier(world)
     if not world.main:
         return {"output": str(output), "best": None, "rank": world.rank}
@@ -315,13 +321,14 @@ def state_path(output: Path) -> Path:
     return output.with_name(output.name + ".state")
 
 
-def save_state(directory: Path, config: TrainConfig, model, optimizer, scheduler, run: dict) -> None:
+def save_state(directory: Path, config: TrainConfig, model, optimizers: dict, scheduler, run: dict) -> None:
     """Everything needed to continue exactly: weights, optimizer, scheduler, RNG states, position."""
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     torch.save({
-        "config": asdict(config), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "config": asdict(config), "model": model.state_dict(),
+        **{name: opt.state_dict() for name, opt in optimizers.items()},
         "scheduler": scheduler.state_dict(), "run": run, "torch_rng": torch.get_rng_state(),
         "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
     }, tmp / "state.pt")
@@ -333,7 +340,7 @@ def save_state(directory: Path, config: TrainConfig, model, optimizer, scheduler
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_state(directory: Path, config: TrainConfig, model, optimizer, scheduler) -> dict:
+def load_state(directory: Path, config: TrainConfig, model, optimizers: dict, scheduler) -> dict:
     path = directory / "state.pt"
     if not path.is_file():
         raise FileNotFoundError(f"nothing to resume: {path} does not exist (was the run started with "
@@ -345,7 +352,8 @@ def load_state(directory: Path, config: TrainConfig, model, optimizer, scheduler
     if changed:
         raise ValueError(f"--resume with different options than the interrupted run: {', '.join(changed)}")
     model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    for name, opt in optimizers.items():
+        opt.load_state_dict(state[name])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
     np.random.set_state(state["numpy_rng"])

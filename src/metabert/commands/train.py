@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 
 from metabert.commands.common import add_data_options
+from metabert.meta import ADAPT, OPTIMIZERS, SCHEDULES, TASKS
 from metabert.methods import METHODS
 from metabert.modeling import HEADS, POOLINGS
 from metabert.training import SELECT_BY, TrainConfig, resume_config, train
@@ -50,16 +52,20 @@ def add_training_options(p) -> None:
     p.add_argument("--select-by", default="last", choices=SELECT_BY,
                    help="keep the epoch with the best last exit, or best mean over exits")
     meta = p.add_argument_group("--method meta (MetaBERT's Algorithm 1; see metabert.meta)")
-    meta.add_argument("--meta-inner-lr", type=float, default=1e-4, help="α, inner SGD step (Eq. 2)")
-    meta.add_argument("--meta-lr", type=float, default=1e-5, help="β, meta step (Eq. 4)")
-    meta.add_argument("--meta-inner-steps", type=int, default=1)
-    meta.add_argument("--meta-support-size", type=int, default=16, help="K: examples per support (and query) batch")
-    meta.add_argument("--meta-batch", type=int, default=2, help="tasks per meta-update")
-    meta.add_argument("--meta-order", choices=["first", "second"], default="first")
-    meta.add_argument("--meta-adapt", choices=["all", "exits"], default="all", help="what the inner loop adapts")
-    meta.add_argument("--meta-task", choices=["episode", "exit"], default="episode")
-    meta.add_argument("--meta-schedule", choices=["interleaved", "warmstart"], default="interleaved")
-    meta.add_argument("--meta-warmstart-epochs", type=int, default=1)
+    d = {f.name: f.default for f in fields(TrainConfig)}  # one source of truth for the defaults
+    meta.add_argument("--meta-inner-lr", type=float, default=d["meta_inner_lr"], help="α, inner SGD step (Eq. 2)")
+    meta.add_argument("--meta-lr", type=float, default=d["meta_lr"], help="β, meta step (Eq. 4)")
+    meta.add_argument("--meta-optimizer", choices=OPTIMIZERS, default=d["meta_optimizer"],
+                      help="meta step: plain SGD θ - βg (Eq. 4) or Adam with rate β (MAML's meta-optimiser)")
+    meta.add_argument("--meta-inner-steps", type=int, default=d["meta_inner_steps"])
+    meta.add_argument("--meta-support-size", type=int, default=d["meta_support_size"],
+                      help="K: examples per support (and query) batch")
+    meta.add_argument("--meta-batch", type=int, default=d["meta_batch"], help="tasks per meta-update")
+    meta.add_argument("--meta-order", choices=["first", "second"], default=d["meta_order"])
+    meta.add_argument("--meta-adapt", choices=ADAPT, default=d["meta_adapt"], help="what the inner loop adapts")
+    meta.add_argument("--meta-task", choices=TASKS, default=d["meta_task"])
+    meta.add_argument("--meta-schedule", choices=SCHEDULES, default=d["meta_schedule"])
+    meta.add_argument("--meta-warmstart-epochs", type=int, default=d["meta_warmstart_epochs"])
     p.add_argument("--save-every", type=int, default=0,
                    help="save the resumable training state every N steps (and after each epoch)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -91,7 +97,7 @@ def config_fields(args) -> dict:
         meta_inner_lr=args.meta_inner_lr, meta_lr=args.meta_lr, meta_inner_steps=args.meta_inner_steps,
         meta_support_size=args.meta_support_size, meta_batch=args.meta_batch, meta_order=args.meta_order,
         meta_adapt=args.meta_adapt, meta_task=args.meta_task, meta_schedule=args.meta_schedule,
-        meta_warmstart_epochs=args.meta_warmstart_epochs,
+        meta_warmstart_epochs=args.meta_warmstart_epochs, meta_optimizer=args.meta_optimizer,
     )
 
 
