@@ -7,16 +7,20 @@ from metabert.cli import main
 
 def test_reproduce_writes_table_and_figures_and_resumes(tmp_path, glue_dir, capsys):
     out = tmp_path / "t2"
-    args = ["reproduce", "--tasks", "rte", "--methods", "joint,two-stage,meta,joint-matched", "--seeds", "2",
+    args = ["reproduce", "--tasks", "rte", "--methods", "joint,two-stage,meta,joint-matched,meta-adam",
+            "--variant", "meta-adam=method=meta,meta_optimizer=adam,meta_lr=1e-3", "--seeds", "2",
             "--model", "tiny", "--epochs", "3", "--task-epochs", "rte=2", "--max-train-samples", "48", "--calibration-fraction", "0.2", "--batch-size", "16",
             "--meta-support-size", "4", "--data-dir", str(glue_dir), "--output", str(out), "--no-progress"]
     assert main(args) == 0
     table = json.loads((out / "table2.json").read_text())
-    assert set(table) == {"joint", "two-stage", "meta", "joint-matched"}
+    assert set(table) == {"joint", "two-stage", "meta", "joint-matched", "meta-adam"}
+    variant = json.loads((out / "rte" / "meta-adam" / "seed1" / "result.json").read_text())["config"]
+    assert (variant["method"], variant["meta_optimizer"], variant["meta_lr"]) == ("meta", "adam", 1e-3)
     cell = table["meta"]["rte"]
     assert cell["seeds"] == 2 and len(cell["per_exit"]) == 3
     assert len(cell["last_exit"]) == 2  # mean and standard deviation
     text = (out / "table2.md").read_text()
+    assert "- `meta-adam`: method=meta, meta_optimizer=adam, meta_lr=0.001" in text
     assert "## last exit" in text and "The paper's Table II" in text and "1.5x layer speed-up" in text
     assert (out / "fig2_rte.png").read_bytes()[:4] == b"\x89PNG"
     result = json.loads((out / "rte" / "joint" / "seed0" / "result.json").read_text())
@@ -25,13 +29,18 @@ def test_reproduce_writes_table_and_figures_and_resumes(tmp_path, glue_dir, caps
     stamp = (out / "rte" / "joint" / "seed0" / "result.json").stat().st_mtime
     assert main(args) == 0  # every cell done: nothing is trained again
     assert (out / "rte" / "joint" / "seed0" / "result.json").stat().st_mtime == stamp
+    changed = [a.replace("meta_lr=1e-3", "meta_lr=1e-2") for a in args]  # a finished cell made with other options is not reused
+    assert main(changed) == 2
+    assert "meta-adam/seed0/result.json was made with other options (meta_lr)" in capsys.readouterr().err
 
 
 def test_reproduce_rejects_bad_task_epochs(tmp_path, capsys):
     base = ["reproduce", "--tasks", "rte,mrpc", "--model", "tiny", "--output", str(tmp_path / "x")]
     for extra, message in [(["--task-epochs", "rte:2"], "TASK=N"),
                            (["--task-epochs", "sst2=2"], "'sst2' is not one of --tasks"),
-                           (["--methods", "joint,two-stage", "--task-epochs", "mrpc=1"], "at least 2 epochs")]:
+                           (["--methods", "joint,two-stage", "--task-epochs", "mrpc=1"], "at least 2 epochs"),
+                           (["--variant", "v=meta_lr=1"], "say which method"),
+                           (["--methods", "v", "--variant", "v=method=meta,meta_lr=x"], "meta_lr needs a float")]:
         assert main(base + extra) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()  # refused before any training

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import fields
 
 from metabert.commands import train as train_cmd
 from metabert.reproduce import reproduce
@@ -19,6 +20,9 @@ def add_parser(sub, name):
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--task-epochs", default="", metavar="TASK=N,...",
                    help="epochs per task where it differs from --epochs, e.g. sst2=2,cola=3")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=OPTION=VALUE,...",
+                   help="a row that changes options, usable in --methods, e.g. "
+                        "meta-adam=method=meta,meta_optimizer=adam,meta_lr=3e-5 (repeatable)")
     p.add_argument("--speedups", default="1.5,2", help="layer speed-ups at which to report early exit")
     p.set_defaults(run=run)
 
@@ -29,14 +33,16 @@ def run(args) -> int:
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     task_epochs = parse_task_epochs(args.task_epochs, tasks)
-    base = TrainConfig(**{**train_cmd.config_fields(args), "task": tasks[0], "method": methods[0]})
+    variants = dict(parse_variant(v) for v in args.variant)
+    fields_ = train_cmd.config_fields(args)
+    base = TrainConfig(**{**fields_, "task": tasks[0], "method": "joint"})
     for t in tasks:  # fail before hours of training, not after
         for m in methods:
-            TrainConfig(**{**train_cmd.config_fields(args), "task": t, "method": m,
-                           "epochs": task_epochs.get(t, args.epochs)})
+            TrainConfig(**{**fields_, "task": t, "epochs": task_epochs.get(t, args.epochs),
+                           **{"method": m, **variants.get(m, {})}})
     path = reproduce(base, tasks, methods, args.seeds, args.output, [float(s) for s in args.speedups.split(",")],
                      command="metabert " + " ".join(sys.argv[1:]), progress=not args.no_progress,
-                     task_epochs=task_epochs)
+                     task_epochs=task_epochs, variants={m: variants[m] for m in methods if m in variants})
     print(path.read_text())
     return 0
 
@@ -51,3 +57,29 @@ def parse_task_epochs(text: str, tasks: list[str]) -> dict[str, int]:
             raise ValueError(f"--task-epochs: {task.strip()!r} is not one of --tasks ({', '.join(tasks)})")
         out[task.strip()] = int(value)
     return out
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    """``NAME=field=value,field=value`` -> (NAME, {field: typed value}); ``method`` is required."""
+    name, sep, rest = text.partition("=")
+    if not sep or not name.strip():
+        raise ValueError(f"--variant: expected NAME=OPTION=VALUE,..., got {text!r}")
+    types = {f.name: str(f.type).split("|")[0].strip() for f in fields(TrainConfig)}  # "int | None" -> "int"
+    kinds = {"int": int, "float": float, "str": str}
+    out = {}
+    for item in filter(None, (i.strip() for i in rest.split(","))):
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in types or key in ("task", "output", "seed"):
+            raise ValueError(f"--variant {name}: {item!r} is not OPTION=VALUE with a training option "
+                             "(e.g. meta_inner_lr=1e-3)")
+        kind = kinds.get(types[key])
+        if kind is None:
+            raise ValueError(f"--variant {name}: {key} cannot be set in a variant")
+        try:
+            out[key] = kind(value.strip())
+        except ValueError:
+            raise ValueError(f"--variant {name}: {key} needs a {kind.__name__}, got {value!r}") from None
+    if "method" not in out:
+        raise ValueError(f"--variant {name}: say which method it varies (method=...)")
+    return name.strip(), out
