@@ -7,11 +7,13 @@ OUT=${1:-runs/foundation}
 METABERT=${METABERT:-metabert}
 THRESHOLDS=${THRESHOLDS:-auto}
 declare -A EPOCHS=([sst2]=1 [mrpc]=5 [rte]=5 [cola]=3)
+# SST-2 uses 1e-4: its one epoch leaves the shallow exits under-trained at 5e-5 (docs/INVESTIGATIONS.md)
+declare -A LR=([sst2]=1e-4 [mrpc]=5e-5 [rte]=5e-5 [cola]=5e-5)
 mkdir -p "$OUT"
 for task in ${TASKS:-sst2 mrpc rte cola}; do
   if [ ! -f "$OUT/$task/metabert_config.json" ]; then
     $METABERT train --task "$task" --model minilm-l6 --method joint --pooling mean \
-      --learning-rate 5e-5 --batch-size 32 --warmup 0.1 --epochs "${EPOCHS[$task]}" \
+      --learning-rate "${LR[$task]}" --batch-size 32 --warmup 0.1 --epochs "${EPOCHS[$task]}" \
       --max-seq-length 128 --seed 42 --output "$OUT/$task" --no-progress
   fi
   $METABERT evaluate --checkpoint "$OUT/$task" --task "$task" --thresholds "$THRESHOLDS" \

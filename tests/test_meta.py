@@ -108,6 +108,16 @@ def test_meta_method_moves_parameters_and_reports(model):
     assert warm.meta_only_epochs == 1 and warm.before_step(model, batch(model), epoch=1, step=5) == {}
 
 
+def test_cosine_diagnostic_ignores_dropout_and_sees_the_inner_step():
+    torch.manual_seed(0)
+    noisy = MultiExitBert.from_backbone("tiny", ["a", "b"], seed=0, dropout=0.3, backbone_dropout=0.3).train()
+    tasks = [(batch(noisy, seed=1), batch(noisy, seed=2))]
+    tiny_step = meta.cosine_to_query_gradient(noisy, tasks, MetaConfig(inner_lr=1e-7))
+    assert tiny_step == pytest.approx(1.0, abs=1e-4)  # α → 0: the meta-gradient is the query gradient
+    assert noisy.training  # the model is left in training mode
+    assert meta.cosine_to_query_gradient(noisy, tasks, MetaConfig(inner_lr=1.0)) < 0.999
+
+
 def test_adam_meta_optimiser_takes_adam_steps_and_keeps_grads(model):
     config = MetaConfig(optimizer="adam", meta_lr=1e-3)
     optimizer = meta.make_optimizer(model, config)

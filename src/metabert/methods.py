@@ -238,12 +238,8 @@ class Meta(Method):
         else:  # more processes than tasks: take part in the sum with zeros
             grads, info = {n: torch.zeros_like(p) for n, p in meta.parameters(model).items()}, {}
         grads = distributed.all_reduce_sum(grads, world)
-        if diagnose and world.size == 1:  # how far is the meta-gradient from the plain query gradient?
-            params = meta.parameters(model)
-            query = sum(meta.task_loss(model, params, q) for _, q in tasks)
-            plain = dict(zip(params, torch.autograd.grad(query, list(params.values()), allow_unused=True)))
-            plain = {n: (g if g is not None else torch.zeros_like(params[n])) for n, g in plain.items()}
-            info["cosine_to_query_gradient"] = meta.cosine(grads, plain)
+        if diagnose and world.size == 1:
+            info["cosine_to_query_gradient"] = meta.cosine_to_query_gradient(model, tasks, self.config)
         meta.apply(model, grads, self.config.meta_lr, optimizer)
         return info
 

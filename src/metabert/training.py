@@ -75,7 +75,7 @@ class TrainConfig:
     meta_schedule: str = "interleaved"
     meta_warmstart_epochs: int = 1
     meta_optimizer: str = "sgd"
-    meta_diagnose_every: int = 10  # steps between cosine(meta-gradient, plain query gradient) checks
+    meta_diagnose_every: int = 20  # steps between cosine(meta-gradient, plain query gradient) checks; 0: never
 
     def meta_config(self):
         from metabert.meta import MetaConfig
@@ -100,6 +100,7 @@ class TrainConfig:
             "max_train_samples": self.max_train_samples is None or self.max_train_samples >= 1,
             "backbone_dropout": self.backbone_dropout is None or 0 <= self.backbone_dropout < 1,
             "save_every": self.save_every >= 0,
+            "meta_diagnose_every": self.meta_diagnose_every >= 0,
             "bucket_pool": self.bucket_pool >= 1,
         }
         for name, ok in checks.items():
@@ -220,7 +221,7 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> d
         for batch in bar:
             if hook is not None:
                 info = hook(model, batch, epoch, run["step"], world=world, optimizer=optimizers.get("meta_optimizer"),
-                            diagnose=run["step"] % config.meta_diagnose_every == 0)
+                            diagnose=bool(config.meta_diagnose_every) and run["step"] % config.meta_diagnose_every == 0)
                 if info:
                     diagnostics.append(info)
             if epoch < meta_only:
