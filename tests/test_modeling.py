@@ -128,3 +128,16 @@ def test_linear_heads_round_trip(tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded(**inputs), model(**inputs))
         assert torch.allclose(model.exits[1].infer(torch.ones(1, 32)), model.exits[1](torch.ones(1, 32)))
+
+
+def test_exit_heads_can_start_from_the_pretrained_pooler():
+    backbone = load_backbone("tiny", seed=0)
+    assert backbone.pooler is not None and backbone.encoder.pooler is None
+    model = MultiExitBert.from_backbone(backbone, ["a", "b"], head_init="pooler")
+    for head in model.exits:
+        assert torch.equal(head.dense.weight, backbone.pooler.weight)
+        assert torch.equal(head.dense.bias, backbone.pooler.bias)
+    random_heads = MultiExitBert.from_backbone("tiny", ["a", "b"])
+    assert not torch.equal(random_heads.exits[0].dense.weight, backbone.pooler.weight)
+    with pytest.raises(ValueError, match="needs --head pooler"):
+        MultiExitBert.from_backbone("tiny", ["a", "b"], head="linear", head_init="pooler")

@@ -28,6 +28,14 @@ class Backbone:
     encoder: PreTrainedModel  # a BERT-family model exposing .embeddings and .encoder.layer
     tokenizer: object
     source: str  # what the user asked for, stored in checkpoints
+    pooler: torch.nn.Linear | None = None  # the checkpoint's pooler dense layer, to initialise exit heads
+
+
+def _detach_pooler(encoder) -> torch.nn.Linear | None:
+    """Take the model's own pooler off (we have our exit heads) and return its dense layer."""
+    pooler = getattr(encoder, "pooler", None)
+    encoder.pooler = None
+    return getattr(pooler, "dense", None)
 
 
 def minilm_path() -> Path:
@@ -60,8 +68,7 @@ def load_backbone(name: str, seed: int = 0, dropout: float | None = None) -> Bac
     if name == "minilm-l6":
         path = minilm_path()
         tokenizer = AutoTokenizer.from_pretrained(path)
-        encoder = AutoModel.from_pretrained(path, **overrides)
-        encoder.pooler = None  # we have our own exit heads (loading it avoids an "unexpected keys" report)
+        encoder = AutoModel.from_pretrained(path, **overrides)  # with its pooler: no "unexpected keys" report
     elif name == "tiny":
         tokenizer = AutoTokenizer.from_pretrained(minilm_path())
         with torch.random.fork_rng():
@@ -70,17 +77,15 @@ def load_backbone(name: str, seed: int = 0, dropout: float | None = None) -> Bac
             for key, value in overrides.items():
                 setattr(config, key, value)
             encoder = AutoModel.from_config(config)
-        encoder.pooler = None
     else:
         local = Path(name)
         if not local.exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
             raise FileNotFoundError(f"--model {name}: no such folder (aliases: {', '.join(ALIASES)})")
         tokenizer = AutoTokenizer.from_pretrained(name)
         encoder = AutoModel.from_pretrained(name, **overrides)
-        if getattr(encoder, "pooler", None) is not None:
-            encoder.pooler = None
+    pooler = _detach_pooler(encoder)
     check_layout(encoder, name)
-    return Backbone(encoder=encoder, tokenizer=tokenizer, source=name)
+    return Backbone(encoder=encoder, tokenizer=tokenizer, source=name, pooler=pooler)
 
 
 def encoder_from_config(config_dict: dict) -> PreTrainedModel:

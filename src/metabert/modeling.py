@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 POOLINGS = ("mean", "cls")
 HEADS = ("pooler", "linear")
+HEAD_INITS = ("random", "pooler")
 CONFIG_NAME = "metabert_config.json"
 WEIGHTS_NAME = "model.safetensors"
 
@@ -150,8 +151,13 @@ class MultiExitBert(nn.Module):
         seed: int = 0,
         backbone_dropout: float | None = None,
         head: str = "pooler",
+        head_init: str = "random",
     ) -> "MultiExitBert":
-        """A new multi-exit model on a pretrained backbone (see ``metabert.backbones``)."""
+        """A new multi-exit model on a pretrained backbone (see ``metabert.backbones``).
+        ``head_init="pooler"`` starts every exit's dense layer from the backbone's pretrained pooler,
+        as DeeBERT does; ``random`` (default) draws them like the classifier layers."""
+        if head_init not in HEAD_INITS:
+            raise ValueError(f"invalid head_init {head_init!r}; choose one of: {', '.join(HEAD_INITS)}")
         backbone = model if isinstance(model, Backbone) else load_backbone(model, seed=seed, dropout=backbone_dropout)
         config = MultiExitConfig(
             num_labels=len(label_names),
@@ -165,7 +171,16 @@ class MultiExitBert(nn.Module):
         )
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            return cls(config, backbone.encoder, backbone.tokenizer)
+            model = cls(config, backbone.encoder, backbone.tokenizer)
+        if head_init == "pooler":
+            if head != "pooler" or backbone.pooler is None:
+                raise ValueError(f"--head-init pooler needs --head pooler and a backbone with a pooler "
+                                 f"({backbone.source} has {'one' if backbone.pooler is not None else 'none'})")
+            with torch.no_grad():
+                for exit_head in model.exits:
+                    exit_head.dense.weight.copy_(backbone.pooler.weight)
+                    exit_head.dense.bias.copy_(backbone.pooler.bias)
+        return model
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> "MultiExitBert":

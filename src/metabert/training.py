@@ -24,7 +24,7 @@ from metabert import meta as meta_mod
 from metabert.batching import encode, iterate, train_batches
 from metabert.evaluation import all_exit_logits, per_exit_scores
 from metabert.methods import METHODS, get_method
-from metabert.modeling import POOLINGS, MultiExitBert
+from metabert.modeling import HEAD_INITS, POOLINGS, MultiExitBert
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ class TrainConfig:
     backbone_dropout: float | None = None  # replaces the encoder's dropout when set
     num_layers: int | None = None  # keep only the first k layers (static BERT-kL)
     head: str = "pooler"  # exit classifier: pooler (dense+tanh+linear) or linear
+    head_init: str = "random"  # exit dense layers: random, or copied from the backbone's pretrained pooler
     bucket_pool: int = 50  # batches per length-sorted pool; 1 = random batches (no length bucketing)
     # --method meta (see metabert.meta.MetaConfig)
     meta_inner_lr: float = 1e-4
@@ -101,6 +102,7 @@ class TrainConfig:
             "backbone_dropout": self.backbone_dropout is None or 0 <= self.backbone_dropout < 1,
             "save_every": self.save_every >= 0,
             "meta_diagnose_every": self.meta_diagnose_every >= 0,
+            "head_init": self.head_init in HEAD_INITS,
             "bucket_pool": self.bucket_pool >= 1,
         }
         for name, ok in checks.items():
@@ -161,7 +163,7 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> d
     model = MultiExitBert.from_backbone(
         config.model, list(spec.labels), pooling=config.pooling, dropout=config.dropout,
         task=data_mod.spec_to_dict(spec), seed=config.seed, backbone_dropout=config.backbone_dropout,
-        head=config.head,
+        head=config.head, head_init=config.head_init,
     )
     model.with_config(calibration={
         "source": train_set.source, "fraction": config.calibration_fraction,

@@ -8,7 +8,7 @@ from dataclasses import fields
 from metabert.commands.common import add_data_options
 from metabert.meta import ADAPT, OPTIMIZERS, SCHEDULES, TASKS
 from metabert.methods import METHODS
-from metabert.modeling import HEADS, POOLINGS
+from metabert.modeling import HEAD_INITS, HEADS, POOLINGS
 from metabert.training import SELECT_BY, TrainConfig, resume_config, train
 
 
@@ -44,6 +44,8 @@ def add_training_options(p) -> None:
     p.add_argument("--pooling", default="mean", choices=POOLINGS, help="how each exit reads its layer")
     p.add_argument("--dropout", type=float, default=0.1, help="dropout in the exit heads")
     p.add_argument("--head", default="pooler", choices=HEADS, help="exit classifier: pooler (DeeBERT) or linear")
+    p.add_argument("--head-init", default="random", choices=HEAD_INITS,
+                   help="exit dense layers: random, or the backbone's pretrained pooler (DeeBERT)")
     p.add_argument("--backbone-dropout", type=float, help="replace the encoder's dropout (default: its own)")
     p.add_argument("--num-layers", type=int, help="keep only the first k layers (static BERT-kL baseline)")
     p.add_argument("--eval-batch-size", type=int, default=64)
@@ -95,7 +97,7 @@ def config_fields(args) -> dict:
         calibration_fraction=args.calibration_fraction, seed=args.seed, grad_clip=args.grad_clip,
         pooling=args.pooling, dropout=args.dropout, eval_batch_size=args.eval_batch_size, select_by=args.select_by,
         save_every=args.save_every, backbone_dropout=args.backbone_dropout, num_layers=args.num_layers,
-        head=args.head, bucket_pool=args.bucket_pool,
+        head=args.head, head_init=args.head_init, bucket_pool=args.bucket_pool,
         meta_inner_lr=args.meta_inner_lr, meta_lr=args.meta_lr, meta_inner_steps=args.meta_inner_steps,
         meta_support_size=args.meta_support_size, meta_batch=args.meta_batch, meta_order=args.meta_order,
         meta_adapt=args.meta_adapt, meta_task=args.meta_task, meta_schedule=args.meta_schedule,
