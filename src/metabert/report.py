@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import os
 import platform
+import statistics
 from pathlib import Path
 
 import torch
@@ -48,12 +49,31 @@ def best_at(sweep: list[dict], speedup: float) -> dict | None:
     return max(fast, key=lambda r: r["score"]) if fast else None
 
 
+# The plain joint fine-tune of all-MiniLM-L6-v2 quoted by issue #2 (last exit), for comparison.
+REFERENCE = {"sst2": 88.9, "mrpc": 81.9, "rte": 57.4, "cola": 28.6}
+
+
+def read_log(checkpoint: Path) -> list[dict]:
+    return [json.loads(line) for line in (checkpoint / "log.jsonl").read_text().splitlines() if line.strip()]
+
+
+def kept_last_exit(log: list[dict]) -> float:
+    """The last exit's dev score of the epoch whose checkpoint was kept."""
+    return [r for r in log if r["saved"]][-1]["dev_last_exit"]
+
+
 def load_task(root: Path, task: str) -> dict:
     ckpt = root / task
-    log = [json.loads(line) for line in (ckpt / "log.jsonl").read_text().splitlines() if line.strip()]
+    log = read_log(ckpt)
+    config = json.loads((ckpt / "train_config.json").read_text())
+    seeds = [(config["seed"], kept_last_exit(log))]  # other seeds of the same command: DIR/seeds/<task>-seed<k>
+    for other in sorted((root / "seeds").glob(f"{task}-seed*")):
+        if (other / "log.jsonl").exists():
+            seeds.append((json.loads((other / "train_config.json").read_text())["seed"], kept_last_exit(read_log(other))))
     return {
+        "seeds": seeds,
         "task": task,
-        "config": json.loads((ckpt / "train_config.json").read_text()),
+        "config": config,
         "log": log,
         "sweep": json.loads((root / f"{task}.sweep.json").read_text()),
         "timed": json.loads((root / f"{task}.threshold.json").read_text()) if (root / f"{task}.threshold.json").exists() else None,
@@ -100,6 +120,17 @@ def render(tasks: list[dict], plot_path: Path | None = None, command: str = "") 
         out.append(f"| {t['task']} | {t['sweep']['metric']} | {examples} | {t['config']['epochs']} | "
                    f"{minutes:.1f} min | {per_exit[-1]['score']:.2f} | {best_exit['score']:.2f} (exit "
                    f"{best_exit['layer']}) | {cells[0]} | {cells[1]} |")
+    out += ["", "## Seed spread of the last exit", "",
+            "The summary is one seed (42). Where the same command was also run with other seeds "
+            "(`DIR/seeds/`), their last exits are below; the reference is the plain joint fine-tune of "
+            "this backbone quoted in issue #2.", "",
+            "| task | learning rate | last exit per seed | mean ± std | reference |", "|---|---|---|---|---|"]
+    for t in tasks:
+        values = [v for _, v in t["seeds"]]
+        spread = f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else "one seed"
+        out.append(f"| {t['task']} | {t['config']['learning_rate']:g} | "
+                   + ", ".join(f"{v:.2f} (seed {k})" for k, v in t["seeds"])
+                   + f" | {spread} | {REFERENCE.get(t['task'], float('nan')):.1f} |")
     if plot_path is not None:
         out += ["", f"![per-exit scores and early-exit curves]({plot_path.name})"]
     for t in tasks:
