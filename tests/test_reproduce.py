@@ -44,3 +44,25 @@ def test_reproduce_rejects_bad_task_epochs(tmp_path, capsys):
         assert main(base + extra) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()  # refused before any training
+
+
+def test_table_one_rows_exit_rules_and_a_static_model(tmp_path, glue_dir):
+    out = tmp_path / "t1"
+    args = ["reproduce", "--tasks", "mrpc", "--methods", "pabee,fastbert,static2", "--seeds", "1", "--model", "tiny",
+            "--epochs", "2", "--max-train-samples", "48", "--calibration-fraction", "0.3", "--batch-size", "16",
+            "--variant", "pabee=method=weighted,policy=patience",
+            "--variant", "fastbert=method=distill,policy=norm-entropy",
+            "--variant", "static2=method=last,num_layers=2", "--speedups", "1.2,1.5,2",
+            "--data-dir", str(glue_dir), "--output", str(out), "--no-progress"]
+    assert main(args) == 0
+    pabee = json.loads((out / "mrpc" / "pabee" / "seed0" / "result.json").read_text())
+    assert pabee["policy"] == "patience" and pabee["config"]["method"] == "weighted"
+    reached = [e for e in pabee["early_exit"].values() if "score" in e]
+    assert reached and all(e["patience"] >= 1 for e in reached)
+    static = json.loads((out / "mrpc" / "static2" / "seed0" / "result.json").read_text())
+    assert len(static["per_exit"]) == 2  # two of tiny's three layers
+    assert static["early_exit"]["1.5"] == {"score": static["last_exit"], "dev_layer_speedup": 1.5, "static": True}
+    assert "error" in static["early_exit"]["2"]  # 1.5x is all a 2-of-3-layer model gives
+    text = (out / "table2.md").read_text()
+    assert "- `pabee`: method=weighted, policy=patience" in text
+    assert "(1.50x)" in text and "early exit at 1.2x layer speed-up" in text

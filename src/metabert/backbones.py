@@ -88,6 +88,13 @@ def load_backbone(name: str, seed: int = 0, dropout: float | None = None) -> Bac
     return Backbone(encoder=encoder, tokenizer=tokenizer, source=name, pooler=pooler)
 
 
+def source_num_layers(name: str) -> int:
+    """How many layers the backbone ``name`` has, from its config alone (no weights loaded)."""
+    if name == "tiny":
+        return tiny_config(1).num_hidden_layers
+    return AutoConfig.from_pretrained(minilm_path() if name == "minilm-l6" else name).num_hidden_layers
+
+
 def encoder_from_config(config_dict: dict) -> PreTrainedModel:
     """An encoder with random weights built from a stored config (weights are loaded after)."""
     config = AutoConfig.for_model(**config_dict)

@@ -15,6 +15,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from metabert import data as data_mod
+from metabert.backbones import source_num_layers
 from metabert.batching import encode
 from metabert.calibration import calibration_set, choose
 from metabert.evaluation import _pyplot, all_exit_logits, per_exit_scores, simulate
@@ -38,13 +39,16 @@ def run_cell(base: TrainConfig, task: str, method: str, seed: int, root: Path, s
     variant whose ``overrides`` (TrainConfig fields, ``method`` among them) change the base options."""
     cell = root / task / method / f"seed{seed}"
     result_file = cell / "result.json"
+    overrides = dict(overrides or {})
+    policy = overrides.pop("policy", "entropy")  # the exit rule of this row (PABEE: patience, ...)
     config = replace(base, task=task, seed=seed, output=str(cell / "checkpoint"), epochs=epochs or base.epochs,
-                     **{"method": method, **(overrides or {})})
+                     **{"method": method, **overrides})
     if result_file.exists():
         done = json.loads(result_file.read_text())
-        wanted = json.loads(json.dumps(asdict(config)))
+        wanted = {**json.loads(json.dumps(asdict(config))), "policy": policy}
+        stored = {**done["config"], "policy": done.get("policy", "entropy")}
         free = (*RESUME_FREE, "data_dir")  # where the same GLUE files are read from may change
-        changed = sorted(k for k in wanted if k not in free and wanted[k] != done["config"].get(k))
+        changed = sorted(k for k in wanted if k not in free and wanted[k] != stored.get(k))
         if changed:
             raise ValueError(f"{result_file} was made with other options ({', '.join(changed)}); "
                              "remove that cell or use another --output")
@@ -58,19 +62,24 @@ def run_cell(base: TrainConfig, task: str, method: str, seed: int, root: Path, s
     held, what = calibration_set(model, base.data_dir)
     held_enc = encode(held, model.tokenizer, base.max_seq_length)
     held_logits = all_exit_logits(model, held_enc, base.eval_batch_size)
+    scores = [e["score"] for e in per_exit]
     early = {}
+    static = source_num_layers(config.model) / model.num_layers if config.num_layers else None
     for s in speedups:
+        if static is not None:  # a truncated model has one speed-up: its layers against the backbone's
+            early[f"{s:g}"] = ({"score": scores[-1], "dev_layer_speedup": static, "static": True}
+                               if static >= s - 1e-9 else {"error": f"static model: {static:.2f}x < {s:g}x"})
+            continue
         try:
-            choice = choose(held_logits, held_enc.labels, spec.metric, target_speedup=s)
+            choice = choose(held_logits, held_enc.labels, spec.metric, policy=policy, target_speedup=s)
         except ValueError as err:  # this speed-up is out of reach on the calibration slice
             early[f"{s:g}"] = {"error": str(err)}
             continue
         result = simulate(logits, dev.labels, spec.metric, choice["policy"])
-        early[f"{s:g}"] = {"threshold": choice["policy"].threshold, "score": result["score"],
-                           "dev_layer_speedup": result["layer_speedup"],
+        early[f"{s:g}"] = {"threshold": choice["policy"].threshold, "patience": choice["policy"].patience,
+                           "score": result["score"], "dev_layer_speedup": result["layer_speedup"],
                            "calibration_layer_speedup": choice["result"]["layer_speedup"]}
-    scores = [e["score"] for e in per_exit]
-    out = {"task": task, "method": method, "seed": seed, "metric": spec.metric, "per_exit": scores,
+    out = {"task": task, "method": method, "seed": seed, "metric": spec.metric, "policy": policy, "per_exit": scores,
            "last_exit": scores[-1], "mean_over_exits": sum(scores) / len(scores), "early_exit": early,
            "calibrated_on": what, "train_seconds": sum(r["train_seconds"] for r in _log(config.output)),
            "epochs": config.epochs, "train_examples": summary["train_examples"], "config": asdict(config)}
@@ -102,12 +111,19 @@ def aggregate(results: list[dict], speedups: list[float]) -> dict:
             for s in speedups:
                 ok = [r["early_exit"][f"{s:g}"] for r in runs if "score" in r["early_exit"].get(f"{s:g}", {})]
                 cell[f"at_{s:g}x"] = mean_std([e["score"] for e in ok]) if ok else None
+                cell[f"at_{s:g}x_speedup"] = statistics.fmean(e["dev_layer_speedup"] for e in ok) if ok else None
+                cell[f"at_{s:g}x_seeds"] = len(ok)
     return table
 
 
 def render(table: dict, tasks: list[str], speedups: list[float], command: str, variants: dict | None = None) -> str:
-    def fmt(v):
-        return "n/a" if v is None else f"{v[0]:.1f} ± {v[1]:.1f}"
+    def fmt(v, speedup=None, seeds=None, total=None):
+        if v is None:
+            return "n/a"
+        text = f"{v[0]:.1f} ± {v[1]:.1f}"
+        if speedup is not None:  # the layer speed-up reached on dev, and seeds that reached the target
+            text += f" ({speedup:.2f}x" + (f", {seeds}/{total} seeds" if seeds != total else "") + ")"
+        return text
 
     out = ["# Table II reproduction", "", f"Generated by `{command}`. Mean ± standard deviation over seeds; "
            "dev scores in points; early exit at a layer speed-up with γ chosen on the training slice held "
@@ -117,12 +133,15 @@ def render(table: dict, tasks: list[str], speedups: list[float], command: str, v
     if variants:
         out.append("")
     for key, title in [("last_exit", "last exit"), ("mean_over_exits", "mean over all exits (area under Fig. 2)")] + [
-            (f"at_{s:g}x", f"entropy early exit at {s:g}x layer speed-up") for s in speedups]:
+            (f"at_{s:g}x", f"early exit at {s:g}x layer speed-up (the row's exit rule, entropy unless it "
+                           f"says otherwise; in brackets the speed-up reached on dev)") for s in speedups]:
         out += [f"## {title}", "", "| method | " + " | ".join(tasks) + " | average |", "|---|" + "---|" * (len(tasks) + 1)]
         for method, cells in table.items():
             vals = [cells.get(t, {}).get(key) for t in tasks]
             avg = statistics.fmean(v[0] for v in vals) if all(vals) else None
-            out.append(f"| {method} | " + " | ".join(fmt(v) for v in vals) + f" | {'n/a' if avg is None else f'{avg:.1f}'} |")
+            shown = [fmt(v, cells[t].get(f"{key}_speedup"), cells[t].get(f"{key}_seeds"), cells[t]["seeds"])
+                     if t in cells else "n/a" for t, v in zip(tasks, vals)]
+            out.append(f"| {method} | " + " | ".join(shown) + f" | {'n/a' if avg is None else f'{avg:.1f}'} |")
         out.append("")
     out += ["## The paper's Table II (BERT-base, 12 layers; not comparable in absolute terms)", "",
             "| method | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]

@@ -7,6 +7,7 @@ import sys
 from dataclasses import fields
 
 from metabert.commands import train as train_cmd
+from metabert.exits import POLICIES
 from metabert.reproduce import reproduce
 from metabert.training import TrainConfig
 
@@ -38,8 +39,8 @@ def run(args) -> int:
     base = TrainConfig(**{**fields_, "task": tasks[0], "method": "joint"})
     for t in tasks:  # fail before hours of training, not after
         for m in methods:
-            TrainConfig(**{**fields_, "task": t, "epochs": task_epochs.get(t, args.epochs),
-                           **{"method": m, **variants.get(m, {})}})
+            options = {k: v for k, v in variants.get(m, {}).items() if k != "policy"}
+            TrainConfig(**{**fields_, "task": t, "epochs": task_epochs.get(t, args.epochs), **{"method": m, **options}})
     path = reproduce(base, tasks, methods, args.seeds, args.output, [float(s) for s in args.speedups.split(",")],
                      command="metabert " + " ".join(sys.argv[1:]), progress=not args.no_progress,
                      task_epochs=task_epochs, variants={m: variants[m] for m in methods if m in variants})
@@ -70,6 +71,12 @@ def parse_variant(text: str) -> tuple[str, dict]:
     for item in filter(None, (i.strip() for i in rest.split(","))):
         key, sep, value = item.partition("=")
         key = key.strip().replace("-", "_")
+        if key == "policy":  # the row's exit rule, used to reach each speed-up
+            if value.strip() not in POLICIES:
+                raise ValueError(f"--variant {name}: unknown policy {value.strip()!r}; choose one of: "
+                                 f"{', '.join(POLICIES)}")
+            out[key] = value.strip()
+            continue
         if not sep or key not in types or key in ("task", "output", "seed"):
             raise ValueError(f"--variant {name}: {item!r} is not OPTION=VALUE with a training option "
                              "(e.g. meta_inner_lr=1e-3)")
