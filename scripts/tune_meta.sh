@@ -14,5 +14,5 @@ $METABERT reproduce --tasks "${TASKS:-rte}" --seeds "${SEEDS:-1}" --model minilm
   --variant "meta-adam-exits=method=meta,meta_optimizer=adam,meta_lr=5e-5,meta_inner_lr=1e-1,meta_adapt=exits" \
   --variant "meta-adam-exit-task=method=meta,meta_optimizer=adam,meta_lr=5e-5,meta_inner_lr=1e-2,meta_task=exit" \
   --variant "meta-adam-warm=method=meta,meta_optimizer=adam,meta_lr=5e-5,meta_inner_lr=1e-2,meta_schedule=warmstart" \
-  --no-progress --output "$OUT"
+  ${NO_TRAIN:+--no-train} --no-progress --output "$OUT"
 cp "$OUT/table2.md" docs/TUNING.md

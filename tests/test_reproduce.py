@@ -29,6 +29,10 @@ def test_reproduce_writes_table_and_figures_and_resumes(tmp_path, glue_dir, caps
     stamp = (out / "rte" / "joint" / "seed0" / "result.json").stat().st_mtime
     assert main(args) == 0  # every cell done: nothing is trained again
     assert (out / "rte" / "joint" / "seed0" / "result.json").stat().st_mtime == stamp
+    more = [a if a != "2" or args[i - 1] != "--seeds" else "3" for i, a in enumerate(args)]
+    assert main([*more, "--no-train"]) == 0  # tabulate what is finished, train nothing
+    assert not (out / "rte" / "joint" / "seed2").exists()
+    assert "Incomplete: 10 of 15 cells finished" in (out / "table2.md").read_text()
     changed = [a.replace("meta_lr=1e-3", "meta_lr=1e-2") for a in args]  # a finished cell made with other options is not reused
     assert main(changed) == 2
     assert "meta-adam/seed0/result.json was made with other options (meta_lr)" in capsys.readouterr().err
@@ -37,7 +41,7 @@ def test_reproduce_writes_table_and_figures_and_resumes(tmp_path, glue_dir, caps
 def test_reproduce_rejects_bad_task_epochs(tmp_path, capsys):
     base = ["reproduce", "--tasks", "rte,mrpc", "--model", "tiny", "--output", str(tmp_path / "x")]
     for extra, message in [(["--task-epochs", "rte:2"], "TASK=N"),
-                           (["--task-epochs", "sst2=2"], "'sst2' is not one of --tasks"),
+                           (["--task-epochs", "sst3=2"], "unknown task 'sst3'"),
                            (["--methods", "joint,two-stage", "--task-epochs", "mrpc=1"], "at least 2 epochs"),
                            (["--variant", "v=meta_lr=1"], "say which method"),
                            (["--methods", "v", "--variant", "v=method=meta,meta_lr=x"], "meta_lr needs a float")]:

@@ -103,28 +103,34 @@ def twice_differentiable(model: MultiExitBert, needed: bool):
 
 
 def meta_gradient(model: MultiExitBert, tasks: list[tuple[dict, dict]], config: MetaConfig,
-                  where: str = "") -> tuple[dict[str, torch.Tensor], dict]:
+                  where: str = "", measure: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
     """∇θ Σ_i L_query_i(θ'_i) (Eqs. 3-4) over ``tasks`` [(support, query), ...], and diagnostics:
-    the relative size of the inner step ‖θ'-θ‖/‖θ‖ and the query loss."""
+    the query loss and, with ``measure``, the relative size of the inner step ‖θ'-θ‖/‖θ‖ (a pass
+    over every parameter, so training measures it only on diagnostic steps)."""
     with twice_differentiable(model, not config.first_order):
-        return _meta_gradient(model, tasks, config, where)
+        return _meta_gradient(model, tasks, config, where, measure)
 
 
-def _meta_gradient(model, tasks, config, where):
+def _meta_gradient(model, tasks, config, where, measure):
     params = parameters(model)
-    total, step_norm, base_norm = 0.0, 0.0, 0.0
+    total, step_norm = 0.0, 0.0
     for i, (support, query) in enumerate(tasks):
         exit_index = i % model.num_layers if config.task == "exit" else None
         adapted = adapt(model, params, support, config, exit_index, where)
         total = total + task_loss(model, adapted, query)  # every exit's query loss ("collaborative")
-        with torch.no_grad():
-            step_norm += sum(float((adapted[n] - params[n]).pow(2).sum()) for n in params)
-            base_norm += sum(float(p.pow(2).sum()) for p in params.values())
+        if measure:
+            with torch.no_grad():
+                step_norm += sum(float((adapted[n] - params[n]).pow(2).sum()) for n in params)
     if not torch.isfinite(total):
         raise FloatingPointError(f"non-finite query loss {total.item()} {where}(inner_lr={config.inner_lr})")
     grads = torch.autograd.grad(total, list(params.values()), allow_unused=True)
     grads = {n: (g if g is not None else torch.zeros_like(p)) for (n, p), g in zip(params.items(), grads)}
-    return grads, {"query_loss": total.item() / len(tasks), "inner_step_relative": math.sqrt(step_norm / base_norm)}
+    info = {"query_loss": total.item() / len(tasks)}
+    if measure:
+        with torch.no_grad():
+            base_norm = sum(float(p.pow(2).sum()) for p in params.values()) * len(tasks)
+        info["inner_step_relative"] = math.sqrt(step_norm / base_norm)
+    return grads, info
 
 
 def split_tasks(batch: dict, config: MetaConfig) -> list[tuple[dict, dict]]:

@@ -234,7 +234,7 @@ class Meta(Method):
         mine = tasks[world.rank :: world.size]
         where = f"at step {step} (epoch {epoch + 1}) "
         if mine:
-            grads, info = meta.meta_gradient(model, mine, self.config, where=where)
+            grads, info = meta.meta_gradient(model, mine, self.config, where=where, measure=diagnose)
         else:  # more processes than tasks: take part in the sum with zeros
             grads, info = {n: torch.zeros_like(p) for n, p in meta.parameters(model).items()}, {}
         grads = distributed.all_reduce_sum(grads, world)

@@ -34,7 +34,8 @@ PAPER_TABLE2 = {
 
 
 def run_cell(base: TrainConfig, task: str, method: str, seed: int, root: Path, speedups: list[float],
-             progress: bool = False, epochs: int | None = None, overrides: dict | None = None) -> dict:
+             progress: bool = False, epochs: int | None = None, overrides: dict | None = None,
+             train_missing: bool = True) -> dict | None:
     """One (task, method, seed) cell. ``method`` names a row of the table: a training method, or a
     variant whose ``overrides`` (TrainConfig fields, ``method`` among them) change the base options."""
     cell = root / task / method / f"seed{seed}"
@@ -53,6 +54,8 @@ def run_cell(base: TrainConfig, task: str, method: str, seed: int, root: Path, s
             raise ValueError(f"{result_file} was made with other options ({', '.join(changed)}); "
                              "remove that cell or use another --output")
         return done
+    if not train_missing:
+        return None
     summary = train(config, progress=progress)
     model = MultiExitBert.from_pretrained(config.output)
     spec = data_mod.get_task(task)
@@ -172,22 +175,44 @@ def plot_fig2(table: dict, task: str, path: Path) -> None:
 
 def reproduce(base: TrainConfig, tasks: list[str], methods: list[str], seeds: int, root: str | Path,
               speedups: list[float], command: str, progress: bool = False,
-              task_epochs: dict[str, int] | None = None, variants: dict[str, dict] | None = None) -> Path:
+              task_epochs: dict[str, int] | None = None, variants: dict[str, dict] | None = None,
+              train_missing: bool = True) -> Path:
     """``variants``: row name -> TrainConfig overrides (with ``method``), for rows that are not a
-    plain method with the base options (e.g. MetaBERT with other meta options)."""
+    plain method with the base options (e.g. MetaBERT with other meta options). The tables are
+    rewritten after every cell, so a long run can be read while it goes; ``train_missing=False``
+    only tabulates the cells already finished."""
     variants = variants or {}
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    results = []
-    for task in tasks:
-        for method in methods:
-            for seed in range(seeds):
-                log.info("cell %s / %s / seed %d", task, method, seed)
-                results.append(run_cell(base, task, method, seed, root, speedups, progress,
-                                        (task_epochs or {}).get(task), variants.get(method)))
-    table = aggregate(results, speedups)
-    (root / "table2.json").write_text(json.dumps(table, indent=2))
-    (root / "table2.md").write_text(render(table, tasks, speedups, command, variants))
-    for task in tasks:
-        plot_fig2(table, task, root / f"fig2_{task}.png")
+    cells = [(t, m, k) for t in tasks for m in methods for k in range(seeds)]
+    results: dict[tuple, dict] = {}
+    for task, method, seed in cells:  # finished cells first, so the tables show them from the start
+        done = run_cell(base, task, method, seed, root, speedups, progress, (task_epochs or {}).get(task),
+                        variants.get(method), train_missing=False)
+        if done is not None:
+            results[task, method, seed] = done
+    write_tables(results, cells, tasks, speedups, command, variants, root)
+    for i, (task, method, seed) in enumerate(cells):
+        if (task, method, seed) in results or not train_missing:
+            continue
+        log.info("cell %d/%d: %s / %s / seed %d", i + 1, len(cells), task, method, seed)
+        results[task, method, seed] = run_cell(base, task, method, seed, root, speedups, progress,
+                                               (task_epochs or {}).get(task), variants.get(method))
+        write_tables(results, cells, tasks, speedups, command, variants, root)
     return root / "table2.md"
+
+
+def write_tables(results: dict, cells: list[tuple], tasks: list[str], speedups: list[float], command: str,
+                 variants: dict, root: Path) -> None:
+    finished = [results[c] for c in cells if c in results]
+    missing = [c for c in cells if c not in results]
+    table = aggregate(finished, speedups)
+    (root / "table2.json").write_text(json.dumps(table, indent=2))
+    text = render(table, tasks, speedups, command, variants)
+    if missing:
+        text += (f"\n**Incomplete: {len(finished)} of {len(cells)} cells finished.** Not yet run: "
+                 + ", ".join(f"{t}/{m}/seed{k}" for t, m, k in missing) + ".\n")
+    (root / "table2.md").write_text(text)
+    for task in tasks:
+        if any(r["task"] == task for r in finished):
+            plot_fig2(table, task, root / f"fig2_{task}.png")

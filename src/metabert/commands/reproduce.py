@@ -7,6 +7,7 @@ import sys
 from dataclasses import fields
 
 from metabert.commands import train as train_cmd
+from metabert.data import GLUE_TASKS
 from metabert.exits import POLICIES
 from metabert.reproduce import reproduce
 from metabert.training import TrainConfig
@@ -24,6 +25,8 @@ def add_parser(sub, name):
     p.add_argument("--variant", action="append", default=[], metavar="NAME=OPTION=VALUE,...",
                    help="a row that changes options, usable in --methods, e.g. "
                         "meta-adam=method=meta,meta_optimizer=adam,meta_lr=3e-5 (repeatable)")
+    p.add_argument("--no-train", action="store_true",
+                   help="only tabulate the cells already finished (e.g. while a run is going)")
     p.add_argument("--speedups", default="1.5,2", help="layer speed-ups at which to report early exit")
     p.set_defaults(run=run)
 
@@ -43,7 +46,8 @@ def run(args) -> int:
             TrainConfig(**{**fields_, "task": t, "epochs": task_epochs.get(t, args.epochs), **{"method": m, **options}})
     path = reproduce(base, tasks, methods, args.seeds, args.output, [float(s) for s in args.speedups.split(",")],
                      command="metabert " + " ".join(sys.argv[1:]), progress=not args.no_progress,
-                     task_epochs=task_epochs, variants={m: variants[m] for m in methods if m in variants})
+                     task_epochs=task_epochs, variants={m: variants[m] for m in methods if m in variants},
+                     train_missing=not args.no_train)
     print(path.read_text())
     return 0
 
@@ -54,9 +58,10 @@ def parse_task_epochs(text: str, tasks: list[str]) -> dict[str, int]:
         task, sep, value = item.partition("=")
         if not sep or not value.strip().isdigit() or int(value) < 1:
             raise ValueError(f"--task-epochs: expected TASK=N with N >= 1, got {item!r}")
-        if task.strip() not in tasks:
-            raise ValueError(f"--task-epochs: {task.strip()!r} is not one of --tasks ({', '.join(tasks)})")
-        out[task.strip()] = int(value)
+        if task.strip() not in GLUE_TASKS:  # a task outside --tasks is allowed (scripts run subsets)
+            raise ValueError(f"--task-epochs: unknown task {task.strip()!r}; choose among {', '.join(GLUE_TASKS)}")
+        if task.strip() in tasks:
+            out[task.strip()] = int(value)
     return out
 
 

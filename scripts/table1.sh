@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# MetaBERT's Table I, our way: static truncation and the peers' recipes (training method + exit rule)
+# at matched layer speed-up on SST-2 and MRPC dev, γ (or patience) chosen on the calibration slice.
+# Written by `metabert reproduce` to $OUT/table2.md (same layout) and copied to docs/TABLE1.md.
+# Usage: GLUE_DIR=... scripts/table1.sh [OUT_DIR]   (many CPU hours; cells resume)
+set -euo pipefail
+OUT=${1:-runs/table1}
+METABERT=${METABERT:-metabert}
+$METABERT reproduce --tasks "${TASKS:-mrpc,sst2}" --seeds "${SEEDS:-3}" --model minilm-l6 --epochs 5 \
+  --task-epochs sst2=2 --learning-rate 5e-5 --batch-size 32 --warmup 0.1 --max-seq-length 128 \
+  --pooling mean --speedups 1.5,2 \
+  --methods "${METHODS:-bert-6l,bert-3l,deebert,pabee,fastbert,berxit,meta}" \
+  --variant "bert-6l=method=last" \
+  --variant "bert-3l=method=last,num_layers=3" \
+  --variant "deebert=method=two-stage,policy=entropy" \
+  --variant "pabee=method=weighted,policy=patience" \
+  --variant "fastbert=method=distill,policy=norm-entropy" \
+  --variant "berxit=method=alternating-step,policy=entropy" \
+  ${NO_TRAIN:+--no-train} --no-progress --output "$OUT"
+cp "$OUT/table2.md" docs/TABLE1.md
