@@ -70,3 +70,24 @@ def test_table_one_rows_exit_rules_and_a_static_model(tmp_path, glue_dir):
     text = (out / "table2.md").read_text()
     assert "- `pabee`: method=weighted, policy=patience" in text
     assert "(1.50x)" in text and "early exit at 1.2x layer speed-up" in text
+
+
+def test_finished_cell_made_before_an_option_existed_is_reused(tmp_path):
+    from dataclasses import asdict
+
+    import pytest
+
+    from metabert.reproduce import run_cell
+    from metabert.training import TrainConfig
+
+    base = TrainConfig(task="rte", output="unused", model="tiny", epochs=2)
+    cell = tmp_path / "moved" / "rte" / "joint" / "seed0"
+    cell.mkdir(parents=True)
+    stored = {**asdict(base), "method": "joint", "seed": 0, "output": "/elsewhere/checkpoint"}
+    del stored["head_init"]  # an option added after the cell was made, at its default
+    (cell / "result.json").write_text(json.dumps({"config": stored, "last_exit": 50.0}))
+    root = tmp_path / "moved"
+    assert run_cell(base, "rte", "joint", 0, root, [1.5], train_missing=False)["last_exit"] == 50.0
+    with pytest.raises(ValueError, match=r"other options \(head_init\)"):
+        run_cell(TrainConfig(**{**asdict(base), "head_init": "pooler"}), "rte", "joint", 0, root, [1.5],
+                 train_missing=False)

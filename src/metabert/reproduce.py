@@ -48,8 +48,10 @@ def run_cell(base: TrainConfig, task: str, method: str, seed: int, root: Path, s
         done = json.loads(result_file.read_text())
         wanted = {**json.loads(json.dumps(asdict(config))), "policy": policy}
         stored = {**done["config"], "policy": done.get("policy", "entropy")}
-        free = (*RESUME_FREE, "data_dir")  # where the same GLUE files are read from may change
-        changed = sorted(k for k in wanted if k not in free and wanted[k] != stored.get(k))
+        free = (*RESUME_FREE, "data_dir", "output")  # where files are read from and written to may move
+        # an option added after the cell was made counts as its default (what the cell ran with)
+        defaults = json.loads(json.dumps(asdict(TrainConfig(task=task, output=""))))
+        changed = sorted(k for k in wanted if k not in free and wanted[k] != stored.get(k, defaults.get(k)))
         if changed:
             raise ValueError(f"{result_file} was made with other options ({', '.join(changed)}); "
                              "remove that cell or use another --output")
