@@ -178,18 +178,23 @@ class JointMatched(Joint):
         self.config = config or MetaConfig()
         self.meta_epochs = self.config.warmstart_epochs if self.config.schedule == "warmstart" else epochs
 
+    def _steps(self, epoch: int) -> tuple[bool, bool]:
+        """(a step where meta makes its meta-update, a step where meta takes its Adam step)."""
+        return epoch < self.meta_epochs, self.config.schedule == "interleaved" or epoch >= self.meta_epochs
+
     def updates_per_batch(self, epoch: int) -> int:
-        return int(epoch < self.meta_epochs) + int(self.config.schedule == "interleaved" or epoch >= self.meta_epochs)
+        return sum(self._steps(epoch))
 
     def update_batches(self, batch: dict, epoch: int) -> list[dict]:
         """The batches this epoch's optimizer steps take, in order."""
         from metabert.meta import split_tasks
 
+        on_task_rows, on_batch = self._steps(epoch)
         out = []
-        if epoch < self.meta_epochs:
+        if on_task_rows:
             parts = [part for task in split_tasks(batch, self.config) for part in task]
             out.append({n: torch.cat([p[n] for p in parts]) for n in batch})
-        if self.config.schedule == "interleaved" or epoch >= self.meta_epochs:
+        if on_batch:
             out.append(batch)
         return out
 
@@ -216,6 +221,12 @@ class Meta(Method):
 
     def updates_per_batch(self, epoch: int) -> int:
         return int(epoch >= self.meta_only_epochs)
+
+    def make_optimizer(self, model):
+        """The meta-optimiser whose state the trainer keeps (and saves), or None for plain SGD."""
+        from metabert import meta
+
+        return meta.make_optimizer(model, self.config)
 
     def loss(self, model, batch, epoch, step=0):
         return exit_losses(_logits(model, batch), batch["labels"]).sum()

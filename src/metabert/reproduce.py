@@ -20,7 +20,7 @@ from metabert.batching import encode
 from metabert.calibration import calibration_set, choose
 from metabert.evaluation import _pyplot, all_exit_logits, per_exit_scores, simulate
 from metabert.modeling import MultiExitBert
-from metabert.training import RESUME_FREE, TrainConfig, train
+from metabert.training import RESUME_FREE, TrainConfig, read_log, train
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,12 @@ PAPER_TABLE2 = {
 }
 
 
+def split_row(overrides: dict | None) -> tuple[dict, str]:
+    """A row's options -> (TrainConfig overrides, its exit rule: ``policy``, entropy by default)."""
+    options = dict(overrides or {})
+    return options, options.pop("policy", "entropy")
+
+
 def run_cell(base: TrainConfig, task: str, method: str, seed: int, root: Path, speedups: list[float],
              progress: bool = False, epochs: int | None = None, overrides: dict | None = None,
              train_missing: bool = True) -> dict | None:
@@ -40,8 +46,7 @@ def run_cell(base: TrainConfig, task: str, method: str, seed: int, root: Path, s
     variant whose ``overrides`` (TrainConfig fields, ``method`` among them) change the base options."""
     cell = root / task / method / f"seed{seed}"
     result_file = cell / "result.json"
-    overrides = dict(overrides or {})
-    policy = overrides.pop("policy", "entropy")  # the exit rule of this row (PABEE: patience, ...)
+    overrides, policy = split_row(overrides)  # the row's exit rule (PABEE: patience, ...) is not a training option
     config = replace(base, task=task, seed=seed, output=str(cell / "checkpoint"), epochs=epochs or base.epochs,
                      **{"method": method, **overrides})
     if result_file.exists():
@@ -86,14 +91,10 @@ def run_cell(base: TrainConfig, task: str, method: str, seed: int, root: Path, s
                            "calibration_layer_speedup": choice["result"]["layer_speedup"]}
     out = {"task": task, "method": method, "seed": seed, "metric": spec.metric, "policy": policy, "per_exit": scores,
            "last_exit": scores[-1], "mean_over_exits": sum(scores) / len(scores), "early_exit": early,
-           "calibrated_on": what, "train_seconds": sum(r["train_seconds"] for r in _log(config.output)),
+           "calibrated_on": what, "train_seconds": sum(r["train_seconds"] for r in read_log(config.output)),
            "epochs": config.epochs, "train_examples": summary["train_examples"], "config": asdict(config)}
     result_file.write_text(json.dumps(out, indent=2))
     return out
-
-
-def _log(checkpoint: str) -> list[dict]:
-    return [json.loads(line) for line in (Path(checkpoint) / "log.jsonl").read_text().splitlines() if line.strip()]
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

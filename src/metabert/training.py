@@ -20,7 +20,6 @@ from transformers import get_linear_schedule_with_warmup
 
 from metabert import data as data_mod
 from metabert import distributed
-from metabert import meta as meta_mod
 from metabert.batching import encode, iterate, train_batches
 from metabert.evaluation import all_exit_logits, per_exit_scores
 from metabert.methods import METHODS, get_method
@@ -185,8 +184,8 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> d
     ]
     optimizer = torch.optim.AdamW(groups, lr=config.learning_rate)
     optimizers = {"optimizer": optimizer}
-    if config.method == "meta" and (meta_opt := meta_mod.make_optimizer(model, config.meta_config())) is not None:
-        optimizers["meta_optimizer"] = meta_opt
+    if (meta_opt := getattr(method, "make_optimizer", lambda m: None)(model)) is not None:
+        optimizers["meta_optimizer"] = meta_opt  # stateful meta-optimiser (Adam): saved and resumed too
     steps_per_epoch = -(-len(train_enc) // config.batch_size)
     total = steps_per_epoch * sum(method.updates_per_batch(e) for e in range(config.epochs))
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup * total), total)
@@ -362,6 +361,12 @@ def load_state(directory: Path, config: TrainConfig, model, optimizers: dict, sc
     np.random.set_state(state["numpy_rng"])
     random.setstate(state["python_rng"])
     return state["run"]
+
+
+def read_log(checkpoint: str | Path) -> list[dict]:
+    """Every evaluation a training run logged (``write_log``), oldest first."""
+    path = Path(checkpoint) / "log.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def write_log(path: Path, records: list[dict]) -> None:

@@ -9,7 +9,7 @@ from dataclasses import fields
 from metabert.commands import train as train_cmd
 from metabert.data import GLUE_TASKS
 from metabert.exits import POLICIES
-from metabert.reproduce import reproduce
+from metabert.reproduce import reproduce, split_row
 from metabert.training import TrainConfig
 
 
@@ -42,7 +42,7 @@ def run(args) -> int:
     base = TrainConfig(**{**fields_, "task": tasks[0], "method": "joint"})
     for t in tasks:  # fail before hours of training, not after
         for m in methods:
-            options = {k: v for k, v in variants.get(m, {}).items() if k != "policy"}
+            options, _ = split_row(variants.get(m))
             TrainConfig(**{**fields_, "task": t, "epochs": task_epochs.get(t, args.epochs), **{"method": m, **options}})
     path = reproduce(base, tasks, methods, args.seeds, args.output, [float(s) for s in args.speedups.split(",")],
                      command="metabert " + " ".join(sys.argv[1:]), progress=not args.no_progress,
