@@ -9,7 +9,7 @@ def test_reproduce_writes_table_and_figures_and_resumes(tmp_path, glue_dir, caps
     out = tmp_path / "t2"
     args = ["reproduce", "--tasks", "rte", "--methods", "joint,two-stage,meta,joint-matched,meta-adam",
             "--variant", "meta-adam=method=meta,meta_optimizer=adam,meta_lr=1e-3", "--seeds", "2",
-            "--model", "tiny", "--epochs", "3", "--task-epochs", "rte=2", "--max-train-samples", "48", "--calibration-fraction", "0.2", "--batch-size", "16",
+            "--model", "tiny", "--epochs", "3", "--task-epochs", "rte=2", "--task-learning-rate", "rte=2e-3,sst2=1e-4", "--max-train-samples", "48", "--calibration-fraction", "0.2", "--batch-size", "16",
             "--meta-support-size", "4", "--data-dir", str(glue_dir), "--output", str(out), "--no-progress"]
     assert main(args) == 0
     table = json.loads((out / "table2.json").read_text())
@@ -26,6 +26,7 @@ def test_reproduce_writes_table_and_figures_and_resumes(tmp_path, glue_dir, caps
     result = json.loads((out / "rte" / "joint" / "seed0" / "result.json").read_text())
     assert result["calibrated_on"].startswith("the held-out 20%")
     assert result["epochs"] == 2  # --task-epochs overrides --epochs
+    assert result["config"]["learning_rate"] == 2e-3  # and --task-learning-rate --learning-rate
     stamp = (out / "rte" / "joint" / "seed0" / "result.json").stat().st_mtime
     assert main(args) == 0  # every cell done: nothing is trained again
     assert (out / "rte" / "joint" / "seed0" / "result.json").stat().st_mtime == stamp
@@ -42,6 +43,8 @@ def test_reproduce_rejects_bad_task_epochs(tmp_path, capsys):
     base = ["reproduce", "--tasks", "rte,mrpc", "--model", "tiny", "--output", str(tmp_path / "x")]
     for extra, message in [(["--task-epochs", "rte:2"], "TASK=N"),
                            (["--task-epochs", "sst3=2"], "unknown task 'sst3'"),
+                           (["--task-learning-rate", "rte=-1e-4"], "--task-learning-rate: expected TASK=VALUE"),
+                           (["--task-learning-rate", "rte=fast"], "--task-learning-rate: expected TASK=VALUE"),
                            (["--methods", "joint,two-stage", "--task-epochs", "mrpc=1"], "at least 2 epochs"),
                            (["--variant", "v=meta_lr=1"], "say which method"),
                            (["--methods", "v", "--variant", "v=method=meta,meta_lr=x"], "meta_lr needs a float")]:

@@ -42,15 +42,16 @@ def split_row(overrides: dict | None) -> tuple[dict, str]:
 
 
 def run_cell(base: TrainConfig, task: str, method: str, seed: int, root: Path, speedups: list[float],
-             progress: bool = False, epochs: int | None = None, overrides: dict | None = None,
+             progress: bool = False, task_options: dict | None = None, overrides: dict | None = None,
              train_missing: bool = True) -> dict | None:
     """One (task, method, seed) cell. ``method`` names a row of the table: a training method, or a
-    variant whose ``overrides`` (TrainConfig fields, ``method`` among them) change the base options."""
+    variant whose ``overrides`` (TrainConfig fields, ``method`` among them) change the base options.
+    ``task_options`` (e.g. this task's epochs or learning rate) apply before the row's overrides."""
     cell = root / task / method / f"seed{seed}"
     result_file = cell / "result.json"
     overrides, policy = split_row(overrides)  # the row's exit rule (PABEE: patience, ...) is not a training option
-    config = replace(base, task=task, seed=seed, output=str(cell / "checkpoint"), epochs=epochs or base.epochs,
-                     **{"method": method, **overrides})
+    config = replace(base, task=task, seed=seed, output=str(cell / "checkpoint"),
+                     **{**(task_options or {}), "method": method, **overrides})
     if result_file.exists():
         done = json.loads(result_file.read_text())
         wanted = {**json.loads(json.dumps(asdict(config))), "policy": policy}
@@ -182,19 +183,22 @@ def plot_fig2(table: dict, task: str, path: Path) -> None:
 
 def reproduce(base: TrainConfig, tasks: list[str], methods: list[str], seeds: int, root: str | Path,
               speedups: list[float], command: str, progress: bool = False,
-              task_epochs: dict[str, int] | None = None, variants: dict[str, dict] | None = None,
+              task_options: dict[str, dict] | None = None, variants: dict[str, dict] | None = None,
               train_missing: bool = True) -> Path:
-    """``variants``: row name -> TrainConfig overrides (with ``method``), for rows that are not a
-    plain method with the base options (e.g. MetaBERT with other meta options). The tables are
+    """``task_options``: task -> TrainConfig overrides for that task (epochs, learning rate).
+    ``variants``: row name -> TrainConfig overrides (with ``method``), for rows that are not a
+    plain method with the base options (e.g. MetaBERT with other meta options); they win over the
+    task's options. The tables are
     rewritten after every cell, so a long run can be read while it goes; ``train_missing=False``
     only tabulates the cells already finished."""
-    variants = variants or {}
+    variants, task_options = variants or {}, task_options or {}
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    cells = [(t, m, k) for t in tasks for m in methods for k in range(seeds)]
+    # seed by seed within a task, so that a run cut short leaves every method compared on the same seeds
+    cells = [(t, m, k) for t in tasks for k in range(seeds) for m in methods]
     results: dict[tuple, dict] = {}
     for task, method, seed in cells:  # finished cells first, so the tables show them from the start
-        done = run_cell(base, task, method, seed, root, speedups, progress, (task_epochs or {}).get(task),
+        done = run_cell(base, task, method, seed, root, speedups, progress, task_options.get(task),
                         variants.get(method), train_missing=False)
         if done is not None:
             results[task, method, seed] = done
@@ -204,7 +208,7 @@ def reproduce(base: TrainConfig, tasks: list[str], methods: list[str], seeds: in
             continue
         log.info("cell %d/%d: %s / %s / seed %d", i + 1, len(cells), task, method, seed)
         results[task, method, seed] = run_cell(base, task, method, seed, root, speedups, progress,
-                                               (task_epochs or {}).get(task), variants.get(method))
+                                               task_options.get(task), variants.get(method))
         write_tables(results, cells, tasks, speedups, command, variants, root)
     return root / "table2.md"
 
@@ -214,6 +218,8 @@ def write_tables(results: dict, cells: list[tuple], tasks: list[str], speedups: 
     finished = [results[c] for c in cells if c in results]
     missing = [c for c in cells if c not in results]
     table = aggregate(finished, speedups)
+    order = dict.fromkeys(m for _, m, _ in cells)  # rows in the order of --methods, not of finishing
+    table = {m: table[m] for m in order if m in table}
     (root / "table2.json").write_text(json.dumps(table, indent=2))
     text = render(table, tasks, speedups, command, variants)
     if missing:

@@ -22,6 +22,9 @@ def add_parser(sub, name):
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--task-epochs", default="", metavar="TASK=N,...",
                    help="epochs per task where it differs from --epochs, e.g. sst2=2,cola=3")
+    p.add_argument("--task-learning-rate", default="", metavar="TASK=LR,...",
+                   help="learning rate per task where it differs from --learning-rate, e.g. sst2=1e-4 "
+                        "(a --variant that sets learning_rate wins)")
     p.add_argument("--variant", action="append", default=[], metavar="NAME=OPTION=VALUE,...",
                    help="a row that changes options, usable in --methods, e.g. "
                         "meta-adam=method=meta,meta_optimizer=adam,meta_lr=3e-5 (repeatable)")
@@ -36,32 +39,41 @@ def run(args) -> int:
         raise ValueError("--output is required")
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    task_epochs = parse_task_epochs(args.task_epochs, tasks)
+    task_options: dict[str, dict] = {}
+    for field, flag, kind in [("epochs", "--task-epochs", int), ("learning_rate", "--task-learning-rate", float)]:
+        for task, value in parse_per_task(getattr(args, flag[2:].replace("-", "_")), tasks, flag, kind).items():
+            task_options.setdefault(task, {})[field] = value
     variants = dict(parse_variant(v) for v in args.variant)
     fields_ = train_cmd.config_fields(args)
     base = TrainConfig(**{**fields_, "task": tasks[0], "method": "joint"})
     for t in tasks:  # fail before hours of training, not after
         for m in methods:
             options, _ = split_row(variants.get(m))
-            TrainConfig(**{**fields_, "task": t, "epochs": task_epochs.get(t, args.epochs), **{"method": m, **options}})
+            TrainConfig(**{**fields_, "task": t, **task_options.get(t, {}), "method": m, **options})
     path = reproduce(base, tasks, methods, args.seeds, args.output, [float(s) for s in args.speedups.split(",")],
                      command="metabert " + " ".join(sys.argv[1:]), progress=not args.no_progress,
-                     task_epochs=task_epochs, variants={m: variants[m] for m in methods if m in variants},
+                     task_options=task_options, variants={m: variants[m] for m in methods if m in variants},
                      train_missing=not args.no_train)
     print(path.read_text())
     return 0
 
 
-def parse_task_epochs(text: str, tasks: list[str]) -> dict[str, int]:
+def parse_per_task(text: str, tasks: list[str], flag: str, kind: type) -> dict:
+    """``TASK=VALUE,...`` (``kind`` int: epochs >= 1; float: a learning rate > 0) for the tasks in ``tasks``."""
     out = {}
+    shape = "TASK=N with N >= 1" if kind is int else "TASK=VALUE with VALUE > 0"
     for item in filter(None, (i.strip() for i in text.split(","))):
-        task, sep, value = item.partition("=")
-        if not sep or not value.strip().isdigit() or int(value) < 1:
-            raise ValueError(f"--task-epochs: expected TASK=N with N >= 1, got {item!r}")
-        if task.strip() not in GLUE_TASKS:  # a task outside --tasks is allowed (scripts run subsets)
-            raise ValueError(f"--task-epochs: unknown task {task.strip()!r}; choose among {', '.join(GLUE_TASKS)}")
-        if task.strip() in tasks:
-            out[task.strip()] = int(value)
+        task, sep, value = (part.strip() for part in item.partition("="))
+        try:
+            number = kind(value)
+        except ValueError:
+            number = None
+        if not sep or number is None or not 0 < number < float("inf"):
+            raise ValueError(f"{flag}: expected {shape}, got {item!r}")
+        if task not in GLUE_TASKS:  # a task outside --tasks is allowed (scripts run subsets)
+            raise ValueError(f"{flag}: unknown task {task!r}; choose among {', '.join(GLUE_TASKS)}")
+        if task in tasks:
+            out[task] = number
     return out
 
 
