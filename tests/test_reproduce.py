@@ -12,8 +12,16 @@ def test_reproduce_writes_table_and_figures_and_resumes(tmp_path, glue_dir, caps
             "--model", "tiny", "--epochs", "3", "--task-epochs", "rte=2", "--task-learning-rate", "rte=2e-3,sst2=1e-4", "--max-train-samples", "48", "--calibration-fraction", "0.2", "--batch-size", "16",
             "--meta-support-size", "4", "--data-dir", str(glue_dir), "--output", str(out), "--no-progress"]
     assert main(args) == 0
-    table = json.loads((out / "table2.json").read_text())
-    assert set(table) == {"joint", "two-stage", "meta", "joint-matched", "meta-adam"}
+    written = json.loads((out / "table2.json").read_text())
+    table = written["rows"]
+    assert list(table) == ["joint", "two-stage", "meta", "joint-matched", "meta-adam"]  # the order of --methods
+    diffs = written["minus_control"]  # every row against joint-matched, seed by seed
+    assert written["control"] == "joint-matched" and "joint-matched" not in diffs
+    for method in diffs:
+        d = diffs[method]["rte"]["last_exit"]
+        own = [json.loads((out / "rte" / name / f"seed{k}" / "result.json").read_text())["last_exit"]
+               for name in (method, "joint-matched") for k in range(2)]
+        assert d["seeds"] == 2 and abs(d["mean"] - (own[0] + own[1] - own[2] - own[3]) / 2) < 1e-9
     variant = json.loads((out / "rte" / "meta-adam" / "seed1" / "result.json").read_text())["config"]
     assert (variant["method"], variant["meta_optimizer"], variant["meta_lr"]) == ("meta", "adam", 1e-3)
     cell = table["meta"]["rte"]
@@ -22,6 +30,7 @@ def test_reproduce_writes_table_and_figures_and_resumes(tmp_path, glue_dir, caps
     text = (out / "table2.md").read_text()
     assert "- `meta-adam`: method=meta, meta_optimizer=adam, meta_lr=0.001" in text
     assert "## last exit" in text and "The paper's Table II" in text and "1.5x layer speed-up" in text
+    assert "## Against the matched-compute control `joint-matched`, seed by seed" in text
     assert (out / "fig2_rte.png").read_bytes()[:4] == b"\x89PNG"
     result = json.loads((out / "rte" / "joint" / "seed0" / "result.json").read_text())
     assert result["calibrated_on"].startswith("the held-out 20%")

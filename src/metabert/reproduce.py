@@ -125,7 +125,58 @@ def aggregate(results: list[dict], speedups: list[float]) -> dict:
     return table
 
 
-def render(table: dict, tasks: list[str], speedups: list[float], command: str, variants: dict | None = None) -> str:
+CONTROL = "joint-matched"  # the row every other is compared with seed by seed, where it was run
+
+
+def paired(results: list[dict], reference: str, speedups: list[float]) -> dict:
+    """Seed-by-seed differences against the ``reference`` row: method -> task -> measure ->
+    {"mean", "std", "seeds", "wins"}. A difference counts only on a seed both rows finished (and, at a
+    speed-up, both reached); ``wins`` is how many of those seeds the row scored higher."""
+    by = {(r["task"], r["method"], r["seed"]): r for r in results}
+
+    def measure(r, key):
+        if key in ("last_exit", "mean_over_exits"):
+            return r[key]
+        return r["early_exit"].get(key[3:-1], {}).get("score")  # "at_1.5x" -> "1.5"
+
+    out: dict = {}
+    for (task, method, seed), r in by.items():
+        ref = by.get((task, reference, seed))
+        if method == reference or ref is None:
+            continue
+        for key in ["last_exit", "mean_over_exits"] + [f"at_{s:g}x" for s in speedups]:
+            a, b = measure(r, key), measure(ref, key)
+            if a is not None and b is not None:
+                out.setdefault(method, {}).setdefault(task, {}).setdefault(key, []).append(a - b)
+    for tasks in out.values():
+        for measures in tasks.values():
+            for key, diffs in measures.items():
+                m, sd = mean_std(diffs)
+                measures[key] = {"mean": m, "std": sd, "seeds": len(diffs), "wins": sum(d > 0 for d in diffs)}
+    return out
+
+
+def render_paired(diffs: dict, tasks: list[str], speedups: list[float], reference: str) -> list[str]:
+    out = [f"## Against the matched-compute control `{reference}`, seed by seed", "",
+           f"Each row minus `{reference}` on the same seed: mean ± standard deviation of the differences "
+           "(points), and on how many seeds the row scored higher. A difference smaller than its standard "
+           "deviation is not a win; nor is anything on one seed.", ""]
+    for key, title in [("last_exit", "last exit"), ("mean_over_exits", "mean over exits")] + [
+            (f"at_{s:g}x", f"early exit at {s:g}x") for s in speedups]:
+        out += [f"**{title}**", "", "| method | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+        for method, cells in diffs.items():
+            shown = []
+            for t in tasks:
+                d = cells.get(t, {}).get(key)
+                shown.append("n/a" if d is None else
+                             f"{d['mean']:+.1f} ± {d['std']:.1f} ({d['wins']}/{d['seeds']} seeds higher)")
+            out.append(f"| {method} | " + " | ".join(shown) + " |")
+        out.append("")
+    return out
+
+
+def render(table: dict, tasks: list[str], speedups: list[float], command: str, variants: dict | None = None,
+           diffs: dict | None = None) -> str:
     def fmt(v, speedup=None, seeds=None, total=None):
         if v is None:
             return "n/a"
@@ -154,6 +205,8 @@ def render(table: dict, tasks: list[str], speedups: list[float], command: str, v
                      if t in cells else "n/a" for t, v in zip(tasks, vals)]
             out.append(f"| {method} | " + " | ".join(shown) + f" | {'n/a' if avg is None else f'{avg:.1f}'} |")
         out.append("")
+    if diffs:
+        out += render_paired(diffs, tasks, speedups, CONTROL)
     out += ["## The paper's Table II (BERT-base, 12 layers; not comparable in absolute terms)", "",
             "| method | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
     for method, row in PAPER_TABLE2.items():
@@ -220,8 +273,11 @@ def write_tables(results: dict, cells: list[tuple], tasks: list[str], speedups: 
     table = aggregate(finished, speedups)
     order = dict.fromkeys(m for _, m, _ in cells)  # rows in the order of --methods, not of finishing
     table = {m: table[m] for m in order if m in table}
-    (root / "table2.json").write_text(json.dumps(table, indent=2))
-    text = render(table, tasks, speedups, command, variants)
+    diffs = paired(finished, CONTROL, speedups)
+    diffs = {m: diffs[m] for m in order if m in diffs}
+    (root / "table2.json").write_text(json.dumps({"rows": table, "control": CONTROL, "minus_control": diffs},
+                                                 indent=2))
+    text = render(table, tasks, speedups, command, variants, diffs)
     if missing:
         text += (f"\n**Incomplete: {len(finished)} of {len(cells)} cells finished.** Not yet run: "
                  + ", ".join(f"{t}/{m}/seed{k}" for t, m, k in missing) + ".\n")
