@@ -3,6 +3,8 @@
 # at matched layer speed-up on SST-2 and MRPC dev, γ (or patience) chosen on the calibration slice.
 # Written by `metabert reproduce` to $OUT/table2.md (same layout) and copied to docs/TABLE1.md.
 # Usage: GLUE_DIR=... scripts/table1.sh [OUT_DIR]   (many CPU hours; cells resume)
+# The DeeBERT and MetaBERT rows train exactly as Table II's two-stage and meta rows: cells finished
+# there (REUSE, default runs/table2) are taken instead of trained again.
 set -euo pipefail
 OUT=${1:-runs/table1}
 METABERT=${METABERT:-metabert}
@@ -16,5 +18,5 @@ $METABERT reproduce --tasks "${TASKS:-mrpc,sst2}" --seeds "${SEEDS:-3}" --model 
   --variant "pabee=method=weighted,policy=patience" \
   --variant "fastbert=method=distill,policy=norm-entropy" \
   --variant "berxit=method=alternating-step,policy=entropy" \
-  ${NO_TRAIN:+--no-train} --no-progress --output "$OUT"
+  --reuse "${REUSE:-runs/table2}" ${NO_TRAIN:+--no-train} --no-progress --output "$OUT"
 cp "$OUT/table2.md" docs/TABLE1.md

@@ -103,3 +103,33 @@ def test_finished_cell_made_before_an_option_existed_is_reused(tmp_path):
     with pytest.raises(ValueError, match=r"other options \(head_init\)"):
         run_cell(TrainConfig(**{**asdict(base), "head_init": "pooler"}), "rte", "joint", 0, root, [1.5],
                  train_missing=False)
+
+
+def test_a_cell_with_the_same_options_is_taken_from_another_results_folder(tmp_path):
+    from dataclasses import asdict
+
+    from metabert.reproduce import run_cell
+    from metabert.training import TrainConfig
+
+    base = TrainConfig(task="mrpc", output="unused", model="tiny", epochs=2)
+    other = tmp_path / "table2"
+    cell = other / "mrpc" / "two-stage" / "seed1"
+    cell.mkdir(parents=True)
+    stored = {**asdict(base), "method": "two-stage", "seed": 1, "output": str(cell / "checkpoint")}
+    (cell / "result.json").write_text(json.dumps({"config": stored, "method": "two-stage", "last_exit": 70.0,
+                                                  "early_exit": {"1.5": {"score": 69.0}}}))
+    root = tmp_path / "table1"
+    deebert = {"method": "two-stage", "policy": "entropy"}
+    # another exit rule, seed, training option or a speed-up the cell did not measure: nothing is taken
+    assert run_cell(base, "mrpc", "pabee", 1, root, [1.5], overrides={"method": "two-stage", "policy": "patience"},
+                    train_missing=False, reuse=[other]) is None
+    assert run_cell(base, "mrpc", "deebert", 0, root, [1.5], overrides=deebert, train_missing=False,
+                    reuse=[other]) is None
+    assert run_cell(base, "mrpc", "deebert", 1, root, [1.5], task_options={"learning_rate": 1e-4},
+                    overrides=deebert, train_missing=False, reuse=[other]) is None
+    assert run_cell(base, "mrpc", "deebert", 1, root, [1.5, 2], overrides=deebert, train_missing=False,
+                    reuse=[other]) is None
+    assert not root.exists()
+    done = run_cell(base, "mrpc", "deebert", 1, root, [1.5], overrides=deebert, train_missing=False, reuse=[other])
+    assert (done["method"], done["last_exit"], done["reused_from"]) == ("deebert", 70.0, str(cell))
+    assert json.loads((root / "mrpc" / "deebert" / "seed1" / "result.json").read_text()) == done

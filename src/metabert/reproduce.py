@@ -41,29 +41,43 @@ def split_row(overrides: dict | None) -> tuple[dict, str]:
     return options, options.pop("policy", "entropy")
 
 
+def _changed(wanted: dict, done: dict, task: str) -> list[str]:
+    """The options (and exit rule) in which a finished cell ``done`` differs from ``wanted``."""
+    stored = {**done["config"], "policy": done.get("policy", "entropy")}
+    free = (*RESUME_FREE, "data_dir", "output")  # where files are read from and written to may move
+    # an option added after the cell was made counts as its default (what the cell ran with)
+    defaults = json.loads(json.dumps(asdict(TrainConfig(task=task, output=""))))
+    return sorted(k for k in wanted if k not in free and wanted[k] != stored.get(k, defaults.get(k)))
+
+
 def run_cell(base: TrainConfig, task: str, method: str, seed: int, root: Path, speedups: list[float],
              progress: bool = False, task_options: dict | None = None, overrides: dict | None = None,
-             train_missing: bool = True) -> dict | None:
+             train_missing: bool = True, reuse: list[Path] = ()) -> dict | None:
     """One (task, method, seed) cell. ``method`` names a row of the table: a training method, or a
     variant whose ``overrides`` (TrainConfig fields, ``method`` among them) change the base options.
-    ``task_options`` (e.g. this task's epochs or learning rate) apply before the row's overrides."""
+    ``task_options`` (e.g. this task's epochs or learning rate) apply before the row's overrides.
+    A cell of another results folder in ``reuse`` made with the same options and exit rule, under
+    any row name, is taken instead of training (its result is copied, naming where it came from)."""
     cell = root / task / method / f"seed{seed}"
     result_file = cell / "result.json"
     overrides, policy = split_row(overrides)  # the row's exit rule (PABEE: patience, ...) is not a training option
     config = replace(base, task=task, seed=seed, output=str(cell / "checkpoint"),
                      **{**(task_options or {}), "method": method, **overrides})
+    wanted = {**json.loads(json.dumps(asdict(config))), "policy": policy}
     if result_file.exists():
         done = json.loads(result_file.read_text())
-        wanted = {**json.loads(json.dumps(asdict(config))), "policy": policy}
-        stored = {**done["config"], "policy": done.get("policy", "entropy")}
-        free = (*RESUME_FREE, "data_dir", "output")  # where files are read from and written to may move
-        # an option added after the cell was made counts as its default (what the cell ran with)
-        defaults = json.loads(json.dumps(asdict(TrainConfig(task=task, output=""))))
-        changed = sorted(k for k in wanted if k not in free and wanted[k] != stored.get(k, defaults.get(k)))
-        if changed:
+        if changed := _changed(wanted, done, task):
             raise ValueError(f"{result_file} was made with other options ({', '.join(changed)}); "
                              "remove that cell or use another --output")
         return done
+    for other in sorted(p for folder in reuse for p in Path(folder).glob(f"{task}/*/seed{seed}/result.json")):
+        done = json.loads(other.read_text())
+        if not _changed(wanted, done, task) and all(f"{s:g}" in done["early_exit"] for s in speedups):
+            done = {**done, "method": method, "reused_from": str(other.parent)}
+            cell.mkdir(parents=True, exist_ok=True)
+            result_file.write_text(json.dumps(done, indent=2))
+            log.info("%s: reused %s (same options)", cell, other.parent)
+            return done
     if not train_missing:
         return None
     summary = train(config, progress=progress)
@@ -237,11 +251,12 @@ def plot_fig2(table: dict, task: str, path: Path) -> None:
 def reproduce(base: TrainConfig, tasks: list[str], methods: list[str], seeds: int, root: str | Path,
               speedups: list[float], command: str, progress: bool = False,
               task_options: dict[str, dict] | None = None, variants: dict[str, dict] | None = None,
-              train_missing: bool = True) -> Path:
+              train_missing: bool = True, reuse: list[Path] = ()) -> Path:
     """``task_options``: task -> TrainConfig overrides for that task (epochs, learning rate).
     ``variants``: row name -> TrainConfig overrides (with ``method``), for rows that are not a
     plain method with the base options (e.g. MetaBERT with other meta options); they win over the
-    task's options. The tables are
+    task's options. ``reuse``: other results folders whose cells with the same options stand in for
+    training (see ``run_cell``). The tables are
     rewritten after every cell, so a long run can be read while it goes; ``train_missing=False``
     only tabulates the cells already finished."""
     variants, task_options = variants or {}, task_options or {}
@@ -252,7 +267,7 @@ def reproduce(base: TrainConfig, tasks: list[str], methods: list[str], seeds: in
     results: dict[tuple, dict] = {}
     for task, method, seed in cells:  # finished cells first, so the tables show them from the start
         done = run_cell(base, task, method, seed, root, speedups, progress, task_options.get(task),
-                        variants.get(method), train_missing=False)
+                        variants.get(method), train_missing=False, reuse=reuse)
         if done is not None:
             results[task, method, seed] = done
     write_tables(results, cells, tasks, speedups, command, variants, root)
@@ -261,7 +276,7 @@ def reproduce(base: TrainConfig, tasks: list[str], methods: list[str], seeds: in
             continue
         log.info("cell %d/%d: %s / %s / seed %d", i + 1, len(cells), task, method, seed)
         results[task, method, seed] = run_cell(base, task, method, seed, root, speedups, progress,
-                                               task_options.get(task), variants.get(method))
+                                               task_options.get(task), variants.get(method), reuse=reuse)
         write_tables(results, cells, tasks, speedups, command, variants, root)
     return root / "table2.md"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import fields
+from pathlib import Path
 
 from metabert.commands import train as train_cmd
 from metabert.data import GLUE_TASKS
@@ -28,6 +29,9 @@ def add_parser(sub, name):
     p.add_argument("--variant", action="append", default=[], metavar="NAME=OPTION=VALUE,...",
                    help="a row that changes options, usable in --methods, e.g. "
                         "meta-adam=method=meta,meta_optimizer=adam,meta_lr=3e-5 (repeatable)")
+    p.add_argument("--reuse", action="append", default=[], metavar="DIR",
+                   help="another reproduce --output folder: its finished cells made with the same options and "
+                        "exit rule (under any row name) are taken instead of training again (repeatable)")
     p.add_argument("--no-train", action="store_true",
                    help="only tabulate the cells already finished (e.g. while a run is going)")
     p.add_argument("--speedups", default="1.5,2", help="layer speed-ups at which to report early exit")
@@ -53,7 +57,7 @@ def run(args) -> int:
     path = reproduce(base, tasks, methods, args.seeds, args.output, [float(s) for s in args.speedups.split(",")],
                      command="metabert " + " ".join(sys.argv[1:]), progress=not args.no_progress,
                      task_options=task_options, variants={m: variants[m] for m in methods if m in variants},
-                     train_missing=not args.no_train)
+                     train_missing=not args.no_train, reuse=[Path(d) for d in args.reuse])
     print(path.read_text())
     return 0
 
