@@ -34,6 +34,7 @@ def add_parser(sub, name):
                         "exit rule (under any row name) are taken instead of training again (repeatable)")
     p.add_argument("--no-train", action="store_true",
                    help="only tabulate the cells already finished (e.g. while a run is going)")
+    p.add_argument("--title", default="Table II reproduction", help="heading of table2.md")
     p.add_argument("--speedups", default="1.5,2", help="layer speed-ups at which to report early exit")
     p.set_defaults(run=run)
 
@@ -57,7 +58,7 @@ def run(args) -> int:
     path = reproduce(base, tasks, methods, args.seeds, args.output, [float(s) for s in args.speedups.split(",")],
                      command="metabert " + " ".join(sys.argv[1:]), progress=not args.no_progress,
                      task_options=task_options, variants={m: variants[m] for m in methods if m in variants},
-                     train_missing=not args.no_train, reuse=[Path(d) for d in args.reuse])
+                     train_missing=not args.no_train, reuse=[Path(d) for d in args.reuse], title=args.title)
     print(path.read_text())
     return 0
 
