@@ -18,5 +18,6 @@ $METABERT reproduce --tasks "${TASKS:-mrpc,sst2}" --seeds "${SEEDS:-3}" --model 
   --variant "pabee=method=weighted,policy=patience" \
   --variant "fastbert=method=distill,policy=norm-entropy" \
   --variant "berxit=method=alternating-step,policy=entropy" \
-  --title "Table I reproduction: static truncation and the peers' recipes" --reuse "${REUSE:-runs/table2}" ${NO_TRAIN:+--no-train} --no-progress --output "$OUT"
+  --title "Table I reproduction: static truncation and the peers' recipes" --paper table1 \
+  --reuse "${REUSE:-runs/table2}" ${NO_TRAIN:+--no-train} --no-progress --output "$OUT"
 cp "$OUT/table2.md" docs/TABLE1.md

@@ -68,7 +68,7 @@ def test_table_one_rows_exit_rules_and_a_static_model(tmp_path, glue_dir):
             "--epochs", "2", "--max-train-samples", "48", "--calibration-fraction", "0.3", "--batch-size", "16",
             "--variant", "pabee=method=weighted,policy=patience",
             "--variant", "fastbert=method=distill,policy=norm-entropy",
-            "--variant", "static2=method=last,num_layers=2", "--speedups", "1.2,1.5,2", "--title", "Table I here",
+            "--variant", "static2=method=last,num_layers=2", "--speedups", "1.2,1.5,2", "--title", "Table I here", "--paper", "table1",
             "--data-dir", str(glue_dir), "--output", str(out), "--no-progress"]
     assert main(args) == 0
     pabee = json.loads((out / "mrpc" / "pabee" / "seed0" / "result.json").read_text())
@@ -81,6 +81,7 @@ def test_table_one_rows_exit_rules_and_a_static_model(tmp_path, glue_dir):
     assert "error" in static["early_exit"]["2"]  # 1.5x is all a 2-of-3-layer model gives
     text = (out / "table2.md").read_text()
     assert text.startswith("# Table I here\n") and "- `pabee`: method=weighted, policy=patience" in text
+    assert "## The paper's Table I " in text and "| PABEE | 86.2 |" in text and "Table II" not in text
     assert "(1.50x)" in text and "early exit at 1.2x layer speed-up" in text
 
 

@@ -35,6 +35,8 @@ def add_parser(sub, name):
     p.add_argument("--no-train", action="store_true",
                    help="only tabulate the cells already finished (e.g. while a run is going)")
     p.add_argument("--title", default="Table II reproduction", help="heading of table2.md")
+    p.add_argument("--paper", default="table2", choices=["table2", "table1", "none"],
+                   help="the paper's table to print under ours")
     p.add_argument("--speedups", default="1.5,2", help="layer speed-ups at which to report early exit")
     p.set_defaults(run=run)
 
@@ -58,7 +60,8 @@ def run(args) -> int:
     path = reproduce(base, tasks, methods, args.seeds, args.output, [float(s) for s in args.speedups.split(",")],
                      command="metabert " + " ".join(sys.argv[1:]), progress=not args.no_progress,
                      task_options=task_options, variants={m: variants[m] for m in methods if m in variants},
-                     train_missing=not args.no_train, reuse=[Path(d) for d in args.reuse], title=args.title)
+                     train_missing=not args.no_train, reuse=[Path(d) for d in args.reuse], title=args.title,
+                     paper=args.paper)
     print(path.read_text())
     return 0
 
