@@ -31,6 +31,10 @@ def test_reproduce_writes_table_and_figures_and_resumes(tmp_path, glue_dir, caps
     assert "- `meta-adam`: method=meta, meta_optimizer=adam, meta_lr=0.001" in text
     assert "## last exit" in text and "The paper's Table II" in text and "1.5x layer speed-up" in text
     assert "## Against the matched-compute control `joint-matched`, seed by seed" in text
+    log = [json.loads(line) for line in (out / "rte" / "meta" / "seed1" / "checkpoint" / "log.jsonl").open()]
+    final = json.loads((out / "rte" / "meta" / "seed1" / "result.json").read_text())["final_epoch"]
+    assert final == {"epoch": 2, "last_exit": log[-1]["dev_last_exit"], "mean_over_exits": log[-1]["dev_mean_over_exits"]}
+    assert "## last exit after the final epoch" in text
     assert (out / "fig2_rte.png").read_bytes()[:4] == b"\x89PNG"
     result = json.loads((out / "rte" / "joint" / "seed0" / "result.json").read_text())
     assert result["calibrated_on"].startswith("the held-out 20%")
