@@ -9,7 +9,7 @@ set -euo pipefail
 OUT=${1:-runs/table1}
 METABERT=${METABERT:-metabert}
 $METABERT reproduce --tasks "${TASKS:-mrpc,sst2}" --seeds "${SEEDS:-3}" --model minilm-l6 --epochs 5 \
-  --task-epochs sst2=1 --learning-rate 5e-5 --task-learning-rate sst2=1e-4 --batch-size 32 --warmup 0.1 --max-seq-length 128 \
+  --task-epochs sst2=2 --learning-rate 5e-5 --task-learning-rate sst2=1e-4 --batch-size 32 --warmup 0.1 --max-seq-length 128 \
   --pooling mean --speedups 1.5,2 \
   --methods "${METHODS:-bert-6l,bert-3l,deebert,pabee,fastbert,berxit,meta}" \
   --variant "bert-6l=method=last" \
