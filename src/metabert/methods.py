@@ -60,6 +60,10 @@ class Method:
         """Optimizer (Adam) steps per batch in ``epoch``: sizes the learning-rate schedule."""
         return 1
 
+    def make_optimizer(self, model):
+        """A stateful optimiser of the method's own beside AdamW (saved and resumed with it), or None."""
+        return None
+
     def update_batches(self, batch: dict, epoch: int) -> list[dict]:
         """The batches this epoch's optimizer steps take for one training batch, in order."""
         return [batch] if self.updates_per_batch(epoch) else []

@@ -102,6 +102,7 @@ def run_cell(base: TrainConfig, task: str, method: str, seed: int, root: Path, s
     held_enc = encode(held, model.tokenizer, base.max_seq_length)
     held_logits = all_exit_logits(model, held_enc, base.eval_batch_size)
     scores = [e["score"] for e in per_exit]
+    records = read_log(config.output)
     early = {}
     static = source_num_layers(config.model) / model.num_layers if config.num_layers else None
     for s in speedups:
@@ -120,8 +121,8 @@ def run_cell(base: TrainConfig, task: str, method: str, seed: int, root: Path, s
                            "calibration_layer_speedup": choice["result"]["layer_speedup"]}
     out = {"task": task, "method": method, "seed": seed, "metric": spec.metric, "policy": policy, "per_exit": scores,
            "last_exit": scores[-1], "mean_over_exits": sum(scores) / len(scores), "early_exit": early,
-           "calibrated_on": what, "train_seconds": sum(r["train_seconds"] for r in read_log(config.output)),
-           "final_epoch": final_epoch(read_log(config.output)),
+           "calibrated_on": what, "train_seconds": sum(r["train_seconds"] for r in records),
+           "final_epoch": final_epoch(records),
            "epochs": config.epochs, "train_examples": summary["train_examples"], "config": asdict(config)}
     result_file.write_text(json.dumps(out, indent=2))
     return out
@@ -131,6 +132,16 @@ def final_epoch(records: list[dict]) -> dict:
     """The dev scores after the last epoch, whichever epoch was kept: a figure no choice on dev touched."""
     last = records[-1]
     return {"epoch": last["epoch"], "last_exit": last["dev_last_exit"], "mean_over_exits": last["dev_mean_over_exits"]}
+
+
+def measure(run: dict, key: str) -> float | None:
+    """One run's figure for a table key: last_exit, final_epoch_last_exit, mean_over_exits or at_<s>x
+    (None where the run has no such figure: a speed-up not reached, a cell made before final_epoch)."""
+    if key == "final_epoch_last_exit":
+        return run.get("final_epoch", {}).get("last_exit")
+    if key.startswith("at_"):
+        return run["early_exit"].get(key[3:-1], {}).get("score")  # "at_1.5x" -> "1.5"
+    return run[key]
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -146,11 +157,10 @@ def aggregate(results: list[dict], speedups: list[float]) -> dict:
         for task, cell in tasks.items():
             runs = cell.pop("runs")
             cell["seeds"] = len(runs)
-            cell["last_exit"] = mean_std([r["last_exit"] for r in runs])
-            final = [r["final_epoch"]["last_exit"] for r in runs if "final_epoch" in r]
-            cell["final_epoch_last_exit"] = mean_std(final) if final else None
-            cell["final_epoch_last_exit_seeds"] = len(final)
-            cell["mean_over_exits"] = mean_std([r["mean_over_exits"] for r in runs])
+            for key in ("last_exit", "final_epoch_last_exit", "mean_over_exits"):
+                values = [v for r in runs if (v := measure(r, key)) is not None]
+                cell[key] = mean_std(values) if values else None
+                cell[f"{key}_seeds"] = len(values)
             cell["per_exit"] = [statistics.fmean(s) for s in zip(*(r["per_exit"] for r in runs))]
             cell["train_seconds"] = statistics.fmean(r["train_seconds"] for r in runs)
             for s in speedups:
@@ -169,14 +179,6 @@ def paired(results: list[dict], reference: str, speedups: list[float]) -> dict:
     {"mean", "std", "seeds", "wins"}. A difference counts only on a seed both rows finished (and, at a
     speed-up, both reached); ``wins`` is how many of those seeds the row scored higher."""
     by = {(r["task"], r["method"], r["seed"]): r for r in results}
-
-    def measure(r, key):
-        if key in ("last_exit", "mean_over_exits"):
-            return r[key]
-        if key == "final_epoch_last_exit":
-            return r.get("final_epoch", {}).get("last_exit")
-        return r["early_exit"].get(key[3:-1], {}).get("score")  # "at_1.5x" -> "1.5"
-
     out: dict = {}
     for (task, method, seed), r in by.items():
         ref = by.get((task, reference, seed))

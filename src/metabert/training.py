@@ -184,7 +184,7 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> d
     ]
     optimizer = torch.optim.AdamW(groups, lr=config.learning_rate)
     optimizers = {"optimizer": optimizer}
-    if (meta_opt := getattr(method, "make_optimizer", lambda m: None)(model)) is not None:
+    if (meta_opt := method.make_optimizer(model)) is not None:
         optimizers["meta_optimizer"] = meta_opt  # stateful meta-optimiser (Adam): saved and resumed too
     steps_per_epoch = -(-len(train_enc) // config.batch_size)
     total = steps_per_epoch * sum(method.updates_per_batch(e) for e in range(config.epochs))

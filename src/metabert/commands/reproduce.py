@@ -47,8 +47,9 @@ def run(args) -> int:
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     task_options: dict[str, dict] = {}
-    for field, flag, kind in [("epochs", "--task-epochs", int), ("learning_rate", "--task-learning-rate", float)]:
-        for task, value in parse_per_task(getattr(args, flag[2:].replace("-", "_")), tasks, flag, kind).items():
+    for field, text, flag, kind in [("epochs", args.task_epochs, "--task-epochs", int),
+                                    ("learning_rate", args.task_learning_rate, "--task-learning-rate", float)]:
+        for task, value in parse_per_task(text, tasks, flag, kind).items():
             task_options.setdefault(task, {})[field] = value
     variants = dict(parse_variant(v) for v in args.variant)
     fields_ = train_cmd.config_fields(args)
