@@ -5,6 +5,8 @@
 # for every method, except that SST-2 gets 2 epochs, not 1: the staged methods need one per stage.
 # meta-adam-exits and meta-adam-exits-warm lead the MetaBERT rows of the RTE screen (docs/TUNING.md);
 # the screen's cells made with the same options are reused (REUSE, default runs/tune).
+# meta-no-inner is `meta` with α = 0 (no inner step: the meta-gradient is the plain query gradient,
+# all else as in `meta`): what `meta` gains over it is meta-learning's own, not its extra β steps.
 # Written by `metabert reproduce` to $OUT/table2.md and copied to docs/TABLE2.md (with the Fig. 2 plots).
 # Usage: GLUE_DIR=... scripts/table2.sh [OUT_DIR]   (many CPU hours; cells resume; NO_TRAIN=1 tabulates)
 set -euo pipefail
@@ -13,7 +15,8 @@ METABERT=${METABERT:-metabert}
 $METABERT reproduce --tasks "${TASKS:-cola,rte,mrpc,sst2}" --seeds "${SEEDS:-3}" --model minilm-l6 \
   --epochs 5 --task-epochs cola=3,sst2=2 --learning-rate 5e-5 --task-learning-rate cola=1e-4,sst2=1e-4 \
   --batch-size 32 --warmup 0.1 --max-seq-length 128 --pooling mean --speedups 1.5,2 \
-  --methods "${METHODS:-joint,two-stage,alternating,meta,joint-matched,meta-adam-exits,meta-adam-exits-warm}" \
+  --methods "${METHODS:-joint,two-stage,alternating,meta,joint-matched,meta-no-inner,meta-adam-exits,meta-adam-exits-warm}" \
+  --variant "meta-no-inner=method=meta,meta_inner_lr=0" \
   --variant "meta-adam-exits=method=meta,meta_optimizer=adam,meta_lr=5e-5,meta_inner_lr=1e-1,meta_adapt=exits" \
   --variant "meta-adam-exits-warm=method=meta,meta_optimizer=adam,meta_lr=5e-5,meta_inner_lr=1e-1,meta_adapt=exits,meta_schedule=warmstart" \
   --reuse "${REUSE:-runs/tune}" \

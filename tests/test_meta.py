@@ -154,3 +154,16 @@ def test_meta_training_end_to_end_logs_diagnostics(tmp_path, schedule):
         assert "meta" not in log[1] and not log[0]["saved"] and log[1]["saved"]
     else:
         assert log[1]["meta"]["meta_updates"] == 15
+
+
+def test_without_an_inner_step_the_meta_gradient_is_the_plain_query_gradient(model):
+    """inner_lr=0 (the ablation row): θ' = θ, so the meta-gradient is ∇θ L_query(θ) itself."""
+    support, query = batch(model, seed=5), batch(model, seed=6)
+    got, info = meta.meta_gradient(model, [(support, query)], MetaConfig(inner_lr=0.0))
+    assert info["inner_step_relative"] == 0.0
+    params = meta.parameters(model)
+    plain = torch.autograd.grad(meta.task_loss(model, params, query), list(params.values()), allow_unused=True)
+    for (n, p), g in zip(params.items(), plain):
+        torch.testing.assert_close(got[n], g if g is not None else torch.zeros_like(p), rtol=0, atol=1e-7)
+    with pytest.raises(ValueError, match="inner_lr"):
+        MetaConfig(inner_lr=-1e-4)

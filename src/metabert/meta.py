@@ -35,7 +35,11 @@ class MetaConfig:
     which parameters the inner loop adapts ("all" or only the "exits"); task and schedule as in the
     module docstring; warmstart_epochs: meta-learning epochs before Adam, for ``warmstart``;
     optimizer: how the meta-gradient moves θ, plain SGD θ ← θ - β g (Eq. 4 as written) or Adam with
-    learning rate β (MAML's own meta-optimiser, Finn et al. 2017)."""
+    learning rate β (MAML's own meta-optimiser, Finn et al. 2017).
+
+    ``inner_lr=0`` is the ablation without the inner step: θ' = θ, so the meta-gradient is the
+    plain gradient of the query losses, while everything else (batches drawn, dropout masks, the
+    β step) stays as in a run with α > 0. What a run gains over that row is meta-learning's own."""
 
     inner_lr: float = 1e-4
     meta_lr: float = 1e-5
@@ -51,7 +55,7 @@ class MetaConfig:
 
     def __post_init__(self):
         for name, ok in {
-            "inner_lr": self.inner_lr > 0, "meta_lr": self.meta_lr > 0, "inner_steps": self.inner_steps >= 1,
+            "inner_lr": self.inner_lr >= 0, "meta_lr": self.meta_lr > 0, "inner_steps": self.inner_steps >= 1,
             "support_size": self.support_size >= 1, "meta_batch": self.meta_batch >= 1,
             "adapt": self.adapt in ADAPT, "task": self.task in TASKS, "schedule": self.schedule in SCHEDULES,
             "warmstart_epochs": self.warmstart_epochs >= 1, "optimizer": self.optimizer in OPTIMIZERS,

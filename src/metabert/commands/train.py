@@ -55,7 +55,8 @@ def add_training_options(p) -> None:
                    help="keep the epoch with the best last exit, or best mean over exits")
     meta = p.add_argument_group("--method meta (MetaBERT's Algorithm 1; see metabert.meta)")
     d = {f.name: f.default for f in fields(TrainConfig)}  # one source of truth for the defaults
-    meta.add_argument("--meta-inner-lr", type=float, default=d["meta_inner_lr"], help="α, inner SGD step (Eq. 2)")
+    meta.add_argument("--meta-inner-lr", type=float, default=d["meta_inner_lr"],
+                      help="α, inner SGD step (Eq. 2); 0: the ablation without an inner step")
     meta.add_argument("--meta-lr", type=float, default=d["meta_lr"], help="β, meta step (Eq. 4)")
     meta.add_argument("--meta-optimizer", choices=OPTIMIZERS, default=d["meta_optimizer"],
                       help="meta step: plain SGD θ - βg (Eq. 4) or Adam with rate β (MAML's meta-optimiser)")
