@@ -7,19 +7,25 @@
 # the screen's cells made with the same options are reused (REUSE, default runs/tune).
 # meta-no-inner is `meta` with α = 0 (no inner step: the meta-gradient is the plain query gradient,
 # all else as in `meta`): what `meta` gains over it is meta-learning's own, not its extra β steps.
+# meta-no-update is `meta` with β = 0: every meta-update computed (same batches, same random numbers
+# consumed), none applied; what `meta` gains over it is its meta-updates' own, and what it gains over
+# `joint` comes from the changed random stream alone.
+# PAIRS: the ablations compared seed by seed besides the control (clear it when METHODS leaves out a row).
 # Written by `metabert reproduce` to $OUT/table2.md and copied to docs/TABLE2.md (with the Fig. 2 plots).
 # Usage: GLUE_DIR=... scripts/table2.sh [OUT_DIR]   (many CPU hours; cells resume; NO_TRAIN=1 tabulates)
 set -euo pipefail
 OUT=${1:-runs/table2}
 METABERT=${METABERT:-metabert}
+PAIRS=${PAIRS-meta=meta-no-inner meta=meta-no-update meta-no-update=joint}
 $METABERT reproduce --tasks "${TASKS:-cola,rte,mrpc,sst2}" --seeds "${SEEDS:-3}" --model minilm-l6 \
   --epochs 5 --task-epochs cola=3,sst2=2 --learning-rate 5e-5 --task-learning-rate cola=1e-4,sst2=1e-4 \
   --batch-size 32 --warmup 0.1 --max-seq-length 128 --pooling mean --speedups 1.5,2 \
-  --methods "${METHODS:-joint,two-stage,alternating,meta,joint-matched,meta-no-inner,meta-adam-exits,meta-adam-exits-warm}" \
+  --methods "${METHODS:-joint,two-stage,alternating,meta,joint-matched,meta-no-inner,meta-no-update,meta-adam-exits,meta-adam-exits-warm}" \
   --variant "meta-no-inner=method=meta,meta_inner_lr=0" \
+  --variant "meta-no-update=method=meta,meta_lr=0" \
   --variant "meta-adam-exits=method=meta,meta_optimizer=adam,meta_lr=5e-5,meta_inner_lr=1e-1,meta_adapt=exits" \
   --variant "meta-adam-exits-warm=method=meta,meta_optimizer=adam,meta_lr=5e-5,meta_inner_lr=1e-1,meta_adapt=exits,meta_schedule=warmstart" \
-  --reuse "${REUSE:-runs/tune}" \
+  --reuse "${REUSE:-runs/tune}" $(for p in $PAIRS; do printf -- '--pair %s ' "$p"; done) \
   ${NO_TRAIN:+--no-train} --no-progress --output "$OUT"
 cp "$OUT/table2.md" docs/TABLE2.md
 cp "$OUT"/fig2_*.png docs/ 2>/dev/null || true

@@ -167,3 +167,18 @@ def test_without_an_inner_step_the_meta_gradient_is_the_plain_query_gradient(mod
         torch.testing.assert_close(got[n], g if g is not None else torch.zeros_like(p), rtol=0, atol=1e-7)
     with pytest.raises(ValueError, match="inner_lr"):
         MetaConfig(inner_lr=-1e-4)
+
+
+def test_with_a_zero_meta_rate_meta_updates_are_computed_but_move_nothing(model):
+    """meta_lr=0 (the ablation row meta-no-update): the meta-update runs and reports, θ stays put,
+    under both meta-optimisers."""
+    for optimizer in ("sgd", "adam"):
+        config = MetaConfig(meta_lr=0.0, inner_lr=1e-3, optimizer=optimizer)
+        method = get_method("meta", 2, config)
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        info = method.before_step(model, batch(model, n=8), epoch=0, step=0, diagnose=True,
+                                  optimizer=method.make_optimizer(model))
+        assert info["inner_step_relative"] > 0
+        assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    with pytest.raises(ValueError, match="meta_lr"):
+        MetaConfig(meta_lr=-1e-5)

@@ -47,6 +47,14 @@ def test_reproduce_writes_table_and_figures_and_resumes(tmp_path, glue_dir, caps
     assert main([*more, "--no-train"]) == 0  # tabulate what is finished, train nothing
     assert not (out / "rte" / "joint" / "seed2").exists()
     assert "Incomplete: 10 of 15 cells finished" in (out / "table2.md").read_text()
+    assert main([*args, "--no-train", "--pair", "meta=meta-adam"]) == 0  # an ablation pair, seed by seed
+    pair = json.loads((out / "table2.json").read_text())["pairs"]["meta − meta-adam"]["rte"]["last_exit"]
+    own = {(name, k): json.loads((out / "rte" / name / f"seed{k}" / "result.json").read_text())["last_exit"]
+           for name in ("meta", "meta-adam") for k in range(2)}
+    per_seed = [own["meta", k] - own["meta-adam", k] for k in range(2)]
+    assert pair["seeds"] == 2 and pair["wins"] == sum(d > 0 for d in per_seed)
+    assert abs(pair["mean"] - sum(per_seed) / 2) < 1e-9
+    assert "## Pairs asked for (--pair), seed by seed" in (out / "table2.md").read_text()
     changed = [a.replace("meta_lr=1e-3", "meta_lr=1e-2") for a in args]  # a finished cell made with other options is not reused
     assert main(changed) == 2
     assert "meta-adam/seed0/result.json was made with other options (meta_lr)" in capsys.readouterr().err
@@ -60,7 +68,10 @@ def test_reproduce_rejects_bad_task_epochs(tmp_path, capsys):
                            (["--task-learning-rate", "rte=fast"], "--task-learning-rate: expected TASK=VALUE"),
                            (["--methods", "joint,two-stage", "--task-epochs", "mrpc=1"], "at least 2 epochs"),
                            (["--variant", "v=meta_lr=1"], "say which method"),
-                           (["--methods", "v", "--variant", "v=method=meta,meta_lr=x"], "meta_lr needs a float")]:
+                           (["--methods", "v", "--variant", "v=method=meta,meta_lr=x"], "meta_lr needs a float"),
+                           (["--methods", "joint,meta", "--pair", "meta"], "--pair: expected ROW=REFERENCE"),
+                           (["--methods", "joint,meta", "--pair", "meta=meta"], "two different rows"),
+                           (["--methods", "joint,meta", "--pair", "meta=last"], "'last' is not a row of --methods")]:
         assert main(base + extra) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()  # refused before any training
@@ -87,6 +98,7 @@ def test_table_one_rows_exit_rules_and_a_static_model(tmp_path, glue_dir):
     assert text.startswith("# Table I here\n") and "- `pabee`: method=weighted, policy=patience" in text
     assert "## The paper's Table I " in text and "| PABEE | 86.2 |" in text and "Table II" not in text
     assert "(1.50x)" in text and "early exit at 1.2x layer speed-up" in text
+    assert "(one seed)" in text and "± 0.0" not in text  # one seed shows no spread, not a zero one
 
 
 def test_finished_cell_made_before_an_option_existed_is_reused(tmp_path):

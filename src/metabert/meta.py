@@ -39,7 +39,10 @@ class MetaConfig:
 
     ``inner_lr=0`` is the ablation without the inner step: θ' = θ, so the meta-gradient is the
     plain gradient of the query losses, while everything else (batches drawn, dropout masks, the
-    β step) stays as in a run with α > 0. What a run gains over that row is meta-learning's own."""
+    β step) stays as in a run with α > 0. What a run gains over that row is meta-learning's own.
+    ``meta_lr=0`` goes further: every meta-update is computed (the same batches drawn, the same
+    random numbers consumed) but moves nothing, so what ``meta`` gains over that row is its
+    meta-updates' own, and what the row gains over ``joint`` comes from the random stream alone."""
 
     inner_lr: float = 1e-4
     meta_lr: float = 1e-5
@@ -55,7 +58,7 @@ class MetaConfig:
 
     def __post_init__(self):
         for name, ok in {
-            "inner_lr": self.inner_lr >= 0, "meta_lr": self.meta_lr > 0, "inner_steps": self.inner_steps >= 1,
+            "inner_lr": self.inner_lr >= 0, "meta_lr": self.meta_lr >= 0, "inner_steps": self.inner_steps >= 1,
             "support_size": self.support_size >= 1, "meta_batch": self.meta_batch >= 1,
             "adapt": self.adapt in ADAPT, "task": self.task in TASKS, "schedule": self.schedule in SCHEDULES,
             "warmstart_epochs": self.warmstart_epochs >= 1, "optimizer": self.optimizer in OPTIMIZERS,

@@ -149,8 +149,15 @@ def measure_keys(speedups: list[float]) -> list[str]:
     return ["last_exit", "final_epoch_last_exit", "mean_over_exits"] + [f"at_{s:g}x" for s in speedups]
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation; the deviation is None for one value (no spread is known)."""
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def spread(mean: float, std: float | None, signed: bool = False) -> str:
+    """``mean ± std`` as the tables print it, or ``mean (one seed)`` where no spread is known."""
+    shown = f"{mean:+.1f}" if signed else f"{mean:.1f}"
+    return f"{shown} (one seed)" if std is None else f"{shown} ± {std:.1f}"
 
 
 def aggregate(results: list[dict], speedups: list[float]) -> dict:
@@ -200,11 +207,11 @@ def paired(results: list[dict], reference: str, speedups: list[float]) -> dict:
     return out
 
 
-def render_paired(diffs: dict, tasks: list[str], speedups: list[float], reference: str) -> list[str]:
-    out = [f"## Against the matched-compute control `{reference}`, seed by seed", "",
-           f"Each row minus `{reference}` on the same seed: mean ± standard deviation of the differences "
-           "(points), and on how many seeds the row scored higher. A difference smaller than its standard "
-           "deviation is not a win; nor is anything on one seed.", ""]
+def render_paired(diffs: dict, tasks: list[str], speedups: list[float], heading: str, intro: str) -> list[str]:
+    """A section of seed-by-seed differences: one table per measure, one line per entry of ``diffs``."""
+    out = [f"## {heading}", "", intro + " Mean ± standard deviation of the differences (points), and on "
+           "how many seeds the first row scored higher. A difference smaller than its standard deviation is "
+           "not a win; nor is anything on one seed.", ""]
     for key, title in [("last_exit", "last exit"), ("final_epoch_last_exit", "last exit after the final epoch"),
                        ("mean_over_exits", "mean over exits")] + [
             (f"at_{s:g}x", f"early exit at {s:g}x") for s in speedups]:
@@ -214,18 +221,19 @@ def render_paired(diffs: dict, tasks: list[str], speedups: list[float], referenc
             for t in tasks:
                 d = cells.get(t, {}).get(key)
                 shown.append("n/a" if d is None else
-                             f"{d['mean']:+.1f} ± {d['std']:.1f} ({d['wins']}/{d['seeds']} seeds higher)")
+                             f"{spread(d['mean'], d['std'], signed=True)} ({d['wins']}/{d['seeds']} seeds higher)")
             out.append(f"| {method} | " + " | ".join(shown) + " |")
         out.append("")
     return out
 
 
 def render(table: dict, tasks: list[str], speedups: list[float], command: str, variants: dict | None = None,
-           diffs: dict | None = None, title: str = "Table II reproduction", paper: str = "table2") -> str:
+           diffs: dict | None = None, title: str = "Table II reproduction", paper: str = "table2",
+           pair_diffs: dict | None = None) -> str:
     def fmt(v, speedup=None, seeds=None, total=None):
         if v is None:
             return "n/a"
-        text = f"{v[0]:.1f} ± {v[1]:.1f}"
+        text = spread(*v)
         if speedup is not None:  # the layer speed-up reached on dev, and seeds that reached the target
             text += f" ({speedup:.2f}x" + (f", {seeds}/{total} seeds" if seeds != total else "") + ")"
         return text
@@ -255,7 +263,11 @@ def render(table: dict, tasks: list[str], speedups: list[float], command: str, v
             out.append(f"| {method} | " + " | ".join(shown) + f" | {'n/a' if avg is None else f'{avg:.1f}'} |")
         out.append("")
     if diffs:
-        out += render_paired(diffs, tasks, speedups, CONTROL)
+        out += render_paired(diffs, tasks, speedups, f"Against the matched-compute control `{CONTROL}`, seed by seed",
+                             f"Each row minus `{CONTROL}` on the same seed.")
+    if pair_diffs:
+        out += render_paired(pair_diffs, tasks, speedups, "Pairs asked for (--pair), seed by seed",
+                             "Each line is a row minus its reference on the same seed.")
     if paper in PAPER_TABLES:
         name, rows = PAPER_TABLES[paper]
         out += [f"## The paper's {name} (BERT-base, 12 layers; not comparable in absolute terms)", "",
@@ -290,12 +302,13 @@ def reproduce(base: TrainConfig, tasks: list[str], methods: list[str], seeds: in
               speedups: list[float], command: str, progress: bool = False,
               task_options: dict[str, dict] | None = None, variants: dict[str, dict] | None = None,
               train_missing: bool = True, reuse: list[Path] = (), title: str = "Table II reproduction",
-              paper: str = "table2") -> Path:
+              paper: str = "table2", pairs: list[tuple[str, str]] = ()) -> Path:
     """``task_options``: task -> TrainConfig overrides for that task (epochs, learning rate).
     ``variants``: row name -> TrainConfig overrides (with ``method``), for rows that are not a
     plain method with the base options (e.g. MetaBERT with other meta options); they win over the
     task's options. ``reuse``: other results folders whose cells with the same options stand in for
-    training (see ``run_cell``). The tables are
+    training (see ``run_cell``). ``pairs``: (row, reference) pairs compared seed by seed besides the
+    control (e.g. an ablation: ``("meta", "meta-no-inner")``). The tables are
     rewritten after every cell, so a long run can be read while it goes; ``train_missing=False``
     only tabulates the cells already finished."""
     variants, task_options = variants or {}, task_options or {}
@@ -309,19 +322,19 @@ def reproduce(base: TrainConfig, tasks: list[str], methods: list[str], seeds: in
                         variants.get(method), train_missing=False, reuse=reuse)
         if done is not None:
             results[task, method, seed] = done
-    write_tables(results, cells, tasks, speedups, command, variants, root, title, paper)
+    write_tables(results, cells, tasks, speedups, command, variants, root, title, paper, pairs)
     for i, (task, method, seed) in enumerate(cells):
         if (task, method, seed) in results or not train_missing:
             continue
         log.info("cell %d/%d: %s / %s / seed %d", i + 1, len(cells), task, method, seed)
         results[task, method, seed] = run_cell(base, task, method, seed, root, speedups, progress,
                                                task_options.get(task), variants.get(method), reuse=reuse)
-        write_tables(results, cells, tasks, speedups, command, variants, root, title, paper)
+        write_tables(results, cells, tasks, speedups, command, variants, root, title, paper, pairs)
     return root / "table2.md"
 
 
 def write_tables(results: dict, cells: list[tuple], tasks: list[str], speedups: list[float], command: str,
-                 variants: dict, root: Path, title: str, paper: str) -> None:
+                 variants: dict, root: Path, title: str, paper: str, pairs: list[tuple[str, str]] = ()) -> None:
     finished = [results[c] for c in cells if c in results]
     missing = [c for c in cells if c not in results]
     table = aggregate(finished, speedups)
@@ -329,9 +342,10 @@ def write_tables(results: dict, cells: list[tuple], tasks: list[str], speedups: 
     table = {m: table[m] for m in order if m in table}
     diffs = paired(finished, CONTROL, speedups)
     diffs = {m: diffs[m] for m in order if m in diffs}
-    (root / "table2.json").write_text(json.dumps({"rows": table, "control": CONTROL, "minus_control": diffs},
-                                                 indent=2))
-    text = render(table, tasks, speedups, command, variants, diffs, title, paper)
+    pair_diffs = {f"{row} − {ref}": d[row] for row, ref in pairs if row in (d := paired(finished, ref, speedups))}
+    (root / "table2.json").write_text(json.dumps({"rows": table, "control": CONTROL, "minus_control": diffs,
+                                                  "pairs": pair_diffs}, indent=2))
+    text = render(table, tasks, speedups, command, variants, diffs, title, paper, pair_diffs)
     if missing:
         text += (f"\n**Incomplete: {len(finished)} of {len(cells)} cells finished.** Not yet run: "
                  + ", ".join(f"{t}/{m}/seed{k}" for t, m, k in missing) + ".\n")

@@ -32,6 +32,10 @@ def add_parser(sub, name):
     p.add_argument("--reuse", action="append", default=[], metavar="DIR",
                    help="another reproduce --output folder: its finished cells made with the same options and "
                         "exit rule (under any row name) are taken instead of training again (repeatable)")
+    p.add_argument("--pair", action="append", default=[], metavar="ROW=REFERENCE",
+                   help="also compare ROW with REFERENCE seed by seed, both rows of --methods, e.g. "
+                        "meta=meta-no-inner for an ablation (repeatable; every row is compared with "
+                        "joint-matched anyway where it is run)")
     p.add_argument("--no-train", action="store_true",
                    help="only tabulate the cells already finished (e.g. while a run is going)")
     p.add_argument("--title", default="Table II reproduction", help="heading of table2.md")
@@ -52,6 +56,7 @@ def run(args) -> int:
         for task, value in parse_per_task(text, tasks, flag, kind).items():
             task_options.setdefault(task, {})[field] = value
     variants = dict(parse_variant(v) for v in args.variant)
+    pairs = [parse_pair(text, methods) for text in args.pair]
     fields_ = train_cmd.config_fields(args)
     base = TrainConfig(**{**fields_, "task": tasks[0], "method": "joint"})
     for t in tasks:  # fail before hours of training, not after
@@ -62,7 +67,7 @@ def run(args) -> int:
                      command="metabert " + " ".join(sys.argv[1:]), progress=not args.no_progress,
                      task_options=task_options, variants={m: variants[m] for m in methods if m in variants},
                      train_missing=not args.no_train, reuse=[Path(d) for d in args.reuse], title=args.title,
-                     paper=args.paper)
+                     paper=args.paper, pairs=pairs)
     print(path.read_text())
     return 0
 
@@ -84,6 +89,17 @@ def parse_per_task(text: str, tasks: list[str], flag: str, kind: type) -> dict:
         if task in tasks:
             out[task] = number
     return out
+
+
+def parse_pair(text: str, methods: list[str]) -> tuple[str, str]:
+    """``ROW=REFERENCE``, two different rows of ``methods``."""
+    row, sep, ref = (part.strip() for part in text.partition("="))
+    if not sep or not row or not ref or row == ref:
+        raise ValueError(f"--pair: expected ROW=REFERENCE with two different rows, got {text!r}")
+    for name in (row, ref):
+        if name not in methods:
+            raise ValueError(f"--pair {text}: {name!r} is not a row of --methods ({', '.join(methods)})")
+    return row, ref
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
