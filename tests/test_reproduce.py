@@ -53,6 +53,7 @@ def test_reproduce_writes_table_and_figures_and_resumes(tmp_path, glue_dir, caps
            for name in ("meta", "meta-adam") for k in range(2)}
     per_seed = [own["meta", k] - own["meta-adam", k] for k in range(2)]
     assert pair["seeds"] == 2 and pair["wins"] == sum(d > 0 for d in per_seed)
+    assert [k for k, _ in pair["per_seed"]] == [0, 1] and [d for _, d in pair["per_seed"]] == per_seed
     assert abs(pair["mean"] - sum(per_seed) / 2) < 1e-9
     assert "## Pairs asked for (--pair), seed by seed" in (out / "table2.md").read_text()
     changed = [a.replace("meta_lr=1e-3", "meta_lr=1e-2") for a in args]  # a finished cell made with other options is not reused

@@ -187,8 +187,9 @@ CONTROL = "joint-matched"  # the row every other is compared with seed by seed, 
 
 def paired(results: list[dict], reference: str, speedups: list[float]) -> dict:
     """Seed-by-seed differences against the ``reference`` row: method -> task -> measure ->
-    {"mean", "std", "seeds", "wins"}. A difference counts only on a seed both rows finished (and, at a
-    speed-up, both reached); ``wins`` is how many of those seeds the row scored higher."""
+    {"mean", "std", "seeds", "wins", "per_seed"}. A difference counts only on a seed both rows finished
+    (and, at a speed-up, both reached); ``wins`` is how many of those seeds the row scored higher;
+    ``per_seed`` lists [seed, difference] in the order of the seeds."""
     by = {(r["task"], r["method"], r["seed"]): r for r in results}
     out: dict = {}
     for (task, method, seed), r in by.items():
@@ -198,20 +199,23 @@ def paired(results: list[dict], reference: str, speedups: list[float]) -> dict:
         for key in measure_keys(speedups):
             a, b = measure(r, key), measure(ref, key)
             if a is not None and b is not None:
-                out.setdefault(method, {}).setdefault(task, {}).setdefault(key, []).append(a - b)
+                out.setdefault(method, {}).setdefault(task, {}).setdefault(key, []).append([seed, a - b])
     for tasks in out.values():
         for measures in tasks.values():
-            for key, diffs in measures.items():
+            for key, per_seed in measures.items():
+                per_seed.sort()
+                diffs = [d for _, d in per_seed]
                 m, sd = mean_std(diffs)
-                measures[key] = {"mean": m, "std": sd, "seeds": len(diffs), "wins": sum(d > 0 for d in diffs)}
+                measures[key] = {"mean": m, "std": sd, "seeds": len(diffs), "wins": sum(d > 0 for d in diffs),
+                                 "per_seed": per_seed}
     return out
 
 
 def render_paired(diffs: dict, tasks: list[str], speedups: list[float], heading: str, intro: str) -> list[str]:
     """A section of seed-by-seed differences: one table per measure, one line per entry of ``diffs``."""
-    out = [f"## {heading}", "", intro + " Mean ± standard deviation of the differences (points), and on "
-           "how many seeds the first row scored higher. A difference smaller than its standard deviation is "
-           "not a win; nor is anything on one seed.", ""]
+    out = [f"## {heading}", "", intro + " Mean ± standard deviation of the differences (points), on "
+           "how many seeds the first row scored higher, and the difference on each seed in the order of the "
+           "seeds. A difference smaller than its standard deviation is not a win; nor is anything on one seed.", ""]
     for key, title in [("last_exit", "last exit"), ("final_epoch_last_exit", "last exit after the final epoch"),
                        ("mean_over_exits", "mean over exits")] + [
             (f"at_{s:g}x", f"early exit at {s:g}x") for s in speedups]:
@@ -221,7 +225,8 @@ def render_paired(diffs: dict, tasks: list[str], speedups: list[float], heading:
             for t in tasks:
                 d = cells.get(t, {}).get(key)
                 shown.append("n/a" if d is None else
-                             f"{spread(d['mean'], d['std'], signed=True)} ({d['wins']}/{d['seeds']} seeds higher)")
+                             f"{spread(d['mean'], d['std'], signed=True)} ({d['wins']}/{d['seeds']} seeds higher: "
+                             + ", ".join(f"{v:+.1f}" for _, v in d["per_seed"]) + ")")
             out.append(f"| {method} | " + " | ".join(shown) + " |")
         out.append("")
     return out
