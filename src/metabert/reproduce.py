@@ -185,25 +185,28 @@ def aggregate(results: list[dict], speedups: list[float]) -> dict:
 CONTROL = "joint-matched"  # the row every other is compared with seed by seed, where it was run
 
 
-def paired(results: list[dict], reference: str, speedups: list[float]) -> dict:
-    """Seed-by-seed differences against the ``reference`` row: method -> task -> measure ->
-    {"mean", "std", "seeds", "wins", "per_seed"}. A difference counts only on a seed both rows finished
-    (and, at a speed-up, both reached); ``wins`` is how many of those seeds the row scored higher;
-    ``per_seed`` lists [seed, difference] in the order of the seeds."""
+def paired(results: list[dict], pairs: list[tuple[str, str]], speedups: list[float]) -> dict:
+    """Seed-by-seed differences, row minus reference, for each (row, reference) of ``pairs``:
+    (row, reference) -> task -> measure -> {"mean", "std", "seeds", "wins", "per_seed"}, in the order
+    of ``pairs``, for the pairs with at least one difference. A difference counts only on a seed both
+    rows finished (and, at a speed-up, both reached); ``wins`` is how many of those seeds the row
+    scored higher; ``per_seed`` lists [seed, difference] in the order of the seeds."""
     by = {(r["task"], r["method"], r["seed"]): r for r in results}
+    in_seed_order = sorted(by.items(), key=lambda item: item[0][2])
     out: dict = {}
-    for (task, method, seed), r in by.items():
-        ref = by.get((task, reference, seed))
-        if method == reference or ref is None:
-            continue
-        for key in measure_keys(speedups):
-            a, b = measure(r, key), measure(ref, key)
-            if a is not None and b is not None:
-                out.setdefault(method, {}).setdefault(task, {}).setdefault(key, []).append([seed, a - b])
+    for row, reference in pairs:
+        for (task, method, seed), r in in_seed_order:
+            ref = by.get((task, reference, seed))
+            if method != row or ref is None:
+                continue
+            measures = out.setdefault((row, reference), {}).setdefault(task, {})
+            for key in measure_keys(speedups):
+                a, b = measure(r, key), measure(ref, key)
+                if a is not None and b is not None:
+                    measures.setdefault(key, []).append([seed, a - b])
     for tasks in out.values():
         for measures in tasks.values():
             for key, per_seed in measures.items():
-                per_seed.sort()
                 diffs = [d for _, d in per_seed]
                 m, sd = mean_std(diffs)
                 measures[key] = {"mean": m, "std": sd, "seeds": len(diffs), "wins": sum(d > 0 for d in diffs),
@@ -345,9 +348,9 @@ def write_tables(results: dict, cells: list[tuple], tasks: list[str], speedups: 
     table = aggregate(finished, speedups)
     order = dict.fromkeys(m for _, m, _ in cells)  # rows in the order of --methods, not of finishing
     table = {m: table[m] for m in order if m in table}
-    diffs = paired(finished, CONTROL, speedups)
-    diffs = {m: diffs[m] for m in order if m in diffs}
-    pair_diffs = {f"{row} − {ref}": d[row] for row, ref in pairs if row in (d := paired(finished, ref, speedups))}
+    diffs = {row: d for (row, _), d in paired(finished, [(m, CONTROL) for m in order if m != CONTROL],
+                                                speedups).items()}
+    pair_diffs = {f"{row} − {ref}": d for (row, ref), d in paired(finished, pairs, speedups).items()}
     (root / "table2.json").write_text(json.dumps({"rows": table, "control": CONTROL, "minus_control": diffs,
                                                   "pairs": pair_diffs}, indent=2))
     text = render(table, tasks, speedups, command, variants, diffs, title, paper, pair_diffs)
