@@ -12,14 +12,16 @@
 # `joint` comes from the changed random stream alone.
 # PAIRS: the ablations compared seed by seed besides the control (clear it when METHODS leaves out a row).
 # Written by `metabert reproduce` to $OUT/table2.md and copied to docs/TABLE2.md (with the Fig. 2 plots).
-# Usage: GLUE_DIR=... scripts/table2.sh [OUT_DIR]   (many CPU hours; cells resume; NO_TRAIN=1 tabulates)
+# Cells resume: a finished cell is not trained again, and one cut short continues from its last
+# training state (saved every 500 steps: SST-2's cells take up to an hour here).
+# Usage: GLUE_DIR=... scripts/table2.sh [OUT_DIR]   (many CPU hours; NO_TRAIN=1 tabulates)
 set -euo pipefail
 OUT=${1:-runs/table2}
 METABERT=${METABERT:-metabert}
 PAIRS=${PAIRS-meta=meta-no-inner meta=meta-no-update meta-no-update=joint meta=joint}
 $METABERT reproduce --tasks "${TASKS:-cola,rte,mrpc,sst2}" --seeds "${SEEDS:-3}" --model minilm-l6 \
   --epochs 5 --task-epochs cola=3,sst2=2 --learning-rate 5e-5 --task-learning-rate cola=1e-4,sst2=1e-4 \
-  --batch-size 32 --warmup 0.1 --max-seq-length 128 --pooling mean --speedups 1.5,2 \
+  --batch-size 32 --warmup 0.1 --max-seq-length 128 --pooling mean --speedups 1.5,2 --save-every 500 \
   --methods "${METHODS:-joint,two-stage,alternating,meta,joint-matched,meta-no-inner,meta-no-update,meta-adam-exits,meta-adam-exits-warm}" \
   --variant "meta-no-inner=method=meta,meta_inner_lr=0" \
   --variant "meta-no-update=method=meta,meta_lr=0" \

@@ -2,6 +2,9 @@
 
 import json
 
+import pytest
+import torch
+
 from metabert.cli import main
 
 
@@ -151,3 +154,47 @@ def test_a_cell_with_the_same_options_is_taken_from_another_results_folder(tmp_p
     done = run_cell(base, "mrpc", "deebert", 1, root, [1.5], overrides=deebert, train_missing=False, reuse=[other])
     assert (done["method"], done["last_exit"], done["reused_from"]) == ("deebert", 70.0, str(cell))
     assert json.loads((root / "mrpc" / "deebert" / "seed1" / "result.json").read_text()) == done
+
+
+class Cut(Exception):
+    """Stands for a run killed right after a mid-epoch state save."""
+
+
+def test_a_cell_cut_short_resumes_from_its_saved_state(tmp_path, glue_dir, monkeypatch):
+    import metabert.training as training
+    from safetensors.torch import load_file
+
+    def args(out):
+        return ["reproduce", "--tasks", "rte", "--methods", "joint", "--seeds", "1", "--model", "tiny", "--epochs", "2",
+                "--max-train-samples", "40", "--calibration-fraction", "0.2", "--batch-size", "8",
+                "--save-every", "3", "--data-dir", str(glue_dir),
+                "--output", str(out), "--no-progress"]
+
+    assert main(args(tmp_path / "straight")) == 0
+    saves, original = [], training.save_state
+
+    def save_then_die(directory, config, model, optimizers, scheduler, run):
+        original(directory, config, model, optimizers, scheduler, run)
+        saves.append(dict(run))
+        if run["epoch"] == 1 and run["batch"] > 0:  # in the second epoch, mid-way
+            raise Cut
+
+    monkeypatch.setattr(training, "save_state", save_then_die)
+    with pytest.raises(Cut):
+        main(args(tmp_path / "cut"))
+    monkeypatch.setattr(training, "save_state", original)
+    cell = tmp_path / "cut" / "rte" / "joint" / "seed0"
+    assert not (cell / "result.json").exists() and (cell / "checkpoint.state" / "state.pt").is_file()
+    assert main(args(tmp_path / "cut")) == 0  # the same command again picks the cell up where it stopped
+    result = json.loads((cell / "result.json").read_text())
+    straight = json.loads((tmp_path / "straight" / "rte" / "joint" / "seed0" / "result.json").read_text())
+    assert result["resumed"] is True and straight["resumed"] is False
+    assert result["per_exit"] == straight["per_exit"]
+    a = load_file(tmp_path / "straight" / "rte" / "joint" / "seed0" / "checkpoint" / "model.safetensors")
+    b = load_file(cell / "checkpoint" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    log = [json.loads(line) for line in (cell / "checkpoint" / "log.jsonl").open()]
+    assert [r["epoch"] for r in log] == [1, 2] and log[1]["resumed_at_batch"] == saves[-1]["batch"]
+    # the cut epoch's examples and time before the cut are counted: all 40 examples, not those after it
+    assert log[1]["examples_per_second"] * log[1]["train_seconds"] == pytest.approx(40)
+    assert log[1]["train_seconds"] > saves[-1]["epoch_seconds"]

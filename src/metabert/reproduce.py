@@ -3,7 +3,8 @@ same backbone and budget; every exit's dev score and entropy early exit at fixed
 with γ chosen on the calibration slice held out of the training data (never on dev).
 
 Each (task, method, seed) cell writes ``DIR/<task>/<method>/seed<k>/result.json``; a cell whose
-result exists is not trained again, so an interrupted run resumes.
+result exists is not trained again, so an interrupted run resumes. With ``--save-every N`` a cell
+cut short mid-training also resumes from its last saved state instead of starting over.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from metabert.calibration import calibration_set, choose
 from metabert.evaluation import _pyplot, all_exit_logits, per_exit_scores, simulate
 from metabert.modeling import MultiExitBert
 from metabert.report import hardware
-from metabert.training import RESUME_FREE, TrainConfig, read_log, train
+from metabert.training import RESUME_FREE, TrainConfig, read_log, state_path, train
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,10 @@ def run_cell(base: TrainConfig, task: str, method: str, seed: int, root: Path, s
             return done
     if not train_missing:
         return None
-    summary = train(config, progress=progress)
+    resumed = (state_path(Path(config.output)) / "state.pt").is_file()  # cut short after a --save-every save
+    if resumed:
+        log.info("%s: resuming the interrupted training from its saved state", cell)
+    summary = train(config, progress=progress, resume=resumed)
     model = MultiExitBert.from_pretrained(config.output)
     spec = data_mod.get_task(task)
     dev = encode(data_mod.load_glue(task, "dev", base.data_dir), model.tokenizer, base.max_seq_length)
@@ -122,7 +126,7 @@ def run_cell(base: TrainConfig, task: str, method: str, seed: int, root: Path, s
     out = {"task": task, "method": method, "seed": seed, "metric": spec.metric, "policy": policy, "per_exit": scores,
            "last_exit": scores[-1], "mean_over_exits": sum(scores) / len(scores), "early_exit": early,
            "calibrated_on": what, "train_seconds": sum(r["train_seconds"] for r in records),
-           "final_epoch": final_epoch(records),
+           "final_epoch": final_epoch(records), "resumed": resumed,
            "epochs": config.epochs, "train_examples": summary["train_examples"], "config": asdict(config)}
     result_file.write_text(json.dumps(out, indent=2))
     return out

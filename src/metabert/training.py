@@ -219,6 +219,8 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> d
                    desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, unit="batch",
                    mininterval=1.0)
         seen, epoch_start, running, diagnostics = 0, time.perf_counter(), None, []
+        if first:  # resumed mid-epoch: the epoch's time and examples before the cut count too
+            seen, epoch_start = run.get("epoch_seen", 0), epoch_start - run.get("epoch_seconds", 0.0)
         for batch in bar:
             if hook is not None:
                 info = hook(model, batch, epoch, run["step"], world=world, optimizer=optimizers.get("meta_optimizer"),
@@ -254,6 +256,7 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> d
             if (config.save_every and world.main and run["step"] % config.save_every == 0
                     and run["batch"] < len(batches)):
                 run["elapsed"], run["rng"] = time.perf_counter() - started, rng.getstate()
+                run["epoch_seconds"], run["epoch_seen"] = time.perf_counter() - epoch_start, seen
                 save_state(state_dir, config, model, optimizers, scheduler, run)
         train_seconds = time.perf_counter() - epoch_start
         run["epoch"], run["batch"] = epoch + 1, 0
