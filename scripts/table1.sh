@@ -2,7 +2,7 @@
 # MetaBERT's Table I, our way: static truncation and the peers' recipes (training method + exit rule)
 # at matched layer speed-up on SST-2 and MRPC dev, γ (or patience) chosen on the calibration slice.
 # Written by `metabert reproduce` to $OUT/table2.md (same layout) and copied to docs/TABLE1.md.
-# Usage: GLUE_DIR=... scripts/table1.sh [OUT_DIR]   (many CPU hours; cells resume)
+# Usage: GLUE_DIR=... scripts/table1.sh [OUT_DIR]   (many CPU hours; cells resume, mid-training too)
 # The DeeBERT and MetaBERT rows train exactly as Table II's two-stage and meta rows: cells finished
 # there (REUSE, default runs/table2) are taken instead of trained again.
 set -euo pipefail
@@ -10,7 +10,7 @@ OUT=${1:-runs/table1}
 METABERT=${METABERT:-metabert}
 $METABERT reproduce --tasks "${TASKS:-mrpc,sst2}" --seeds "${SEEDS:-3}" --model minilm-l6 --epochs 5 \
   --task-epochs sst2=2 --learning-rate 5e-5 --task-learning-rate sst2=1e-4 --batch-size 32 --warmup 0.1 --max-seq-length 128 \
-  --pooling mean --speedups 1.5,2 \
+  --pooling mean --speedups 1.5,2 --save-every 500 \
   --methods "${METHODS:-bert-6l,bert-3l,deebert,pabee,fastbert,berxit,meta}" \
   --variant "bert-6l=method=last" \
   --variant "bert-3l=method=last,num_layers=3" \
