@@ -18,7 +18,7 @@
 set -euo pipefail
 OUT=${1:-runs/table2}
 METABERT=${METABERT:-metabert}
-PAIRS=${PAIRS-meta=meta-no-inner meta=meta-no-update meta-no-update=joint meta=joint}
+PAIRS=${PAIRS-meta=meta-no-inner meta=meta-no-update meta-no-update=joint meta=joint alternating=joint}
 $METABERT reproduce --tasks "${TASKS:-cola,rte,mrpc,sst2}" --seeds "${SEEDS:-3}" --model minilm-l6 \
   --epochs 5 --task-epochs cola=3,sst2=2 --learning-rate 5e-5 --task-learning-rate cola=1e-4,sst2=1e-4 \
   --batch-size 32 --warmup 0.1 --max-seq-length 128 --pooling mean --speedups 1.5,2 --save-every 500 \
