@@ -23,7 +23,7 @@ from metabert.calibration import calibration_set, choose
 from metabert.evaluation import _pyplot, all_exit_logits, per_exit_scores, simulate
 from metabert.modeling import MultiExitBert
 from metabert.report import hardware
-from metabert.training import RESUME_FREE, TrainConfig, read_log, state_path, train
+from metabert.training import RESUME_FREE, TrainConfig, read_log, state_file, train
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def run_cell(base: TrainConfig, task: str, method: str, seed: int, root: Path, s
             return done
     if not train_missing:
         return None
-    resumed = (state_path(Path(config.output)) / "state.pt").is_file()  # cut short after a --save-every save
+    resumed = state_file(Path(config.output)).is_file()  # cut short after a --save-every save
     if resumed:
         log.info("%s: resuming the interrupted training from its saved state", cell)
     summary = train(config, progress=progress, resume=resumed)

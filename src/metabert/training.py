@@ -255,8 +255,9 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> d
             bar.set_postfix(loss=f"{running:.4f}", ex_s=f"{seen / (time.perf_counter() - epoch_start):.0f}")
             if (config.save_every and world.main and run["step"] % config.save_every == 0
                     and run["batch"] < len(batches)):
-                run["elapsed"], run["rng"] = time.perf_counter() - started, rng.getstate()
-                run["epoch_seconds"], run["epoch_seen"] = time.perf_counter() - epoch_start, seen
+                now = time.perf_counter()
+                run["elapsed"], run["rng"] = now - started, rng.getstate()
+                run["epoch_seconds"], run["epoch_seen"] = now - epoch_start, seen
                 save_state(state_dir, config, model, optimizers, scheduler, run)
         train_seconds = time.perf_counter() - epoch_start
         run["epoch"], run["batch"] = epoch + 1, 0
@@ -312,7 +313,7 @@ def summarise_meta(diagnostics: list[dict]) -> dict:
 
 def resume_config(output: str | Path) -> TrainConfig:
     """The options of the interrupted run whose checkpoint folder is ``output``."""
-    path = state_path(Path(output)) / "state.pt"
+    path = state_file(Path(output))
     if not path.is_file():
         raise FileNotFoundError(f"nothing to resume: {path} does not exist (was the run started with "
                                 "--save-every, and has it finished already?)")
@@ -324,6 +325,12 @@ def resume_config(output: str | Path) -> TrainConfig:
 def state_path(output: Path) -> Path:
     """Where the resumable training state lives: beside the checkpoint, removed when training ends."""
     return output.with_name(output.name + ".state")
+
+
+def state_file(output: Path) -> Path:
+    """The saved training state of the run whose checkpoint folder is ``output`` (present only while
+    a run started with ``save_every`` is unfinished)."""
+    return state_path(output) / "state.pt"
 
 
 def save_state(directory: Path, config: TrainConfig, model, optimizers: dict, scheduler, run: dict) -> None:
