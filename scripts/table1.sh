@@ -4,18 +4,20 @@
 # Written by `metabert reproduce` to $OUT/table2.md (same layout) and copied to docs/TABLE1.md.
 # Usage: GLUE_DIR=... scripts/table1.sh [OUT_DIR]   (many CPU hours; cells resume, mid-training too)
 # The DeeBERT and MetaBERT rows train exactly as Table II's two-stage and meta rows: cells finished
-# there (REUSE, default runs/table2) are taken instead of trained again.
+# there (REUSE, default runs/table2) are taken instead of trained again. `pabee-entropy` trains as PABEE
+# does and exits by entropy, which tells the training apart from the exit rule.
 set -euo pipefail
 OUT=${1:-runs/table1}
 METABERT=${METABERT:-metabert}
 $METABERT reproduce --tasks "${TASKS:-mrpc,sst2}" --seeds "${SEEDS:-3}" --model minilm-l6 --epochs 5 \
   --task-epochs sst2=2 --learning-rate 5e-5 --task-learning-rate sst2=1e-4 --batch-size 32 --warmup 0.1 --max-seq-length 128 \
   --pooling mean --speedups 1.5,2 --save-every 500 \
-  --methods "${METHODS:-bert-6l,bert-3l,deebert,pabee,fastbert,berxit,meta}" \
+  --methods "${METHODS:-bert-6l,bert-3l,deebert,pabee,pabee-entropy,fastbert,berxit,meta}" \
   --variant "bert-6l=method=last" \
   --variant "bert-3l=method=last,num_layers=3" \
   --variant "deebert=method=two-stage,policy=entropy" \
   --variant "pabee=method=weighted,policy=patience" \
+  --variant "pabee-entropy=method=weighted,policy=entropy" \
   --variant "fastbert=method=distill,policy=norm-entropy" \
   --variant "berxit=method=alternating-step,policy=entropy" \
   --title "Table I reproduction: static truncation and the peers' recipes" --paper table1 \

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from metabert.cli import main
+from metabert.reproduce import measure
 
 
 def test_reproduce_writes_table_and_figures_and_resumes(tmp_path, glue_dir, capsys):
@@ -83,26 +84,41 @@ def test_reproduce_rejects_bad_task_epochs(tmp_path, capsys):
 
 def test_table_one_rows_exit_rules_and_a_static_model(tmp_path, glue_dir):
     out = tmp_path / "t1"
-    args = ["reproduce", "--tasks", "mrpc", "--methods", "pabee,fastbert,static2", "--seeds", "1", "--model", "tiny",
+    args = ["reproduce", "--tasks", "mrpc", "--methods", "pabee,fastbert,static2,full,pabee-entropy", "--seeds", "1", "--model", "tiny",
             "--epochs", "2", "--max-train-samples", "48", "--calibration-fraction", "0.3", "--batch-size", "16",
             "--variant", "pabee=method=weighted,policy=patience",
             "--variant", "fastbert=method=distill,policy=norm-entropy",
-            "--variant", "static2=method=last,num_layers=2", "--speedups", "1.2,1.5,2", "--title", "Table I here", "--paper", "table1",
+            "--variant", "static2=method=last,num_layers=2", "--variant", "full=method=last",
+            "--variant", "pabee-entropy=method=weighted,policy=entropy", "--speedups", "1.2,1.5,2", "--title", "Table I here", "--paper", "table1",
             "--data-dir", str(glue_dir), "--output", str(out), "--no-progress"]
     assert main(args) == 0
     pabee = json.loads((out / "mrpc" / "pabee" / "seed0" / "result.json").read_text())
     assert pabee["policy"] == "patience" and pabee["config"]["method"] == "weighted"
     reached = [e for e in pabee["early_exit"].values() if "score" in e]
     assert reached and all(e["patience"] >= 1 for e in reached)
+    by_entropy = json.loads((out / "mrpc" / "pabee-entropy" / "seed0" / "result.json").read_text())
+    assert by_entropy["trained_by"] == str(out / "mrpc" / "pabee" / "seed0" / "checkpoint")  # PABEE's model, not trained again
+    assert not (out / "mrpc" / "pabee-entropy" / "seed0" / "checkpoint").exists()
+    assert by_entropy["per_exit"] == pabee["per_exit"] and by_entropy["policy"] == "entropy"
+    assert by_entropy["train_seconds"] == pabee["train_seconds"]
     static = json.loads((out / "mrpc" / "static2" / "seed0" / "result.json").read_text())
     assert len(static["per_exit"]) == 2  # two of tiny's three layers
     assert static["early_exit"]["1.5"] == {"score": static["last_exit"], "dev_layer_speedup": 1.5, "static": True}
     assert "error" in static["early_exit"]["2"]  # 1.5x is all a 2-of-3-layer model gives
+    full = json.loads((out / "mrpc" / "full" / "seed0" / "result.json").read_text())
+    assert len(full["per_exit"]) == 3 and all("error" in e for e in full["early_exit"].values())  # untrained heads
+    assert measure(full, "mean_over_exits") is None and measure(static, "mean_over_exits") is None
+    assert measure(static, "at_1.5x") == static["last_exit"] and measure(full, "last_exit") == full["last_exit"]
+    made_before = {**full, "early_exit": {"1.5": {"score": 50.0, "dev_layer_speedup": 1.6}}}  # by an entropy rule
+    assert measure(made_before, "at_1.5x") is None
     text = (out / "table2.md").read_text()
     assert text.startswith("# Table I here\n") and "- `pabee`: method=weighted, policy=patience" in text
     assert "## The paper's Table I " in text and "| PABEE | 86.2 |" in text and "Table II" not in text
     assert "(1.50x)" in text and "early exit at 1.2x layer speed-up" in text
     assert "(one seed)" in text and "± 0.0" not in text  # one seed shows no spread, not a zero one
+    mean_table = text.split("## mean over all exits")[1].split("##")[0]
+    assert "| full | n/a | n/a |" in mean_table and "| static2 | n/a | n/a |" in mean_table
+    assert "A static row" in text
 
 
 def test_finished_cell_made_before_an_option_existed_is_reused(tmp_path):

@@ -67,7 +67,10 @@ def run_cell(base: TrainConfig, task: str, method: str, seed: int, root: Path, s
     variant whose ``overrides`` (TrainConfig fields, ``method`` among them) change the base options.
     ``task_options`` (e.g. this task's epochs or learning rate) apply before the row's overrides.
     A cell of another results folder in ``reuse`` made with the same options and exit rule, under
-    any row name, is taken instead of training (its result is copied, naming where it came from)."""
+    any row name, is taken instead of training (its result is copied, naming where it came from). A
+    finished cell of this folder or of ``reuse`` trained with the same options under another exit rule
+    lends its checkpoint: this row's rule is calibrated and evaluated on that model, and nothing is
+    trained (the result names it in ``trained_by``)."""
     cell = root / task / method / f"seed{seed}"
     result_file = cell / "result.json"
     overrides, policy = split_row(overrides)  # the row's exit rule (PABEE: patience, ...) is not a training option
@@ -91,13 +94,20 @@ def run_cell(base: TrainConfig, task: str, method: str, seed: int, root: Path, s
             result_file.write_text(json.dumps(done, indent=2))
             log.info("%s: reused %s (same options)", cell, other.parent)
             return done
-    if not train_missing:
+    trained_by, done = _trained_alike(wanted, task, seed, cell, [root, *reuse])
+    if trained_by is None and not train_missing:
         return None
-    resumed = state_file(Path(config.output)).is_file()  # cut short after a --save-every save
-    if resumed:
-        log.info("%s: resuming the interrupted training from its saved state", cell)
-    summary = train(config, progress=progress, resume=resumed)
-    model = MultiExitBert.from_pretrained(config.output)
+    if trained_by is not None:  # the same training, another exit rule: evaluate that model, train nothing
+        log.info("%s: evaluating the model trained for %s (same training options, another exit rule)",
+                 cell, trained_by.parent)
+        resumed, train_examples = False, done["train_examples"]
+    else:
+        resumed = state_file(Path(config.output)).is_file()  # cut short after a --save-every save
+        if resumed:
+            log.info("%s: resuming the interrupted training from its saved state", cell)
+        train_examples = train(config, progress=progress, resume=resumed)["train_examples"]
+    model_dir = trained_by or Path(config.output)
+    model = MultiExitBert.from_pretrained(model_dir)
     spec = data_mod.get_task(task)
     dev = encode(data_mod.load_glue(task, "dev", base.data_dir), model.tokenizer, base.max_seq_length)
     logits = all_exit_logits(model, dev, base.eval_batch_size)
@@ -106,11 +116,11 @@ def run_cell(base: TrainConfig, task: str, method: str, seed: int, root: Path, s
     held_enc = encode(held, model.tokenizer, base.max_seq_length)
     held_logits = all_exit_logits(model, held_enc, base.eval_batch_size)
     scores = [e["score"] for e in per_exit]
-    records = read_log(config.output)
+    records = read_log(model_dir)
     early = {}
-    static = source_num_layers(config.model) / model.num_layers if config.num_layers else None
+    static = source_num_layers(config.model) / model.num_layers if is_static(asdict(config)) else None
     for s in speedups:
-        if static is not None:  # a truncated model has one speed-up: its layers against the backbone's
+        if static is not None:  # a static model has one speed-up: its layers against the backbone's
             early[f"{s:g}"] = ({"score": scores[-1], "dev_layer_speedup": static, "static": True}
                                if static >= s - 1e-9 else {"error": f"static model: {static:.2f}x < {s:g}x"})
             continue
@@ -127,9 +137,27 @@ def run_cell(base: TrainConfig, task: str, method: str, seed: int, root: Path, s
            "last_exit": scores[-1], "mean_over_exits": sum(scores) / len(scores), "early_exit": early,
            "calibrated_on": what, "train_seconds": sum(r["train_seconds"] for r in records),
            "final_epoch": final_epoch(records), "resumed": resumed,
-           "epochs": config.epochs, "train_examples": summary["train_examples"], "config": asdict(config)}
+           "epochs": config.epochs, "train_examples": train_examples, "config": asdict(config)}
+    if trained_by is not None:
+        out["trained_by"] = str(trained_by)
+        cell.mkdir(parents=True, exist_ok=True)
     result_file.write_text(json.dumps(out, indent=2))
     return out
+
+
+def _trained_alike(wanted: dict, task: str, seed: int, cell: Path, folders: list[Path]) -> tuple[Path | None, dict]:
+    """A finished cell of ``folders`` whose training options equal ``wanted``'s but whose exit rule
+    differs, and whose checkpoint is still there: (its checkpoint folder, its result), else (None, {})."""
+    for other in sorted({p for folder in folders for p in Path(folder).glob(f"{task}/*/seed{seed}/result.json")}):
+        if other.parent == cell:
+            continue
+        done = json.loads(other.read_text())
+        if _changed({**wanted, "policy": done.get("policy", "entropy")}, done, task):
+            continue
+        for checkpoint in (Path(done.get("trained_by") or done["config"]["output"]), other.parent / "checkpoint"):
+            if (checkpoint / "metabert_config.json").is_file():
+                return checkpoint, done
+    return None, {}
 
 
 def final_epoch(records: list[dict]) -> dict:
@@ -138,13 +166,24 @@ def final_epoch(records: list[dict]) -> dict:
     return {"epoch": last["epoch"], "last_exit": last["dev_last_exit"], "mean_over_exits": last["dev_mean_over_exits"]}
 
 
+def is_static(config: dict) -> bool:
+    """Whether a row's model has one depth only: truncated to k layers (``num_layers``), or trained on
+    its last exit alone (method ``last``), whose other exits are untrained heads that no exit rule may use."""
+    return config.get("method") == "last" or bool(config.get("num_layers"))
+
+
 def measure(run: dict, key: str) -> float | None:
     """One run's figure for a table key: last_exit, final_epoch_last_exit, mean_over_exits or at_<s>x
-    (None where the run has no such figure: a speed-up not reached, a cell made before final_epoch)."""
+    (None where the run has no such figure: a speed-up not reached, a cell made before final_epoch, the
+    exits of a static row other than its last, which were never trained)."""
+    static = is_static(run.get("config", {}))
     if key == "final_epoch_last_exit":
         return run.get("final_epoch", {}).get("last_exit")
+    if key == "mean_over_exits" and static:
+        return None
     if key.startswith("at_"):
-        return run["early_exit"].get(key[3:-1], {}).get("score")  # "at_1.5x" -> "1.5"
+        entry = run["early_exit"].get(key[3:-1], {})  # "at_1.5x" -> "1.5"
+        return None if static and not entry.get("static") else entry.get("score")
     return run[key]
 
 
@@ -178,6 +217,7 @@ def aggregate(results: list[dict], speedups: list[float]) -> dict:
                 cell[key] = mean_std(values) if values else None
                 cell[f"{key}_seeds"] = len(values)
             cell["per_exit"] = [statistics.fmean(s) for s in zip(*(r["per_exit"] for r in runs))]
+            cell["static"] = all(is_static(r.get("config", {})) for r in runs)
             cell["train_seconds"] = statistics.fmean(r["train_seconds"] for r in runs)
             for s in speedups:  # the layer speed-up reached on dev by the runs that reached the target
                 reached = [r["early_exit"][f"{s:g}"]["dev_layer_speedup"] for r in runs
@@ -261,6 +301,10 @@ def render(table: dict, tasks: list[str], speedups: list[float], command: str, v
         out.append(f"- `{name}`: " + ", ".join(f"{k}={v}" for k, v in overrides.items()))
     if variants:
         out.append("")
+    if any(cell.get("static") for cells in table.values() for cell in cells.values()):
+        out += ["A static row (trained on its last exit only, perhaps truncated to k layers) has one depth "
+                "and no early exit: its speed-up is the backbone's layers over its own, n/a where that falls "
+                "short of the target, and its untrained exits count in no table.", ""]
     for key, title in [("last_exit", "last exit"),
                        ("final_epoch_last_exit", "last exit after the final epoch (the checkpoint not chosen on dev)"),
                        ("mean_over_exits", "mean over all exits (area under Fig. 2)")] + [
@@ -301,7 +345,10 @@ def plot_fig2(table: dict, task: str, path: Path) -> None:
     for method, cells in table.items():
         if task in cells:
             scores = cells[task]["per_exit"]
-            ax.plot(range(1, len(scores) + 1), scores, marker="o", label=method)
+            if cells[task].get("static"):  # one depth: only its last exit was trained
+                ax.plot([len(scores)], scores[-1:], marker="s", linestyle="none", label=f"{method} (static)")
+            else:
+                ax.plot(range(1, len(scores) + 1), scores, marker="o", label=method)
     ax.set(xlabel="exit (layer)", ylabel="dev score", title=f"{task}: score of every exit (Fig. 2)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
