@@ -346,7 +346,7 @@ def plot_fig2(table: dict, task: str, path: Path) -> None:
         if task in cells:
             scores = cells[task]["per_exit"]
             if cells[task].get("static"):  # one depth: only its last exit was trained
-                ax.plot([len(scores)], scores[-1:], marker="s", linestyle="none", label=f"{method} (static)")
+                ax.plot([len(scores)], scores[-1:], marker="s", markersize=9, linestyle="none", label=f"{method} (static)")
             else:
                 ax.plot(range(1, len(scores) + 1), scores, marker="o", label=method)
     ax.set(xlabel="exit (layer)", ylabel="dev score", title=f"{task}: score of every exit (Fig. 2)")
