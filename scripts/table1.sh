@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # MetaBERT's Table I, our way: static truncation and the peers' recipes (training method + exit rule)
 # at matched layer speed-up on SST-2 and MRPC dev, γ (or patience) chosen on the calibration slice.
-# Written by `metabert reproduce` to $OUT/table2.md (same layout) and copied to docs/TABLE1.md.
+# Written by `metabert reproduce` to $OUT/table2.md (same layout) and copied to docs/TABLE1.md, its
+# per-exit plots to docs/table1_<task>.png.
 # Usage: GLUE_DIR=... scripts/table1.sh [OUT_DIR]   (many CPU hours; cells resume, mid-training too)
 # The DeeBERT and MetaBERT rows train exactly as Table II's two-stage and meta rows: cells finished
 # there (REUSE, default runs/table2) are taken instead of trained again. `pabee-entropy` trains as PABEE
 # does and exits by entropy, which tells the training apart from the exit rule.
+# PAIRS: rows compared seed by seed (clear it when METHODS leaves out a row).
 set -euo pipefail
 OUT=${1:-runs/table1}
+PAIRS=${PAIRS-meta=pabee-entropy meta=berxit meta=deebert pabee-entropy=deebert}
 METABERT=${METABERT:-metabert}
 $METABERT reproduce --tasks "${TASKS:-mrpc,sst2}" --seeds "${SEEDS:-3}" --model minilm-l6 --epochs 5 \
   --task-epochs sst2=2 --learning-rate 5e-5 --task-learning-rate sst2=1e-4 --batch-size 32 --warmup 0.1 --max-seq-length 128 \
@@ -21,5 +24,6 @@ $METABERT reproduce --tasks "${TASKS:-mrpc,sst2}" --seeds "${SEEDS:-3}" --model 
   --variant "fastbert=method=distill,policy=norm-entropy" \
   --variant "berxit=method=alternating-step,policy=entropy" \
   --title "Table I reproduction: static truncation and the peers' recipes" --paper table1 \
-  --reuse "${REUSE:-runs/table2}" ${NO_TRAIN:+--no-train} --no-progress --output "$OUT"
+  --reuse "${REUSE:-runs/table2}" $(for p in $PAIRS; do printf -- '--pair %s ' "$p"; done) ${NO_TRAIN:+--no-train} --no-progress --output "$OUT"
 cp "$OUT/table2.md" docs/TABLE1.md
+for f in "$OUT"/fig2_*.png; do if [ -e "$f" ]; then cp "$f" "docs/table1_${f##*/fig2_}"; fi; done
