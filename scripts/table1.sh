@@ -9,7 +9,8 @@
 # does and exits by entropy, which tells the training apart from the exit rule.
 # PAIRS: rows compared seed by seed (clear it when METHODS leaves out a row).
 set -euo pipefail
-OUT=${1:-runs/table1}
+OUT=${1:-results/table1}
+PAGE=${PAGE:-docs/TABLE1.md}
 PAIRS=${PAIRS-meta=pabee-entropy meta=berxit meta=deebert pabee-entropy=deebert}
 METABERT=${METABERT:-metabert}
 $METABERT reproduce --tasks "${TASKS:-mrpc,sst2}" --seeds "${SEEDS:-3}" --model minilm-l6 --epochs 5 \
@@ -24,6 +25,6 @@ $METABERT reproduce --tasks "${TASKS:-mrpc,sst2}" --seeds "${SEEDS:-3}" --model 
   --variant "fastbert=method=distill,policy=norm-entropy" \
   --variant "berxit=method=alternating-step,policy=entropy" \
   --title "Table I reproduction: static truncation and the peers' recipes" --paper table1 \
-  --reuse "${REUSE:-runs/table2}" $(for p in $PAIRS; do printf -- '--pair %s ' "$p"; done) ${NO_TRAIN:+--no-train} --no-progress --output "$OUT"
-cp "$OUT/table2.md" docs/TABLE1.md
+  --reuse "${REUSE:-results/table2}" $(for p in $PAIRS; do printf -- '--pair %s ' "$p"; done) ${NO_TRAIN:+--no-train} --no-progress --output "$OUT"
+cp "$OUT/table2.md" "$PAGE"
 for f in "$OUT"/fig2_*.png; do if [ -e "$f" ]; then cp "$f" "docs/table1_${f##*/fig2_}"; fi; done

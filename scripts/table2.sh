@@ -16,7 +16,8 @@
 # training state (saved every 500 steps: SST-2's cells take up to an hour here).
 # Usage: GLUE_DIR=... scripts/table2.sh [OUT_DIR]   (many CPU hours; NO_TRAIN=1 tabulates)
 set -euo pipefail
-OUT=${1:-runs/table2}
+OUT=${1:-results/table2}
+PAGE=${PAGE:-docs/TABLE2.md}
 METABERT=${METABERT:-metabert}
 PAIRS=${PAIRS-meta=meta-no-inner meta=meta-no-update meta-no-update=joint meta=joint alternating=joint}
 $METABERT reproduce --tasks "${TASKS:-cola,rte,mrpc,sst2}" --seeds "${SEEDS:-3}" --model minilm-l6 \
@@ -27,7 +28,7 @@ $METABERT reproduce --tasks "${TASKS:-cola,rte,mrpc,sst2}" --seeds "${SEEDS:-3}"
   --variant "meta-no-update=method=meta,meta_lr=0" \
   --variant "meta-adam-exits=method=meta,meta_optimizer=adam,meta_lr=5e-5,meta_inner_lr=1e-1,meta_adapt=exits" \
   --variant "meta-adam-exits-warm=method=meta,meta_optimizer=adam,meta_lr=5e-5,meta_inner_lr=1e-1,meta_adapt=exits,meta_schedule=warmstart" \
-  --reuse "${REUSE:-runs/tune}" $(for p in $PAIRS; do printf -- '--pair %s ' "$p"; done) \
+  --reuse "${REUSE:-results/tune}" $(for p in $PAIRS; do printf -- '--pair %s ' "$p"; done) \
   ${NO_TRAIN:+--no-train} --no-progress --output "$OUT"
-cp "$OUT/table2.md" docs/TABLE2.md
+cp "$OUT/table2.md" "$PAGE"
 cp "$OUT"/fig2_*.png docs/ 2>/dev/null || true

@@ -5,7 +5,7 @@
 # The table is written by `metabert reproduce` to $OUT/table2.md and copied to docs/TUNING.md.
 # Usage: GLUE_DIR=... scripts/tune_meta.sh [OUT_DIR]   (RTE: about 90 min on a 2-core CPU)
 set -euo pipefail
-OUT=${1:-runs/tune}
+OUT=${1:-results/tune}
 METABERT=${METABERT:-metabert}
 $METABERT reproduce --tasks "${TASKS:-rte}" --seeds "${SEEDS:-1}" --model minilm-l6 --epochs 5 \
   --learning-rate 5e-5 --batch-size 32 --warmup 0.1 --max-seq-length 128 --pooling mean \
