@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """What meta-learning costs: training wall time of one epoch of `meta` (first and second order, all
-parameters or exits only adapted) against `joint` and `joint-matched`, on the same task, data slice
+parameters or exits only adapted, first order with shared gradients) against `joint` and
+`joint-matched` (the control of each meta variant), on the same task, data slice
 and machine. Runs `metabert train` once per variant per round, the variants interleaved round by
 round; reports the median epoch time over rounds and its ratio to joint's median. Writes a markdown
 page (default docs/META_COST.md).
@@ -28,6 +29,8 @@ VARIANTS = {
     "meta, first order": ["--method", "meta", "--meta-order", "first"],
     "meta, first order, exits adapt": ["--method", "meta", "--meta-order", "first", "--meta-adapt", "exits"],
     "meta, second order": ["--method", "meta", "--meta-order", "second"],
+    "meta, first order, shared gradients": ["--method", "meta", "--meta-share-gradients"],
+    "joint-matched to shared gradients": ["--method", "joint-matched", "--meta-share-gradients"],
 }
 
 
@@ -66,7 +69,9 @@ def main() -> int:
         "length-bucketed), wall time of the epoch alone (model loading and the dev evaluation "
         "excluded). Every variant ran once per round, the variants interleaved; median over rounds, "
         "and its ratio to joint's median. Meta defaults: support and query batches of 16 cut from "
-        "each batch of 32, one inner step, one meta-update per batch before the Adam step.", "",
+        "each batch of 32, one inner step, one meta-update per batch before the Adam step. Shared "
+        "gradients (`--meta-share-gradients`): the support and query gradients at θ serve both the "
+        "inner step and the Adam step, so a meta-update adds one pass over the 16 query rows.", "",
         "| variant | median epoch time | ratio to joint | runs (s) |", "|---|---|---|---|",
     ]
     for name, values in times.items():

@@ -182,3 +182,73 @@ def test_with_a_zero_meta_rate_meta_updates_are_computed_but_move_nothing(model)
         assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
     with pytest.raises(ValueError, match="meta_lr"):
         MetaConfig(meta_lr=-1e-5)
+
+
+def test_shared_gradients_give_the_batch_gradient_and_the_same_meta_gradient(model):
+    """share_gradients: the parts' gradients at θ add up to the batch's joint gradient (rows no task
+    took included), and the meta-gradient equals the one computed without sharing."""
+    config = MetaConfig(inner_lr=0.05, support_size=4, meta_batch=1, share_gradients=True)
+    full = batch(model, n=11, seed=7)  # one task of 4 + 4 rows, 3 rows left over
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    got, joint, info = meta.shared_step(model, full, config)
+    params = meta.parameters(model)
+    loss = meta.task_loss(model, params, full)
+    for n, g in meta.gradient(loss, params).items():
+        torch.testing.assert_close(joint[n], g, rtol=1e-4, atol=1e-6)
+    assert info["batch_loss"] == pytest.approx(loss.item(), rel=1e-6)
+    tasks = meta.split_tasks(full, config)
+    expected, plain_info = meta.meta_gradient(model, tasks, MetaConfig(inner_lr=0.05, support_size=4, meta_batch=1))
+    for n in expected:
+        torch.testing.assert_close(got[n], expected[n], rtol=1e-4, atol=1e-6)
+    assert info["inner_step_relative"] == pytest.approx(plain_info["inner_step_relative"], rel=1e-5)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # θ untouched
+
+
+def test_shared_gradients_need_first_order_episodes_and_one_process(model):
+    for option, value in [("first_order", False), ("task", "exit"), ("schedule", "warmstart")]:
+        with pytest.raises(ValueError, match=f"share_gradients needs {option}="):
+            MetaConfig(share_gradients=True, **{option: value})
+    from metabert.distributed import World
+
+    method = get_method("meta", 2, MetaConfig(share_gradients=True))
+    with pytest.raises(ValueError, match="one process only"):
+        method.before_step(model, batch(model), epoch=0, step=0, world=World(rank=0, size=2))
+
+
+def test_shared_gradients_leave_the_adam_gradient_and_move_theta(model):
+    config = MetaConfig(inner_lr=1e-2, meta_lr=1e-2, support_size=2, share_gradients=True)
+    method = get_method("meta", 2, config)
+    full = batch(model, n=8, seed=9)
+    params = meta.parameters(model)
+    expected = meta.gradient(meta.task_loss(model, params, full), params)  # at θ, before the meta-update
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    info = method.before_step(model, full, epoch=0, step=0, diagnose=True)
+    assert -1 <= info["cosine_to_query_gradient"] <= 1 and info["inner_step_relative"] > 0
+    assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters())  # the meta-update moved θ
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, expected[n], rtol=1e-4, atol=1e-6)
+
+
+def test_shared_meta_training_with_no_meta_step_is_joint_training(tmp_path):
+    """β = 0 and no dropout: every Adam step of meta with shared gradients follows the batch's
+    gradient at θ, which is joint training's; the two runs end with the same weights."""
+    from safetensors.torch import load_file
+
+    from metabert.cli import main
+    from test_resume import write_data
+
+    data = write_data(tmp_path)
+    common = ["train", "--task", "custom", "--train-file", str(data), "--dev-file", str(data), "--text-columns",
+              "text", "--label-column", "label", "--model", "tiny", "--epochs", "1", "--batch-size", "8",
+              "--dropout", "0", "--backbone-dropout", "0", "--learning-rate", "1e-3", "--no-progress"]
+    assert main([*common, "--method", "joint", "--output", str(tmp_path / "joint")]) == 0
+    assert main([*common, "--method", "meta", "--meta-lr", "0", "--meta-support-size", "3", "--meta-share-gradients",
+                 "--output", str(tmp_path / "shared")]) == 0
+    a = load_file(tmp_path / "joint" / "model.safetensors")
+    b = load_file(tmp_path / "shared" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for n in a:
+        torch.testing.assert_close(b[n], a[n], rtol=1e-4, atol=1e-5)
+    log = (tmp_path / "shared" / "log.jsonl").read_text()
+    assert '"meta_updates": 15' in log
+    assert '"meta_share_gradients": true' in (tmp_path / "shared" / "train_config.json").read_text()

@@ -115,3 +115,10 @@ def test_joint_matched_takes_the_updates_and_rows_of_meta():
     assert [meta.updates_per_batch(e) for e in range(3)] == [0, 1, 1]
     assert len(matched.update_batches(batch, 0)[0]["labels"]) == 8
     assert matched.update_batches(batch, 1) == [batch]
+
+    shared = MetaConfig(support_size=2, meta_batch=2, share_gradients=True)
+    matched, meta = get_method("joint-matched", 3, shared), get_method("meta", 3, shared)
+    first, second = matched.update_batches(batch, 0)  # meta's second pass covers the query rows only
+    queries = torch.cat([q["labels"] for _, q in split_tasks(batch, shared)])
+    assert torch.equal(first["labels"], queries) and len(queries) == 4 and second is batch
+    assert meta.update_batches(batch, 0) == [None]  # its Adam step takes the gradient before_step left

@@ -73,7 +73,11 @@ def test_reproduce_rejects_bad_task_epochs(tmp_path, capsys):
                            (["--task-learning-rate", "rte=fast"], "--task-learning-rate: expected TASK=VALUE"),
                            (["--methods", "joint,two-stage", "--task-epochs", "mrpc=1"], "at least 2 epochs"),
                            (["--variant", "v=meta_lr=1"], "say which method"),
-                           (["--methods", "v", "--variant", "v=method=meta,meta_lr=x"], "meta_lr needs a float"),
+                           (["--methods", "v", "--variant", "v=method=meta,meta_lr=x"], "meta_lr needs float"),
+                           (["--methods", "v", "--variant", "v=method=meta,meta_share_gradients=maybe"],
+                            "meta_share_gradients needs bool"),
+                           (["--methods", "v", "--variant", "v=method=meta,meta_share_gradients=true,meta_order=second"],
+                            "share_gradients needs first_order=True"),
                            (["--methods", "joint,meta", "--pair", "meta"], "--pair: expected ROW=REFERENCE"),
                            (["--methods", "joint,meta", "--pair", "meta=meta"], "two different rows"),
                            (["--methods", "joint,meta", "--pair", "meta=last"], "'last' is not a row of --methods")]:

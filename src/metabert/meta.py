@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch.func import functional_call
@@ -37,6 +37,13 @@ class MetaConfig:
     optimizer: how the meta-gradient moves θ, plain SGD θ ← θ - β g (Eq. 4 as written) or Adam with
     learning rate β (MAML's own meta-optimiser, Finn et al. 2017).
 
+    ``share_gradients`` (first order, episode tasks, interleaved schedule): the gradients at θ of
+    the support and query batches, which a first-order meta-update needs for its inner step and
+    which are parts of the batch's joint gradient, are computed once and serve both: the inner
+    step, and Algorithm 2's Adam step, which then follows the batch's gradient at θ from before the
+    meta-update instead of after it (one β step stale). A meta-update then costs one more pass over
+    the query rows instead of two over the task rows (``shared_step``).
+
     ``inner_lr=0`` is the ablation without the inner step: θ' = θ, so the meta-gradient is the
     plain gradient of the query losses, while everything else (batches drawn, dropout masks, the
     β step) stays as in a run with α > 0. What a run gains over that row is meta-learning's own.
@@ -55,6 +62,7 @@ class MetaConfig:
     schedule: str = "interleaved"
     warmstart_epochs: int = 1
     optimizer: str = "sgd"
+    share_gradients: bool = False
 
     def __post_init__(self):
         for name, ok in {
@@ -65,6 +73,12 @@ class MetaConfig:
         }.items():
             if not ok:
                 raise ValueError(f"invalid meta option {name}: {getattr(self, name)!r}")
+        if self.share_gradients:
+            for name, needed in {"first_order": True, "task": "episode", "schedule": "interleaved"}.items():
+                if getattr(self, name) != needed:
+                    raise ValueError(f"share_gradients needs {name}={needed!r} (the shared gradient is the "
+                                     f"first inner step of an episode and the Adam step of the same batch), "
+                                     f"got {getattr(self, name)!r}")
 
 
 def parameters(model: MultiExitBert) -> dict[str, torch.Tensor]:
@@ -79,16 +93,18 @@ def task_loss(model: MultiExitBert, params: dict, batch: dict, exit_index: int |
 
 
 def adapt(model: MultiExitBert, params: dict, support: dict, config: MetaConfig, exit_index: int | None = None,
-          where: str = "") -> dict[str, torch.Tensor]:
-    """θ' = θ - α ∇θ L_support(θ) (Eq. 2), ``inner_steps`` times; returns a new dict."""
+          where: str = "", support_grad: dict | None = None) -> dict[str, torch.Tensor]:
+    """θ' = θ - α ∇θ L_support(θ) (Eq. 2), ``inner_steps`` times; returns a new dict.
+    ``support_grad``: ∇θ L_support(θ), already computed by the caller, for the first step."""
     adapted = dict(params)
     names = [n for n in params if config.adapt == "all" or n.startswith("exits.")]
     for step in range(config.inner_steps):
+        if step == 0 and support_grad is not None:
+            adapted.update({n: params[n] - config.inner_lr * support_grad[n] for n in names})
+            continue
         loss = task_loss(model, adapted, support, exit_index)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"non-finite inner loss {loss.item()} {where}(inner step {step + 1}; inner_lr={config.inner_lr}, "
-                f"inner_steps={config.inner_steps}, adapt={config.adapt}, task={config.task})")
+        check_finite(loss, "inner loss", f"{where}(inner step {step + 1}; inner_lr={config.inner_lr}, "
+                     f"inner_steps={config.inner_steps}, adapt={config.adapt}, task={config.task})")
         grads = torch.autograd.grad(loss, [adapted[n] for n in names], create_graph=not config.first_order)
         for n, g in zip(names, grads):
             adapted[n] = adapted[n] - config.inner_lr * (g.detach() if config.first_order else g)
@@ -118,26 +134,66 @@ def meta_gradient(model: MultiExitBert, tasks: list[tuple[dict, dict]], config: 
         return _meta_gradient(model, tasks, config, where, measure)
 
 
-def _meta_gradient(model, tasks, config, where, measure):
+def check_finite(loss: torch.Tensor, name: str, context: str) -> None:
+    """Stop with the loss, where it went wrong and the options in play, rather than train on NaN."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"non-finite {name} {loss.item()} {context}")
+
+
+def _meta_gradient(model, tasks, config, where, measure, support_grads=None):
     params = parameters(model)
     total, step_norm = 0.0, 0.0
     for i, (support, query) in enumerate(tasks):
         exit_index = i % model.num_layers if config.task == "exit" else None
-        adapted = adapt(model, params, support, config, exit_index, where)
+        adapted = adapt(model, params, support, config, exit_index, where,
+                        support_grads[i] if support_grads else None)
         total = total + task_loss(model, adapted, query)  # every exit's query loss ("collaborative")
         if measure:
             with torch.no_grad():
                 step_norm += sum(float((adapted[n] - params[n]).pow(2).sum()) for n in params)
-    if not torch.isfinite(total):
-        raise FloatingPointError(f"non-finite query loss {total.item()} {where}(inner_lr={config.inner_lr})")
-    grads = torch.autograd.grad(total, list(params.values()), allow_unused=True)
-    grads = {n: (g if g is not None else torch.zeros_like(p)) for (n, p), g in zip(params.items(), grads)}
+    check_finite(total, "query loss", f"{where}(inner_lr={config.inner_lr})")
+    grads = gradient(total, params)
     info = {"query_loss": total.item() / len(tasks)}
     if measure:
         with torch.no_grad():
             base_norm = sum(float(p.pow(2).sum()) for p in params.values()) * len(tasks)
         info["inner_step_relative"] = math.sqrt(step_norm / base_norm)
     return grads, info
+
+
+def gradient(loss: torch.Tensor, params: dict) -> dict[str, torch.Tensor]:
+    """∇ ``loss`` for every parameter of ``params`` (zeros where it does not reach)."""
+    grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+    return {n: (g if g is not None else torch.zeros_like(p)) for (n, p), g in zip(params.items(), grads)}
+
+
+def shared_step(model: MultiExitBert, batch: dict, config: MetaConfig, where: str = "",
+                measure: bool = True) -> tuple[dict, dict, dict]:
+    """A first-order meta-update and the batch's joint gradient from shared passes
+    (``MetaConfig.share_gradients``): one forward-backward at θ over each support, each query and
+    the rows no task took, whose gradients, weighted by their rows, add up to the gradient of the
+    batch's summed exit losses (each exit's loss is a mean over rows); the supports' gradients are
+    also the first inner steps; then one more pass over each query at θ'. Returns (meta-gradient,
+    the batch's joint gradient at θ, diagnostics with the batch's joint loss as ``batch_loss``)."""
+    tasks = split_tasks(batch, config)
+    rows = batch["labels"].shape[0]
+    taken = sum(len(q["labels"]) for _, q in tasks) * 2  # the tasks take the batch's first rows
+    parts = [part for task in tasks for part in task]
+    if taken < rows:
+        parts.append({n: v[taken:] for n, v in batch.items()})
+    params = parameters(model)
+    joint, batch_loss, support_grads = {n: torch.zeros_like(p) for n, p in params.items()}, 0.0, []
+    for i, part in enumerate(parts):
+        loss = task_loss(model, params, part)
+        check_finite(loss, "loss", f"{where}(shared gradients: part {i + 1} of {len(parts)} of the batch)")
+        grads, share = gradient(loss, params), len(part["labels"]) / rows
+        for n, g in grads.items():
+            joint[n].add_(g, alpha=share)
+        batch_loss += share * loss.item()
+        if i < 2 * len(tasks) and i % 2 == 0:  # a support batch
+            support_grads.append(grads)
+    meta_grads, info = _meta_gradient(model, tasks, config, where, measure, support_grads)
+    return meta_grads, joint, {**info, "batch_loss": batch_loss}
 
 
 def split_tasks(batch: dict, config: MetaConfig) -> list[tuple[dict, dict]]:
@@ -160,11 +216,9 @@ def cosine_to_query_gradient(model: MultiExitBert, tasks: list[tuple[dict, dict]
     was_training = model.training
     model.eval()
     try:
-        meta_grads, _ = meta_gradient(model, tasks, config)
+        meta_grads, _ = meta_gradient(model, tasks, replace(config, share_gradients=False))
         params = parameters(model)
-        query = sum(task_loss(model, params, q) for _, q in tasks)
-        plain = torch.autograd.grad(query, list(params.values()), allow_unused=True)
-        plain = {n: (g if g is not None else torch.zeros_like(p)) for (n, p), g in zip(params.items(), plain)}
+        plain = gradient(sum(task_loss(model, params, q) for _, q in tasks), params)
     finally:
         model.train(was_training)
     return cosine(meta_grads, plain)

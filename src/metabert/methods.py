@@ -64,8 +64,9 @@ class Method:
         """A stateful optimiser of the method's own beside AdamW (saved and resumed with it), or None."""
         return None
 
-    def update_batches(self, batch: dict, epoch: int) -> list[dict]:
-        """The batches this epoch's optimizer steps take for one training batch, in order."""
+    def update_batches(self, batch: dict, epoch: int) -> list[dict | None]:
+        """The batches this epoch's optimizer steps take for one training batch, in order. None: a
+        step whose gradients the method's ``before_step`` has already left in the parameters' ``.grad``."""
         return [batch] if self.updates_per_batch(epoch) else []
 
 
@@ -170,7 +171,8 @@ class JointMatched(Joint):
     """Control for ``meta`` (issue #3): the joint loss given the same optimizer updates and the same
     examples as ``meta`` with the same meta options. Wherever ``meta`` makes a meta-update on the
     tasks cut from a batch, this takes an extra Adam step on those same rows (support and query
-    batches together); wherever ``meta`` takes its Adam step on the batch, so does this. A MetaBERT
+    batches together; with ``share_gradients``, the query batches only, the rows that ``meta`` passes
+    over a second time); wherever ``meta`` takes its Adam step on the batch, so does this. A MetaBERT
     gain counts only where it beats this, not plain ``joint``, which sees each batch once."""
 
     name = "joint-matched"
@@ -196,7 +198,8 @@ class JointMatched(Joint):
         on_task_rows, on_batch = self._steps(epoch)
         out = []
         if on_task_rows:
-            parts = [part for task in split_tasks(batch, self.config) for part in task]
+            tasks = split_tasks(batch, self.config)
+            parts = [q for _, q in tasks] if self.config.share_gradients else [part for task in tasks for part in task]
             out.append({n: torch.cat([p[n] for p in parts]) for n in batch})
         if on_batch:
             out.append(batch)
@@ -208,7 +211,8 @@ class Meta(Method):
     parameters moved by MAML meta-updates (``metabert.meta``). ``interleaved``: every step first
     makes a meta-update on tasks cut from the batch, then the Adam step on the batch;
     ``warmstart``: the first ``warmstart_epochs`` epochs only meta-learn, the rest are plain
-    Algorithm 2 from the meta-learned θ."""
+    Algorithm 2 from the meta-learned θ. With ``share_gradients`` the meta-update and the Adam step
+    share their passes at θ (``meta.shared_step``)."""
 
     name = "meta"
 
@@ -225,6 +229,11 @@ class Meta(Method):
 
     def updates_per_batch(self, epoch: int) -> int:
         return int(epoch >= self.meta_only_epochs)
+
+    def update_batches(self, batch: dict, epoch: int) -> list[dict | None]:
+        if self.config.share_gradients:  # before_step left the batch's gradient in .grad
+            return [None]
+        return super().update_batches(batch, epoch)
 
     def make_optimizer(self, model):
         """The meta-optimiser whose state the trainer keeps (and saves), or None for plain SGD."""
@@ -248,7 +257,12 @@ class Meta(Method):
         tasks = meta.split_tasks(batch, self.config)
         mine = tasks[world.rank :: world.size]
         where = f"at step {step} (epoch {epoch + 1}) "
-        if mine:
+        joint = None
+        if self.config.share_gradients:
+            if world.size > 1:
+                raise ValueError("--meta-share-gradients runs in one process only (under torchrun, leave it off)")
+            grads, joint, info = meta.shared_step(model, batch, self.config, where=where, measure=diagnose)
+        elif mine:
             grads, info = meta.meta_gradient(model, mine, self.config, where=where, measure=diagnose)
         else:  # more processes than tasks: take part in the sum with zeros
             grads, info = {n: torch.zeros_like(p) for n, p in meta.parameters(model).items()}, {}
@@ -256,6 +270,9 @@ class Meta(Method):
         if diagnose and world.size == 1:
             info["cosine_to_query_gradient"] = meta.cosine_to_query_gradient(model, tasks, self.config)
         meta.apply(model, grads, self.config.meta_lr, optimizer)
+        if joint is not None:  # the Adam step's gradient: the batch's, at θ before the meta-update
+            for n, p in model.named_parameters():
+                p.grad = joint.get(n)
         return info
 
 

@@ -76,6 +76,7 @@ class TrainConfig:
     meta_warmstart_epochs: int = 1
     meta_optimizer: str = "sgd"
     meta_diagnose_every: int = 20  # steps between cosine(meta-gradient, plain query gradient) checks; 0: never
+    meta_share_gradients: bool = False
 
     def meta_config(self):
         from metabert.meta import MetaConfig
@@ -86,7 +87,7 @@ class TrainConfig:
                           support_size=self.meta_support_size, meta_batch=self.meta_batch,
                           first_order=self.meta_order == "first", adapt=self.meta_adapt, task=self.meta_task,
                           schedule=self.meta_schedule, warmstart_epochs=self.meta_warmstart_epochs,
-                          optimizer=self.meta_optimizer)
+                          optimizer=self.meta_optimizer, share_gradients=self.meta_share_gradients)
 
     def __post_init__(self):
         checks = {
@@ -237,13 +238,17 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> d
                     bar.set_postfix(meta_loss=f"{running:.4f}")
                 continue
             for update in method.update_batches(batch, epoch):  # one Adam step each (two: joint-matched)
-                part, weight = distributed.shard(update, world)
-                loss = method.loss(model, part, epoch, run["step"])
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"non-finite loss {loss.item()} at step {run['step']} (epoch {epoch + 1})")
-                optimizer.zero_grad(set_to_none=True)
-                (loss * weight).backward()
-                distributed.all_reduce_gradients(model.parameters(), world)
+                if update is None:  # the hook left this step's gradients in .grad (meta, shared gradients)
+                    loss = torch.tensor(info["batch_loss"])
+                else:
+                    part, weight = distributed.shard(update, world)
+                    loss = method.loss(model, part, epoch, run["step"])
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(
+                            f"non-finite loss {loss.item()} at step {run['step']} (epoch {epoch + 1})")
+                    optimizer.zero_grad(set_to_none=True)
+                    (loss * weight).backward()
+                    distributed.all_reduce_gradients(model.parameters(), world)
                 if config.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
                 optimizer.step()

@@ -108,7 +108,7 @@ def parse_variant(text: str) -> tuple[str, dict]:
     if not sep or not name.strip():
         raise ValueError(f"--variant: expected NAME=OPTION=VALUE,..., got {text!r}")
     types = {f.name: str(f.type).split("|")[0].strip() for f in fields(TrainConfig)}  # "int | None" -> "int"
-    kinds = {"int": int, "float": float, "str": str}
+    kinds = {"int": int, "float": float, "str": str, "bool": parse_bool}
     out = {}
     for item in filter(None, (i.strip() for i in rest.split(","))):
         key, sep, value = item.partition("=")
@@ -128,7 +128,15 @@ def parse_variant(text: str) -> tuple[str, dict]:
         try:
             out[key] = kind(value.strip())
         except ValueError:
-            raise ValueError(f"--variant {name}: {key} needs a {kind.__name__}, got {value!r}") from None
+            raise ValueError(f"--variant {name}: {key} needs {types[key]}, got {value!r}") from None
     if "method" not in out:
         raise ValueError(f"--variant {name}: say which method it varies (method=...)")
     return name.strip(), out
+
+
+def parse_bool(text: str) -> bool:
+    """true/false (also yes/no, 1/0) for a yes-or-no training option in a --variant."""
+    value = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}.get(text.lower())
+    if value is None:
+        raise ValueError(text)
+    return value

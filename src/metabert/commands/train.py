@@ -69,6 +69,9 @@ def add_training_options(p) -> None:
     meta.add_argument("--meta-task", choices=TASKS, default=d["meta_task"])
     meta.add_argument("--meta-schedule", choices=SCHEDULES, default=d["meta_schedule"])
     meta.add_argument("--meta-warmstart-epochs", type=int, default=d["meta_warmstart_epochs"])
+    meta.add_argument("--meta-share-gradients", action="store_true",
+                      help="first order: the inner step and the Adam step share the gradients at θ "
+                           "(a meta-update costs one pass over the query rows, not two over the task rows)")
     meta.add_argument("--meta-diagnose-every", type=int, default=d["meta_diagnose_every"],
                       help="steps between checks of the meta-gradient against the plain gradient (0: never)")
     p.add_argument("--save-every", type=int, default=0,
@@ -103,7 +106,7 @@ def config_fields(args) -> dict:
         meta_support_size=args.meta_support_size, meta_batch=args.meta_batch, meta_order=args.meta_order,
         meta_adapt=args.meta_adapt, meta_task=args.meta_task, meta_schedule=args.meta_schedule,
         meta_warmstart_epochs=args.meta_warmstart_epochs, meta_optimizer=args.meta_optimizer,
-        meta_diagnose_every=args.meta_diagnose_every,
+        meta_diagnose_every=args.meta_diagnose_every, meta_share_gradients=args.meta_share_gradients,
     )
 
 
