@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from metabert.cli import main
 from metabert.modeling import MultiExitBert

@@ -4,14 +4,12 @@ and written back in input order, so files of any size run in bounded memory."""
 from __future__ import annotations
 
 import csv
-import io
 import json
 import logging
 import sys
 from dataclasses import dataclass
 from typing import Iterator, TextIO
 
-import torch
 
 from metabert.data import DataError
 from metabert.exits import ExitPolicy

@@ -3,8 +3,6 @@ folder written by scripts/foundation_results.sh."""
 
 from __future__ import annotations
 
-import sys
-
 from metabert.report import write
 
 
@@ -29,7 +27,6 @@ def run(args) -> int:
         return 0
     if not args.directory:
         raise ValueError("give a results folder, or --bench FILE.json ...")
-    command = "metabert report " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["report"] else ""
-    path = write(args.directory, args.output, command=command or f"metabert report {args.directory} --output {args.output}")
+    path = write(args.directory, args.output, command=args.command_line)
     print(f"wrote {path} and {path.with_suffix('.png')}")
     return 0

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import fields
 from pathlib import Path
 
@@ -64,7 +63,7 @@ def run(args) -> int:
             options, _ = split_row(variants.get(m))
             TrainConfig(**{**fields_, "task": t, **task_options.get(t, {}), "method": m, **options})
     path = reproduce(base, tasks, methods, args.seeds, args.output, [float(s) for s in args.speedups.split(",")],
-                     command="metabert " + " ".join(sys.argv[1:]), progress=not args.no_progress,
+                     command=args.command_line, progress=not args.no_progress,
                      task_options=task_options, variants={m: variants[m] for m in methods if m in variants},
                      train_missing=not args.no_train, reuse=[Path(d) for d in args.reuse], title=args.title,
                      paper=args.paper, pairs=pairs)
