@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 
 from metabert.commands import bench, calibrate, curves, download_glue, evaluate, export, loadtest, predict, report, reproduce, serve, train
@@ -24,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    args.command_line = "metabert " + " ".join(argv)  # what a generated page says made it
+    args.command_line = shlex.join(["metabert", *argv])  # what a generated page says made it, re-runnable
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:  # transformers' own load reports and progress bars are noise here
