@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # MetaBERT's Table I, our way: static truncation and the peers' recipes (training method + exit rule)
 # at matched layer speed-up on SST-2 and MRPC dev, γ (or patience) chosen on the calibration slice.
-# Written by `metabert reproduce` to $OUT/table2.md (same layout) and copied to docs/TABLE1.md, its
-# per-exit plots to docs/table1_<task>.png.
+# Written by `metabert reproduce` to $OUT/table2.md (same layout) and copied to $PAGE (default
+# docs/TABLE1.md), its per-exit plots to docs/table1_<task>.png.
 # Usage: GLUE_DIR=... scripts/table1.sh [OUT_DIR]   (many CPU hours; cells resume, mid-training too)
 # The DeeBERT and MetaBERT rows train exactly as Table II's two-stage and meta rows: cells finished
-# there (REUSE, default runs/table2) are taken instead of trained again. `pabee-entropy` trains as PABEE
+# there (REUSE, default results/table2) are taken instead of trained again. `pabee-entropy` trains as PABEE
 # does and exits by entropy, which tells the training apart from the exit rule.
 # PAIRS: rows compared seed by seed (clear it when METHODS leaves out a row).
 set -euo pipefail

@@ -4,14 +4,15 @@
 # Epochs and learning rate per task are the joint recipe of scripts/foundation_results.sh, the same
 # for every method, except that SST-2 gets 2 epochs, not 1: the staged methods need one per stage.
 # meta-adam-exits and meta-adam-exits-warm lead the MetaBERT rows of the RTE screen (docs/TUNING.md);
-# the screen's cells made with the same options are reused (REUSE, default runs/tune).
+# the screen's cells made with the same options are reused (REUSE, default results/tune).
 # meta-no-inner is `meta` with α = 0 (no inner step: the meta-gradient is the plain query gradient,
 # all else as in `meta`): what `meta` gains over it is meta-learning's own, not its extra β steps.
 # meta-no-update is `meta` with β = 0: every meta-update computed (same batches, same random numbers
 # consumed), none applied; what `meta` gains over it is its meta-updates' own, and what it gains over
 # `joint` comes from the changed random stream alone.
 # PAIRS: the ablations compared seed by seed besides the control (clear it when METHODS leaves out a row).
-# Written by `metabert reproduce` to $OUT/table2.md and copied to docs/TABLE2.md (with the Fig. 2 plots).
+# Written by `metabert reproduce` to $OUT/table2.md and copied to $PAGE (default docs/TABLE2.md; the
+# Fig. 2 plots to docs/).
 # Cells resume: a finished cell is not trained again, and one cut short continues from its last
 # training state (saved every 500 steps: SST-2's cells take up to an hour here).
 # Usage: GLUE_DIR=... scripts/table2.sh [OUT_DIR]   (many CPU hours; NO_TRAIN=1 tabulates)
