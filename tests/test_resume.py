@@ -1,5 +1,6 @@
 """A training run killed with SIGKILL mid-epoch and resumed ends with the same weights."""
 
+import json
 import os
 import signal
 import subprocess
@@ -63,6 +64,13 @@ def test_sigkill_then_resume_gives_the_same_weights(tmp_path, extra):
     log_b = (killed / "log.jsonl").read_text().splitlines()
     assert len(log_a) == len(log_b) == 3
     assert '"resumed_at_batch": null' not in log_b[run["epoch"]]  # that epoch was finished after the restart
+    # the resumed epoch's loss and meta diagnostics cover the steps before the cut too
+    for a_line, b_line in zip(log_a, log_b):
+        a_rec, b_rec = json.loads(a_line), json.loads(b_line)
+        assert a_rec["train_loss"] == pytest.approx(b_rec["train_loss"])
+        assert ("meta" in a_rec) == ("meta" in b_rec) == ("--method" in extra)
+        if "meta" in a_rec:
+            assert a_rec["meta"] == pytest.approx(b_rec["meta"])
 
 
 def test_resume_without_state_says_so(tmp_path, capsys):

@@ -220,8 +220,9 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> d
                    desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, unit="batch",
                    mininterval=1.0)
         seen, epoch_start, running, diagnostics = 0, time.perf_counter(), None, []
-        if first:  # resumed mid-epoch: the epoch's time and examples before the cut count too
+        if first:  # resumed mid-epoch: the epoch's time, examples, loss and diagnostics before the cut count too
             seen, epoch_start = run.get("epoch_seen", 0), epoch_start - run.get("epoch_seconds", 0.0)
+            running, diagnostics = run.get("epoch_running"), list(run.get("epoch_diagnostics", []))
         for batch in bar:
             if hook is not None:
                 info = hook(model, batch, epoch, run["step"], world=world, optimizer=optimizers.get("meta_optimizer"),
@@ -263,6 +264,7 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> d
                 now = time.perf_counter()
                 run["elapsed"], run["rng"] = now - started, rng.getstate()
                 run["epoch_seconds"], run["epoch_seen"] = now - epoch_start, seen
+                run["epoch_running"], run["epoch_diagnostics"] = running, diagnostics
                 save_state(state_dir, config, model, optimizers, scheduler, run)
         train_seconds = time.perf_counter() - epoch_start
         run["epoch"], run["batch"] = epoch + 1, 0
