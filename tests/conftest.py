@@ -9,17 +9,23 @@ from metabert.modeling import MultiExitBert
 GLUE_DIR = os.environ.get("GLUE_DIR")
 
 
+def make_tiny(labels=("neg", "pos"), seed: int = 0, train: bool = False, **options) -> MultiExitBert:
+    """The one way tests build a model: the random 3-layer, hidden-32 BERT with MiniLM's tokenizer
+    (``--model tiny``), ``labels`` as its classes, in eval mode unless ``train``. ``options`` go to
+    ``MultiExitBert.from_backbone`` (pooling, dropout, backbone_dropout, head, ...)."""
+    model = MultiExitBert.from_backbone("tiny", list(labels), seed=seed, **options)
+    return model.train(train)
+
+
 @pytest.fixture(scope="session")
 def tiny_model() -> MultiExitBert:
     """The random 3-layer, hidden-32 model with MiniLM's tokenizer, 2 classes."""
-    model = MultiExitBert.from_backbone("tiny", ["neg", "pos"], seed=0)
-    model.eval()
-    return model
+    return make_tiny()
 
 
 @pytest.fixture
 def fresh_tiny() -> MultiExitBert:
-    return MultiExitBert.from_backbone("tiny", ["a", "b", "c"], seed=1)
+    return make_tiny(("a", "b", "c"), seed=1, train=True)
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +77,26 @@ class TrainConfig:
     meta_optimizer: str = "sgd"
     meta_diagnose_every: int = 20  # steps between cosine(meta-gradient, plain query gradient) checks; 0: never
     meta_share_gradients: bool = False
+
+    def to_dict(self) -> dict:
+        """The flat JSON form stored in ``train_config.json``, training states and result files."""
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        """A config from ``to_dict``'s form (a stored file); an unknown key is an error naming it."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown training option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        data = dict(data)
+        if "text_columns" in data:
+            data["text_columns"] = tuple(data["text_columns"] or ())
+        return cls(**data)
+
+    def replace(self, **changes) -> "TrainConfig":
+        """A copy with ``changes`` (keys as in ``to_dict``)."""
+        return self.from_dict({**self.to_dict(), **changes})
 
     def meta_config(self):
         from metabert.meta import MetaConfig
