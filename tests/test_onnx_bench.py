@@ -10,15 +10,15 @@ from conftest import diversify
 from metabert.batching import collate, encode, model_inputs
 from metabert.bench import flops_per_sample, layer_flops
 from metabert.cli import main
-from metabert.commands.export import check
+from metabert import engine
 from metabert.data import Dataset, Example
 from metabert.evaluation import all_exit_logits, candidate_policies
 from metabert.exits import POLICIES, simulate_exits
-from metabert.modeling import MultiExitBert
+from metabert.modeling import EagerRunner, MultiExitBert
 from test_cli import train_tiny
 
 pytest.importorskip("onnxruntime")
-from metabert.onnx_runtime import OrtMultiExit, export  # noqa: E402
+from metabert.onnx_runtime import OrtMultiExit, check_export, export  # noqa: E402
 
 TEXTS = ["good", "bad film", "a long and winding review of a film that was neither good nor bad",
          "truly awful", "wonderful", "meh , it was fine i guess", "the best", "not the best"] * 2
@@ -33,11 +33,10 @@ def exported(tmp_path_factory):
 
 def test_onnx_matches_pytorch_on_every_exit(exported):
     model, runtime = exported
-    assert check(model, runtime) < 1e-4
-    enc = model.tokenizer(TEXTS, padding=True, return_tensors="pt")
-    full = runtime.full_logits(enc["input_ids"].numpy(), enc["attention_mask"].numpy(), enc["token_type_ids"].numpy())
-    with torch.inference_mode():
-        assert np.abs(model.full_logits(**enc).numpy() - full).max() < 1e-4
+    assert check_export(model, runtime) < 1e-4
+    enc = dict(model.tokenizer(TEXTS, padding=True, return_tensors="pt"))
+    full = engine.run_full(runtime, enc)
+    assert (engine.run_full(EagerRunner(model), enc).logits - full.logits).abs().max() < 1e-4
 
 
 @pytest.mark.parametrize("name", sorted(POLICIES))
@@ -47,9 +46,8 @@ def test_onnx_early_exit_equals_pytorch(name, exported):
     logits = all_exit_logits(model, data)
     policy = next(p for p in candidate_policies(logits, name) if len(set(simulate_exits(logits, p).tolist())) > 1)
     inputs = model_inputs(collate(data, list(range(len(data))), model.tokenizer.pad_token_id))
-    ours = model.early_exit(**inputs, policy=policy)
-    theirs = runtime.early_exit(inputs["input_ids"].numpy(), inputs["attention_mask"].numpy(),
-                                inputs["token_type_ids"].numpy(), policy=policy)
+    ours = engine.run(EagerRunner(model), inputs, policy)
+    theirs = engine.run(runtime, inputs, policy)
     assert torch.equal(ours.exit_layer, theirs.exit_layer)
     assert torch.allclose(ours.logits, theirs.logits, atol=1e-4)
 

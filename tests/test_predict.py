@@ -8,6 +8,7 @@ from metabert.exits import EntropyPolicy
 from metabert.modeling import MultiExitBert
 from metabert.predict import predict_stream, read_rows
 from metabert.cli import main
+from conftest import make_tiny
 
 
 @pytest.fixture(scope="module")
@@ -51,13 +52,14 @@ def test_pairs_and_csv(model):
 
 def test_predict_command(tmp_path, capsys):
     ckpt = tmp_path / "ckpt"
-    model = MultiExitBert.from_backbone("tiny", ["neg", "pos"], seed=0)
-    model.save_pretrained(ckpt)
+    make_tiny().save_pretrained(ckpt)
     src = tmp_path / "in.jsonl"
     src.write_text('{"text": "hello"}\n{"text": "world"}\n')
     out = tmp_path / "out.jsonl"
     assert main(["predict", "--checkpoint", str(ckpt), "--input", str(src), "--output", str(out),
                  "--threshold", "0.3"]) == 0
     assert len(out.read_text().splitlines()) == 2
-    assert main(["predict", "--checkpoint", str(ckpt), "--input", str(src)]) == 2  # not calibrated, no threshold
-    assert "calibrate" in capsys.readouterr().err
+    # not calibrated, no threshold: the full model answers, with one warning line
+    assert main(["predict", "--checkpoint", str(ckpt), "--input", str(src), "--output", str(out)]) == 0
+    assert [json.loads(line)["exit_layer"] for line in out.read_text().splitlines()] == [3, 3]
+    assert "no calibrated policy, the full model" in capsys.readouterr().err

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
+from conftest import make_tiny
 from metabert.modeling import MultiExitBert
 
 
@@ -22,10 +23,12 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     ckpt = tmp_path_factory.mktemp("srv") / "ckpt"
-    MultiExitBert.from_backbone("tiny", ["neg", "pos"], seed=0).save_pretrained(ckpt)
+    model = make_tiny()
+    model.with_config(exit_policy={"name": "entropy", "threshold": 0.5, "patience": 2, "chosen_on": "a test"})
+    model.save_pretrained(ckpt)  # calibrated: the server takes its γ, requests may override it
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "metabert", "serve", "--checkpoint", str(ckpt), "--port", str(port),
-                             "--threshold", "0.5", "--max-items", "8", "--max-seq-length", "32"],
+                             "--max-items", "8", "--max-seq-length", "32"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     for _ in range(300):
@@ -128,3 +131,36 @@ def test_loadtest_refuses_other_hosts():
 
     with pytest.raises(ValueError, match="loopback"):
         run_load("http://10.0.0.1:8000", ["x"], duration=1)
+
+
+def app_client(model, **pinned):
+    from fastapi.testclient import TestClient
+
+    from metabert.server import create_app
+
+    return TestClient(create_app(model, **pinned))
+
+
+@pytest.fixture(scope="module")
+def calibrated():
+    model = make_tiny()
+    model.with_config(exit_policy={"name": "entropy", "threshold": 0.25, "patience": 2, "chosen_on": "a test"})
+    return model
+
+
+def test_policy_flag_without_threshold_keeps_the_calibrated_threshold(calibrated):
+    with app_client(calibrated, policy_name="entropy") as client:
+        assert "γ=0.25" in client.get("/healthz").json()["policy"]
+
+
+def test_a_pinned_threshold_refuses_request_overrides(calibrated):
+    with app_client(calibrated, threshold=0.5) as client:
+        assert "γ=0.5" in client.get("/healthz").json()["policy"]
+        r = client.post("/predict", json={"texts": ["good"], "threshold": 0.1})
+        assert r.status_code == 400 and "fixed at 0.5" in r.json()["error"]
+
+
+def test_uncalibrated_checkpoint_serves_the_full_model():
+    with app_client(make_tiny()) as client:
+        results = client.post("/predict", json={"texts": ["good", "a bad film"]}).json()["results"]
+        assert [r["exit_layer"] for r in results] == [3, 3]

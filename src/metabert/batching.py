@@ -28,15 +28,34 @@ class Encoded:
         return len(self.input_ids)
 
 
-def encode(dataset: Dataset, tokenizer, max_length: int) -> Encoded:
-    texts = [ex.text for ex in dataset.examples]
-    pairs = [ex.text_pair for ex in dataset.examples]
-    if any(p is None for p in pairs):
-        pairs = None
-    enc = tokenizer(texts, pairs, truncation=True, max_length=max_length, padding=False)
+def tokenize(tokenizer, texts: list[str], pairs: list[str] | None, max_length: int,
+             labels: list[int] | None = None, flag_truncated: bool = False) -> tuple[Encoded, list[bool] | None]:
+    """The one tokenisation of the project: texts (and their pairs, all or none) to unpadded ids,
+    cut to ``max_length`` tokens. ``flag_truncated``: also say which items were cut (costs a second
+    pass where any was); else None. ``labels`` default to 0."""
+    if pairs is not None and any(p is None for p in pairs):
+        raise ValueError("give a second text for every item or for none")
+    truncated = None
+    if flag_truncated:
+        enc = tokenizer(texts, pairs, truncation=False, padding=False)
+        truncated = [len(ids) > max_length for ids in enc["input_ids"]]
+    if not flag_truncated or any(truncated):
+        enc = tokenizer(texts, pairs, truncation=True, max_length=max_length, padding=False)
     types = enc.get("token_type_ids")
-    return Encoded(list(enc["input_ids"]), list(types) if types is not None else None,
-                   [ex.label for ex in dataset.examples])
+    encoded = Encoded(list(enc["input_ids"]), list(types) if types is not None else None,
+                      list(labels) if labels is not None else [0] * len(texts))
+    return encoded, truncated
+
+
+def encode(dataset: Dataset, tokenizer, max_length: int) -> Encoded:
+    pairs = [ex.text_pair for ex in dataset.examples]
+    return tokenize(tokenizer, [ex.text for ex in dataset.examples], None if any(p is None for p in pairs) else pairs,
+                    max_length, [ex.label for ex in dataset.examples])[0]
+
+
+def pad_all(data: Encoded, pad_id: int) -> dict[str, torch.Tensor]:
+    """Every item of ``data`` in one batch, padded to the longest: the model's inputs."""
+    return model_inputs(collate(data, list(range(len(data))), pad_id))
 
 
 def collate(data: Encoded, indices: list[int], pad_id: int) -> dict[str, torch.Tensor]:

@@ -15,14 +15,14 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable
-
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from metabert import metrics
 from metabert.batching import Encoded, collate, model_inputs
+from metabert import engine
+from metabert.engine import ExitResult
 from metabert.exits import ExitPolicy
 from metabert.modeling import MultiExitBert
 
@@ -55,35 +55,23 @@ def flops_per_sample(model: MultiExitBert, lengths: list[int], exit_layers: list
 
 @dataclass
 class Variant:
-    name: str
-    run: Callable[[dict], tuple[np.ndarray, np.ndarray | None]]  # inputs -> (predictions, exit layers)
+    """One path to time: a runner, run early (with the policy) or full. ``name`` is
+    ``<runner>_<full|early>``."""
+
+    runner: object  # a metabert.engine.Runner
+    policy: ExitPolicy | None  # None: the full model
+
+    @property
+    def name(self) -> str:
+        return f"{self.runner.name}_{'full' if self.policy is None else 'early'}"
+
+    def run(self, inputs: dict) -> ExitResult:
+        return engine.run_full(self.runner, inputs) if self.policy is None else engine.run(self.runner, inputs, self.policy)
 
 
-def eager_variants(model: MultiExitBert, policy: ExitPolicy) -> list[Variant]:
-    def full(inputs):
-        with torch.inference_mode():
-            return model.full_logits(**inputs).argmax(-1).numpy(), None
-
-    def early(inputs):
-        out = model.early_exit(**inputs, policy=policy)
-        return out.predictions.numpy(), out.exit_layer.numpy()
-
-    return [Variant("eager_full", full), Variant("eager_early", early)]
-
-
-def ort_variants(runtime, policy: ExitPolicy) -> list[Variant]:
-    def feeds(inputs):
-        return (inputs["input_ids"].numpy(), inputs["attention_mask"].numpy(),
-                inputs["token_type_ids"].numpy() if "token_type_ids" in inputs else None)
-
-    def full(inputs):
-        return runtime.full_logits(*feeds(inputs)).argmax(-1), None
-
-    def early(inputs):
-        out = runtime.early_exit(*feeds(inputs), policy=policy)
-        return out.predictions.numpy(), out.exit_layer.numpy()
-
-    return [Variant("ort_full", full), Variant("ort_early", early)]
+def variants(runners: list, policy: ExitPolicy) -> list[Variant]:
+    """The full and the early-exit path of every runner."""
+    return [Variant(r, p) for r in runners for p in (None, policy)]
 
 
 def time_tokenizer(tokenizer, texts: list[tuple[str, str | None]], max_length: int, batch_size: int) -> dict:
@@ -134,10 +122,10 @@ def run_bench(model: MultiExitBert, data: Encoded, metric: str, variants: list[V
             for i, inputs in enumerate(singles):
                 for v in order:
                     start = time.perf_counter()
-                    p, e = v.run(inputs)
+                    out = v.run(inputs)
                     lat[v.name][r, i] = time.perf_counter() - start
-                    preds[v.name][i] = p[0]
-                    layers[v.name][i] = e[0] if e is not None else model.num_layers
+                    preds[v.name][i] = int(out.predictions[0])
+                    layers[v.name][i] = int(out.exit_layer[0])
                 bar.update(len(order))
         for v in group:
             v.run(batches[0])

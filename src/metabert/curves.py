@@ -13,7 +13,8 @@ from tqdm.auto import tqdm
 from metabert.batching import Encoded, collate, model_inputs
 from metabert.evaluation import _pyplot, candidate_policies, simulate
 from metabert.exits import ExitPolicy
-from metabert.modeling import MultiExitBert
+from metabert import engine
+from metabert.modeling import EagerRunner, MultiExitBert
 
 
 def measured_speedups(model: MultiExitBert, data: Encoded, policies: list[ExitPolicy], repeats: int = 2,
@@ -25,6 +26,7 @@ def measured_speedups(model: MultiExitBert, data: Encoded, policies: list[ExitPo
     for inputs in singles[:10]:
         with torch.inference_mode():
             model.full_logits(**inputs)
+    runner = EagerRunner(model)
     out = []
     for policy in tqdm(policies, desc="timing", disable=not progress):
         full_t, early_t = np.zeros((repeats, len(singles))), np.zeros((repeats, len(singles)))
@@ -34,7 +36,7 @@ def measured_speedups(model: MultiExitBert, data: Encoded, policies: list[ExitPo
                 with torch.inference_mode():
                     model.full_logits(**inputs)
                 mid = time.perf_counter()
-                model.early_exit(**inputs, policy=policy)
+                engine.run(runner, inputs, policy)
                 end = time.perf_counter()
                 full_t[r, i], early_t[r, i] = mid - start, end - mid
         out.append(float(np.median(full_t, 0).sum() / np.median(early_t, 0).sum()))

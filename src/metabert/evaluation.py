@@ -14,7 +14,9 @@ from tqdm.auto import tqdm
 from metabert import metrics
 from metabert.batching import Encoded, eval_batches, iterate, model_inputs
 from metabert.exits import POLICIES, EntropyPolicy, ExitPolicy, entropy, get_policy, simulate_exits
-from metabert.modeling import EarlyExitOutput, MultiExitBert
+from metabert import engine
+from metabert.engine import ExitResult
+from metabert.modeling import EagerRunner, MultiExitBert
 
 log = logging.getLogger(__name__)
 
@@ -31,37 +33,34 @@ def all_exit_logits(model: MultiExitBert, data: Encoded, batch_size: int = 64, p
     return out
 
 
-def padded_batches(model: MultiExitBert, data: Encoded, batch_size: int) -> list[dict]:
-    """Length-sorted, padded batches built before any timing starts (padding is not timed)."""
-    return list(iterate(data, eval_batches(data, batch_size), model.tokenizer.pad_token_id))
+def as_runner(model_or_runner):
+    """A runner for ``metabert.engine.run``: a model gets its eager runner."""
+    return EagerRunner(model_or_runner) if isinstance(model_or_runner, MultiExitBert) else model_or_runner
 
 
-@torch.no_grad()
+def run_dataset(runner, data: Encoded, pad_id: int, policy: ExitPolicy | None,
+                batch_size: int = 64) -> tuple[ExitResult, float]:
+    """Early exit (``policy``; None: the full model) over a dataset in length-sorted padded batches,
+    through the engine. Returns (the result in dataset order, seconds; padding is not timed)."""
+    batches = list(iterate(data, eval_batches(data, batch_size), pad_id))
+    logits, layers = None, torch.empty(len(data), dtype=torch.long)
+    start = time.perf_counter()
+    outputs = [engine.run(runner, model_inputs(b), policy) if policy is not None else engine.run_full(runner, model_inputs(b))
+               for b in batches]
+    seconds = time.perf_counter() - start
+    for batch, out in zip(batches, outputs):
+        if logits is None:
+            logits = torch.empty(len(data), out.logits.shape[-1])
+        logits[batch["index"]] = out.logits.float()
+        layers[batch["index"]] = out.exit_layer
+    return ExitResult(logits, layers), seconds
+
+
 def run_early_exit(model: MultiExitBert, data: Encoded, policy: ExitPolicy | float, batch_size: int = 64):
-    """Real early-exit inference over the dataset; returns (output in dataset order, seconds)."""
+    """Real early-exit inference of the eager model over the dataset: (result in dataset order, seconds)."""
     if not isinstance(policy, ExitPolicy):
         policy = EntropyPolicy(float(policy))
-    model.eval()
-    logits = torch.empty(len(data), model.config.num_labels)
-    layers = torch.empty(len(data), dtype=torch.long)
-    batches = padded_batches(model, data, batch_size)
-    start = time.perf_counter()
-    for batch in batches:
-        result = model.early_exit(**model_inputs(batch), policy=policy)
-        logits[batch["index"]] = result.logits.float()
-        layers[batch["index"]] = result.exit_layer
-    return EarlyExitOutput(logits, layers), time.perf_counter() - start
-
-
-@torch.no_grad()
-def time_full_model(model: MultiExitBert, data: Encoded, batch_size: int = 64) -> float:
-    """Seconds for the plain classifier: all layers, last exit only (the baseline to compare with)."""
-    model.eval()
-    batches = padded_batches(model, data, batch_size)
-    start = time.perf_counter()
-    for batch in batches:
-        model.full_logits(**model_inputs(batch))
-    return time.perf_counter() - start
+    return run_dataset(EagerRunner(model), data, model.tokenizer.pad_token_id, policy, batch_size)
 
 
 def per_exit_scores(logits: torch.Tensor, labels: list[int], metric: str) -> list[dict]:
@@ -157,7 +156,7 @@ def evaluate(
         report["early_exit"] = [simulate(logits, data.labels, metric, p) for p in sweep]
     elif policy is not None:
         output, seconds = run_early_exit(model, data, policy, batch_size)
-        full_seconds = time_full_model(model, data, batch_size)
+        _, full_seconds = run_dataset(EagerRunner(model), data, model.tokenizer.pad_token_id, None, batch_size)
         result = summarise(
             model.num_layers, output.predictions.tolist(), output.exit_layer, data.labels, metric, policy
         )

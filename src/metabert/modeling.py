@@ -23,7 +23,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from metabert.backbones import Backbone, encoder_from_config, load_backbone
-from metabert.exits import EntropyPolicy, ExitPolicy, policy_from_dict
+from metabert.exits import ExitPolicy
 
 log = logging.getLogger(__name__)
 
@@ -97,22 +97,6 @@ class ExitHead(nn.Module):
         about as much in Python calls as in arithmetic)."""
         hidden = pooled if self.dense is None else torch.tanh(F.linear(pooled, self.dense.weight, self.dense.bias))
         return F.linear(hidden, self.classifier.weight, self.classifier.bias)
-
-
-@dataclass
-class EarlyExitOutput:
-    """Per-sample result of early-exit inference."""
-
-    logits: torch.Tensor  # (B, C) logits of the exit each sample left at
-    exit_layer: torch.Tensor  # (B,) 1-based layer index
-
-    @property
-    def probs(self) -> torch.Tensor:
-        return self.logits.softmax(-1)
-
-    @property
-    def predictions(self) -> torch.Tensor:
-        return self.logits.argmax(-1)
 
 
 def additive_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -270,113 +254,108 @@ class MultiExitBert(nn.Module):
             kwargs["token_type_ids"] = token_type_ids
         return self.encoder.embeddings(**kwargs)  # (B, T, H)
 
+    def begin(self, input_ids, attention_mask, token_type_ids=None, inference: bool = False):
+        """Embeddings and what every layer needs besides the hidden state: (hidden (B, T, H),
+        ``LayerInputs``). ``inference``: leave the masks out when nothing is padded (every batch-1
+        request), which skips the masking work; one host sync."""
+        hidden = self.embed(input_ids, token_type_ids)
+        if inference and bool(attention_mask.all()):
+            return hidden, LayerInputs(None, None)
+        return hidden, LayerInputs(additive_mask(attention_mask, hidden.dtype), attention_mask)
+
+    def run_layer(self, index: int, hidden: torch.Tensor, inputs: "LayerInputs") -> torch.Tensor:
+        """Layer ``index`` (0-based): (B, T, H) -> (B, T, H)."""
+        return self.encoder.encoder.layer[index](hidden, attention_mask=inputs.mask)
+
+    def exit_logits(self, index: int, hidden: torch.Tensor, inputs: "LayerInputs", train: bool = True):
+        """Exit ``index`` on its layer's output: (B, T, H) -> (B, C); ``train`` False takes the head's
+        dropout-free fast path."""
+        head = self.exits[index]
+        pooled = self.pool(hidden, inputs.pool_mask)
+        return head(pooled) if train else head.infer(pooled)
+
     def hidden_states(self, input_ids, attention_mask, token_type_ids=None) -> list[torch.Tensor]:
         """Every layer's output (layer 1..L), from our own layer loop."""
-        hidden = self.embed(input_ids, token_type_ids)
-        mask = additive_mask(attention_mask, hidden.dtype)
+        hidden, inputs = self.begin(input_ids, attention_mask, token_type_ids)
         states = []
-        for layer in self.encoder.encoder.layer:
-            hidden = layer(hidden, attention_mask=mask)
+        for i in range(self.num_layers):
+            hidden = self.run_layer(i, hidden, inputs)
             states.append(hidden)
         return states
 
     def forward(self, input_ids, attention_mask, token_type_ids=None, num_layers: int | None = None):
         """Logits of every exit, shape (L, B, C); with ``num_layers`` k only the first k exits run."""
-        hidden = self.embed(input_ids, token_type_ids)
-        mask = additive_mask(attention_mask, hidden.dtype)
+        hidden, inputs = self.begin(input_ids, attention_mask, token_type_ids)
         logits = []
-        for layer, head in list(zip(self.encoder.encoder.layer, self.exits))[: num_layers or self.num_layers]:
-            hidden = layer(hidden, attention_mask=mask)
-            logits.append(head(self.pool(hidden, attention_mask)))
+        for i in range(num_layers or self.num_layers):
+            hidden = self.run_layer(i, hidden, inputs)
+            logits.append(self.exit_logits(i, hidden, inputs))
         return torch.stack(logits)
-
-    def resolve_policy(self, policy: ExitPolicy | None = None, threshold: float | None = None) -> ExitPolicy:
-        """``policy`` if given; else entropy at ``threshold``; else the checkpoint's calibrated policy."""
-        if policy is not None:
-            return policy
-        if threshold is not None:
-            return EntropyPolicy(threshold)
-        if self.config.exit_policy:
-            return policy_from_dict(self.config.exit_policy)
-        raise ValueError("no exit threshold given and the checkpoint has no calibrated policy "
-                         "(pass a threshold, or run `metabert calibrate`)")
-
-    def inference_masks(self, attention_mask: torch.Tensor, dtype: torch.dtype):
-        """(additive mask for the layers, mask for pooling); both None when nothing is padded, so
-        that unpadded inputs (every batch-1 request) skip the masking work. One host sync."""
-        if bool(attention_mask.all()):
-            return None, None
-        return additive_mask(attention_mask, dtype), attention_mask
 
     def full_logits(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
         """The plain classifier, the baseline early exit is measured against: every layer, then only
-        the last exit. (B, C). Same inference shortcuts as ``early_exit``."""
-        hidden = self.embed(input_ids, token_type_ids)
-        mask, pool_mask = self.inference_masks(attention_mask, hidden.dtype)
-        for layer in self.encoder.encoder.layer:
-            hidden = layer(hidden, attention_mask=mask)
-        return self.exits[-1].infer(self.pool(hidden, pool_mask))
+        the last exit. (B, C)."""
+        hidden, inputs = self.begin(input_ids, attention_mask, token_type_ids, inference=True)
+        for i in range(self.num_layers):
+            hidden = self.run_layer(i, hidden, inputs)
+        return self.exit_logits(self.num_layers - 1, hidden, inputs, train=False)
 
-    def _early_exit_one(self, hidden, mask, attention_mask, policy: ExitPolicy) -> EarlyExitOutput:
-        """``early_exit`` for a single sample: no row bookkeeping, which at batch 1 costs about as
-        much as the exit heads themselves."""
-        state = policy.init_state(1, hidden.device)
-        last = self.num_layers
-        for i, (layer, head) in enumerate(zip(self.encoder.encoder.layer, self.exits), start=1):
-            hidden = layer(hidden, attention_mask=mask)
-            logits = head.infer(self.pool(hidden, attention_mask))
-            if i == last:
-                break
-            done, state = policy.step(logits, state)
-            if bool(done[0]):
-                return _one_exit(logits, i)
-        return _one_exit(logits, last)
-
-    @torch.inference_mode()
     def early_exit(self, input_ids, attention_mask, token_type_ids=None, threshold: float | None = None,
-                   policy: ExitPolicy | None = None) -> "EarlyExitOutput":
-        """Per-sample early exit: sample b leaves at the first exit where ``policy`` says so (default:
-        entropy H(p) < ``threshold``, MetaBERT Eq. 6; the last exit always answers).
+                   policy: ExitPolicy | None = None):
+        """Per-sample early exit (``metabert.engine.run`` on this model's eager runner): sample b
+        leaves at the first exit where ``policy`` says so (default: entropy H(p) < ``threshold``,
+        MetaBERT Eq. 6; else the checkpoint's calibrated policy); the last exit always answers."""
+        from metabert import engine
+        from metabert.policy import resolve
 
-        Exited rows are removed from the batch before the next layer, so one hard sample does not
-        make the easy ones wait, and each sample keeps its own exit layer. One host synchronisation
-        per layer (how many rows left), none per sample.
-        """
-        policy = self.resolve_policy(policy, threshold)
-        batch = input_ids.shape[0]
-        hidden = self.embed(input_ids, token_type_ids)
-        mask, attention_mask = self.inference_masks(attention_mask, hidden.dtype)
-        if batch == 1:
-            return self._early_exit_one(hidden, mask, attention_mask, policy)
-        rows = torch.arange(batch, device=input_ids.device)  # original index of each active row
-        state = policy.init_state(batch, input_ids.device)
-        out_logits = hidden.new_zeros(batch, self.config.num_labels)
-        exit_layer = torch.full((batch,), self.num_layers, dtype=torch.long, device=input_ids.device)
-        for i, (layer, head) in enumerate(zip(self.encoder.encoder.layer, self.exits), start=1):
-            hidden = layer(hidden, attention_mask=mask)
-            logits = head.infer(self.pool(hidden, attention_mask))
-            if i == self.num_layers:
-                out_logits[rows] = logits
-                break
-            done, state = policy.step(logits, state)
-            leaving = int(done.sum())
-            if leaving == 0:
-                continue
-            if leaving == len(rows):
-                out_logits[rows] = logits
-                exit_layer[rows] = i
-                break
-            out_logits[rows[done]] = logits[done]
-            exit_layer[rows[done]] = i
-            keep = ~done
-            rows, hidden, state = rows[keep], hidden[keep], state[keep]
-            if mask is not None:
-                mask, attention_mask = mask[keep], attention_mask[keep]
-        return EarlyExitOutput(logits=out_logits, exit_layer=exit_layer)
+        chosen = resolve(policy=policy, threshold=threshold, stored=self.config.exit_policy).policy
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            inputs["token_type_ids"] = token_type_ids
+        return engine.run(EagerRunner(self), inputs, chosen)
 
 
-def _one_exit(logits: torch.Tensor, layer: int) -> EarlyExitOutput:
-    return EarlyExitOutput(logits=logits, exit_layer=torch.tensor([layer], device=logits.device))
+@dataclass(frozen=True)
+class LayerInputs:
+    """What every layer needs besides the hidden state, for the rows still in the batch."""
+
+    mask: torch.Tensor | None  # the layers' attention mask, BERT: additive (B, 1, 1, T); None: no padding
+    pool_mask: torch.Tensor | None  # (B, T) 1/0 for pooling; None: no padding
+
+    def select(self, keep: torch.Tensor) -> "LayerInputs":
+        """The rows where ``keep`` (B,) is true."""
+        if self.mask is None:
+            return self
+        return LayerInputs(self.mask[keep], self.pool_mask[keep])
+
+
+class EagerRunner:
+    """``metabert.engine.Runner`` for a ``MultiExitBert`` in eager PyTorch (inference mode)."""
+
+    name = "eager"
+
+    def __init__(self, model: MultiExitBert):
+        self.model = model.eval()
+        self.num_layers = model.num_layers
+
+    def start(self, inputs):
+        with torch.inference_mode():
+            return self.model.begin(inputs["input_ids"], inputs["attention_mask"], inputs.get("token_type_ids"),
+                                    inference=True)
+
+    def step(self, index, state):
+        hidden, layer_inputs = state
+        with torch.inference_mode():
+            hidden = self.model.run_layer(index, hidden, layer_inputs)
+            return (hidden, layer_inputs), self.model.exit_logits(index, hidden, layer_inputs, train=False)
+
+    def select(self, state, keep):
+        hidden, layer_inputs = state
+        return hidden[keep], layer_inputs.select(keep)
+
+    def full(self, inputs):
+        with torch.inference_mode():
+            return self.model.full_logits(inputs["input_ids"], inputs["attention_mask"], inputs.get("token_type_ids"))
 
 
 def exit_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,9 @@
 """Exit-aware ONNX Runtime inference.
 
 ``export`` writes the embeddings, every layer with its exit head, and (as the baseline) the whole
-model with its last exit, as separate ONNX graphs. ``OrtMultiExit`` runs the early-exit loop over
-them in ONNX Runtime, batched and per sample as ``MultiExitBert.early_exit`` does: after each layer
-the policy decides which rows leave, and only the others go on to the next graph.
+model with its last exit, as separate ONNX graphs. ``OrtMultiExit`` is the engine's runner over
+them: ``metabert.engine.run`` steps it layer by layer as it does the eager model, so that after each
+layer the policy decides which rows leave and only the others go on to the next graph.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from metabert.exits import ExitPolicy, policy_from_dict
-from metabert.modeling import CONFIG_NAME, EarlyExitOutput, MultiExitBert, additive_mask
+from metabert.modeling import CONFIG_NAME, MultiExitBert, additive_mask
 
 log = logging.getLogger(__name__)
 META_NAME = "onnx_meta.json"
@@ -130,7 +129,8 @@ def _shared_thread_pool(threads: int | None) -> bool:
 
 
 class OrtMultiExit:
-    """ONNX Runtime sessions over an exported folder; the same API as the PyTorch model's inference."""
+    """ONNX Runtime sessions over an exported folder: a ``metabert.engine.Runner`` (``engine.run``
+    drives its early exit; ``engine.run_full`` its full model)."""
 
     def __init__(self, directory: str | Path, threads: int | None = None):
         import onnxruntime as ort
@@ -159,60 +159,51 @@ class OrtMultiExit:
 
         self.embeddings = session("embeddings.onnx")
         self.layers = [session(f"layer_{i + 1}.onnx") for i in range(self.meta["num_layers"])]
-        self.full = session("full.onnx")
+        self.full_session = session("full.onnx")
         self.num_layers = self.meta["num_layers"]
 
-    def default_policy(self) -> ExitPolicy:
-        stored = self.config.get("exit_policy")
-        if not stored:
-            raise ValueError("no exit policy given and the exported checkpoint was not calibrated")
-        return policy_from_dict(stored)
+    name = "ort"
 
     @staticmethod
-    def _feeds(input_ids, attention_mask, token_type_ids):
-        ids = np.asarray(input_ids, dtype=np.int64)
-        att = np.asarray(attention_mask, dtype=np.int64)
-        types = np.zeros_like(ids) if token_type_ids is None else np.asarray(token_type_ids, dtype=np.int64)
-        return ids, att, types
+    def _feeds(inputs) -> dict[str, np.ndarray]:
+        ids = np.asarray(inputs["input_ids"], dtype=np.int64)
+        types = inputs.get("token_type_ids")
+        return {"input_ids": ids, "attention_mask": np.asarray(inputs["attention_mask"], dtype=np.int64),
+                "token_type_ids": np.zeros_like(ids) if types is None else np.asarray(types, dtype=np.int64)}
 
-    def full_logits(self, input_ids, attention_mask, token_type_ids=None) -> np.ndarray:
-        ids, att, types = self._feeds(input_ids, attention_mask, token_type_ids)
-        return self.full.run(None, {"input_ids": ids, "attention_mask": att, "token_type_ids": types})[0]
+    # metabert.engine.Runner: the state is (hidden, additive mask, 0/1 mask) as numpy arrays
+    def start(self, inputs):
+        feeds = self._feeds(inputs)
+        hidden, mask = self.embeddings.run(None, feeds)
+        return hidden, mask, feeds["attention_mask"]
 
-    def all_exit_logits(self, input_ids, attention_mask, token_type_ids=None) -> np.ndarray:
+    def step(self, index, state):
+        hidden, mask, att = state
+        hidden, logits = self.layers[index].run(None, {"hidden": hidden, "mask": mask, "attention_mask": att})
+        return (hidden, mask, att), torch.from_numpy(logits)
+
+    def select(self, state, keep):
+        keep = keep.numpy()
+        return tuple(part[keep] for part in state)
+
+    def full(self, inputs) -> torch.Tensor:
+        return torch.from_numpy(self.full_session.run(None, self._feeds(inputs))[0])
+
+    def all_exit_logits(self, inputs) -> torch.Tensor:
         """Every exit's logits (L, B, C), for checking the export against PyTorch."""
-        ids, att, types = self._feeds(input_ids, attention_mask, token_type_ids)
-        hidden, mask = self.embeddings.run(None, {"input_ids": ids, "attention_mask": att, "token_type_ids": types})
+        state = self.start(inputs)
         out = []
-        for layer in self.layers:
-            hidden, logits = layer.run(None, {"hidden": hidden, "mask": mask, "attention_mask": att})
+        for i in range(self.num_layers):
+            state, logits = self.step(i, state)
             out.append(logits)
-        return np.stack(out)
+        return torch.stack(out)
 
-    def early_exit(self, input_ids, attention_mask, token_type_ids=None, policy: ExitPolicy | None = None):
-        """Per-sample batched early exit in ONNX Runtime (see ``MultiExitBert.early_exit``)."""
-        policy = policy or self.default_policy()
-        ids, att, types = self._feeds(input_ids, attention_mask, token_type_ids)
-        batch = ids.shape[0]
-        hidden, mask = self.embeddings.run(None, {"input_ids": ids, "attention_mask": att, "token_type_ids": types})
-        rows = np.arange(batch)
-        state = policy.init_state(batch)
-        out_logits = np.zeros((batch, self.meta["num_labels"]), dtype=np.float32)
-        exit_layer = np.full(batch, self.num_layers, dtype=np.int64)
-        for i, layer in enumerate(self.layers, start=1):
-            hidden, logits = layer.run(None, {"hidden": hidden, "mask": mask, "attention_mask": att})
-            if i == self.num_layers:
-                out_logits[rows] = logits
-                break
-            done_t, state = policy.step(torch.from_numpy(logits), state)
-            done = done_t.numpy()
-            leaving = int(done.sum())
-            if leaving == 0:
-                continue
-            out_logits[rows[done]] = logits[done]
-            exit_layer[rows[done]] = i
-            if leaving == len(rows):
-                break
-            keep = ~done
-            rows, hidden, mask, att, state = rows[keep], hidden[keep], mask[keep], att[keep], state[torch.from_numpy(keep)]
-        return EarlyExitOutput(logits=torch.from_numpy(out_logits), exit_layer=torch.from_numpy(exit_layer))
+
+def check_export(model: MultiExitBert, runtime: OrtMultiExit) -> float:
+    """Largest absolute difference of every exit's logits, PyTorch against ONNX Runtime, on a
+    padded batch of three sentences of different lengths."""
+    texts = ["a short one", "a somewhat longer input sentence , with punctuation and more words in it", "mid size"]
+    enc = dict(model.tokenizer(texts, padding=True, return_tensors="pt"))
+    with torch.inference_mode():
+        ref = model(**enc)
+    return float((ref - runtime.all_exit_logits(enc)).abs().max())

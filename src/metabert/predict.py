@@ -13,7 +13,9 @@ from typing import Iterator, TextIO
 
 from metabert.data import DataError
 from metabert.exits import ExitPolicy
-from metabert.modeling import MultiExitBert
+from metabert.batching import tokenize
+from metabert.evaluation import run_dataset
+from metabert.modeling import EagerRunner, MultiExitBert
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +101,7 @@ def predict_stream(model: MultiExitBert, rows: Iterator[Row], out: TextIO, polic
                    chunk: int = 512) -> dict:
     """Write one JSON line per good row: line, label, probabilities, exit_layer. Returns counts."""
     labels = model.config.label_names
+    runner = EagerRunner(model)
     counts = {"predicted": 0, "skipped": 0, "skipped_lines": []}
     pending: list[Row] = []
 
@@ -106,20 +109,14 @@ def predict_stream(model: MultiExitBert, rows: Iterator[Row], out: TextIO, polic
         if not pending:
             return
         pairs = [r.pair for r in pending]
-        enc = model.tokenizer([r.text for r in pending], pairs if all(p is not None for p in pairs) else None,
-                              truncation=True, max_length=max_length)
-        order = sorted(range(len(pending)), key=lambda i: len(enc["input_ids"][i]))
-        results = [None] * len(pending)
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            batch = model.tokenizer.pad({k: [enc[k][i] for i in idx] for k in enc}, return_tensors="pt")
-            output = model.early_exit(**batch, policy=policy)
-            probs = output.probs
-            for j, i in enumerate(idx):
-                results[i] = (probs[j], int(output.exit_layer[j]))
-        for row, (p, layer) in zip(pending, results):
-            record = {"line": row.line, "label": labels[int(p.argmax())],
-                      "probabilities": {n: round(float(v), 6) for n, v in zip(labels, p)}, "exit_layer": layer}
+        encoded, _ = tokenize(model.tokenizer, [r.text for r in pending],
+                              pairs if all(p is not None for p in pairs) else None, max_length)
+        result, _ = run_dataset(runner, encoded, model.tokenizer.pad_token_id, policy, batch_size)
+        probs = result.probs
+        for k, row in enumerate(pending):
+            record = {"line": row.line, "label": labels[int(probs[k].argmax())],
+                      "probabilities": {n: round(float(v), 6) for n, v in zip(labels, probs[k])},
+                      "exit_layer": int(result.exit_layer[k])}
             out.write(json.dumps(record) + "\n")
         counts["predicted"] += len(pending)
         pending.clear()

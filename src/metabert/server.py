@@ -22,8 +22,11 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
-from metabert.exits import ExitPolicy, get_policy
-from metabert.modeling import MultiExitBert
+from metabert import engine
+from metabert.batching import pad_all, tokenize
+from metabert.exits import ExitPolicy
+from metabert.modeling import EagerRunner, MultiExitBert
+from metabert.policy import resolve
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +81,7 @@ class Batcher:
 
     def __init__(self, model: MultiExitBert, config: ServerConfig, metrics: dict):
         self.model, self.config, self.metrics = model, config, metrics
+        self.runner = EagerRunner(model)
         self.queue: asyncio.Queue[_Item] = asyncio.Queue()
         self.task: asyncio.Task | None = None
 
@@ -118,17 +122,11 @@ class Batcher:
                         item.future.set_result(result)
 
     def _run(self, group: list[_Item], policy: ExitPolicy) -> list[dict]:
-        model, tok = self.model, self.model.tokenizer
-        texts = [i.text for i in group]
+        model = self.model
         pairs = [i.pair for i in group] if group[0].pair is not None else None
-        limit = self.config.max_seq_length
-        enc = tok(texts, pairs, truncation=False)
-        truncated = [len(ids) > limit for ids in enc["input_ids"]]
-        if any(truncated):  # tokenise again with truncation only when needed (rare)
-            enc = tok(texts, pairs, truncation=True, max_length=limit)
-        enc = tok.pad(enc, return_tensors="pt")
-        inputs = {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
-        out = model.early_exit(**inputs, policy=policy)
+        encoded, truncated = tokenize(model.tokenizer, [i.text for i in group], pairs, self.config.max_seq_length,
+                                      flag_truncated=True)
+        out = engine.run(self.runner, pad_all(encoded, model.tokenizer.pad_token_id), policy)
         probs = out.probs
         names = model.config.label_names
         done = time.perf_counter()
@@ -150,8 +148,13 @@ def error(status: int, message: str) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": message})
 
 
-def create_app(model: MultiExitBert, policy: ExitPolicy, config: ServerConfig | None = None) -> FastAPI:
+def create_app(model: MultiExitBert, config: ServerConfig | None = None, policy_name: str | None = None,
+               threshold: float | None = None, patience: int | None = None) -> FastAPI:
+    """The app. ``policy_name``/``threshold``/``patience``: the server's command line, which pins
+    what it names; the rest comes from the request or the checkpoint (``metabert.policy.resolve``)."""
     config = config or ServerConfig()
+    pinned = {"name": policy_name, "threshold": threshold, "patience": patience}
+    policy = resolve(**pinned, stored=model.config.exit_policy).policy  # fails at start, not per request
     model.eval()
     registry = CollectorRegistry()
     metrics = {
@@ -224,7 +227,12 @@ def create_app(model: MultiExitBert, policy: ExitPolicy, config: ServerConfig | 
                 what = (f"between {lo:g} and {hi:.4g}" if policy.parameter == "threshold"
                         else "not supported by the patience policy")
                 return error(400, f"threshold {body.threshold}: must be {what} for the {policy.name} policy")
-            use = get_policy(policy.name, body.threshold, policy.patience)
+            try:
+                use = resolve(**pinned, request_threshold=body.threshold, stored=model.config.exit_policy,
+                              warn=False).policy
+            except ValueError as err:
+                metrics["requests"].labels(status="400").inc()
+                return error(400, str(err))
         loop = asyncio.get_running_loop()
         futures = []
         for item in items:
@@ -245,12 +253,12 @@ def create_app(model: MultiExitBert, policy: ExitPolicy, config: ServerConfig | 
     return app
 
 
-def serve(checkpoint: str, host: str, port: int, policy: ExitPolicy | None = None,
-          config: ServerConfig | None = None, threads: int | None = None) -> None:
+def serve(checkpoint: str, host: str, port: int, policy_name: str | None = None, threshold: float | None = None,
+          patience: int | None = None, config: ServerConfig | None = None, threads: int | None = None) -> None:
     import uvicorn
 
     if threads:
         torch.set_num_threads(threads)
     model = MultiExitBert.from_pretrained(checkpoint)
-    policy = policy or model.resolve_policy()
-    uvicorn.run(create_app(model, policy, config), host=host, port=port, log_level="warning")
+    app = create_app(model, config, policy_name, threshold, patience)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -12,9 +12,9 @@ import torch
 
 from metabert import data as data_mod
 from metabert.batching import encode
-from metabert.bench import eager_variants, format_table, ort_variants, run_bench, speedups, time_tokenizer
+from metabert.bench import format_table, run_bench, speedups, time_tokenizer, variants
 from metabert.calibration import calibration_set, choose
-from metabert.commands.common import add_data_options, add_policy_options, policy_from_args
+from metabert.commands.common import add_data_options, add_policy_options, resolve_policy
 from metabert.commands.evaluate import load_data
 from metabert.evaluation import all_exit_logits
 from metabert.modeling import MultiExitBert
@@ -44,19 +44,19 @@ def add_parser(sub, name):
 
 
 def pick_policy(model: MultiExitBert, args):
-    name = args.policy or model.config.exit_policy.get("name", "entropy")
+    from metabert.policy import resolve_name
+
+    name, patience, _ = resolve_name(args.policy, args.patience, model.config.exit_policy)
     if args.target_speedup is not None or args.max_drop is not None:
         held, what = calibration_set(model, args.data_dir, args.calibration_data)
         enc = encode(held, model.tokenizer, args.max_seq_length)
         metric = data_mod.spec_from_dict(model.config.task).metric
-        choice = choose(all_exit_logits(model, enc), enc.labels, metric, name, args.patience or 2,
+        choice = choose(all_exit_logits(model, enc), enc.labels, metric, name, patience,
                         target_speedup=args.target_speedup, max_drop=args.max_drop)
         goal = f"target speed-up {args.target_speedup}x" if args.target_speedup else f"max drop {args.max_drop}"
         return choice["policy"], f"calibrated for {goal} on {what}"
-    given = policy_from_args(args, model.config.exit_policy)
-    if given is not None:
-        return given, "given on the command line"
-    return model.resolve_policy(), "stored in the checkpoint: " + model.config.exit_policy.get("chosen_on", "?")
+    resolved = resolve_policy(args, model.config.exit_policy)
+    return resolved.policy, resolved.source
 
 
 def run(args) -> int:
@@ -67,18 +67,19 @@ def run(args) -> int:
         dataset = data_mod.Dataset(dataset.examples[: args.max_examples], dataset.label_names, dataset.source)
     policy, source = pick_policy(model, args)
     encoded = encode(dataset, model.tokenizer, args.max_seq_length)
-    variants = eager_variants(model, policy)
+    from metabert.modeling import EagerRunner
+
+    runners = [EagerRunner(model)]
     if not args.no_onnx:
-        from metabert.commands.export import check
-        from metabert.onnx_runtime import OrtMultiExit, export
+        from metabert.onnx_runtime import OrtMultiExit, check_export, export
 
         folder = args.onnx or export(model, args.checkpoint, tempfile.mkdtemp(prefix="metabert-onnx-"))
         runtime = OrtMultiExit(folder, threads=args.threads)
-        diff = check(model, runtime)
+        diff = check_export(model, runtime)
         if diff > 1e-4:
             raise ValueError(f"{folder}: ONNX graphs differ from the checkpoint by {diff:.2e}; export again")
-        variants += ort_variants(runtime, policy)
-    results = run_bench(model, encoded, spec.metric, variants, args.repeats, args.warmup, args.batch_size,
+        runners.append(runtime)
+    results = run_bench(model, encoded, spec.metric, variants(runners, policy), args.repeats, args.warmup, args.batch_size,
                         progress=not args.no_progress)
     ratios = speedups(results, args.batch_size)
     texts = [(e.text, e.text_pair) for e in dataset.examples]

@@ -11,6 +11,7 @@ from metabert.calibration import calibration_set, choose
 from metabert.evaluation import all_exit_logits
 from metabert.exits import POLICIES, policy_to_dict
 from metabert.modeling import MultiExitBert
+from metabert.policy import resolve_name
 
 
 def add_parser(sub, name):
@@ -20,8 +21,8 @@ def add_parser(sub, name):
     goal = p.add_mutually_exclusive_group(required=True)
     goal.add_argument("--target-speedup", type=float, help="required layer speed-up S (L / mean exit layer)")
     goal.add_argument("--max-drop", type=float, help="largest allowed score drop, in points, against the last exit")
-    p.add_argument("--policy", default="entropy", choices=sorted(POLICIES))
-    p.add_argument("--patience", type=int, default=2, help="t for patience-entropy (patience itself is tuned)")
+    p.add_argument("--policy", choices=sorted(POLICIES), help="exit policy (default: the stored one, else entropy)")
+    p.add_argument("--patience", type=int, help="t for patience-entropy (patience itself is tuned; default 2)")
     p.add_argument("--calibration-data", help="file to calibrate on (default: the slice held out at training)")
     p.add_argument("--data-dir", help="GLUE folder, if it moved since training")
     p.add_argument("--max-seq-length", type=int, default=128)
@@ -39,7 +40,8 @@ def run(args) -> int:
     encoded = encode(dataset, model.tokenizer, args.max_seq_length)
     logits = all_exit_logits(model, encoded, args.batch_size)
     metric = data_mod.spec_from_dict(model.config.task).metric
-    choice = choose(logits, encoded.labels, metric, args.policy, args.patience,
+    name, patience, _ = resolve_name(args.policy, args.patience, model.config.exit_policy)
+    choice = choose(logits, encoded.labels, metric, name, patience,
                     target_speedup=args.target_speedup, max_drop=args.max_drop)
     policy, result = choice["policy"], choice["result"]
     goal = (f"target layer speed-up {args.target_speedup}x" if args.target_speedup is not None

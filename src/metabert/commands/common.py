@@ -32,28 +32,14 @@ def add_policy_options(parser: argparse.ArgumentParser) -> None:
     from metabert.exits import POLICIES
 
     parser.add_argument("--policy", choices=sorted(POLICIES),
-                        help="exit policy (default: the checkpoint's calibrated one, else entropy)")
+                        help="exit policy (default: the checkpoint's calibrated one; uncalibrated: the full model)")
     parser.add_argument("--threshold", type=float, help="threshold γ of the policy")
     parser.add_argument("--patience", type=int, help="t for the patience policies (default 2)")
 
 
-def policy_name_and_patience(args, stored: dict) -> tuple[str, int]:
-    """The policy the options name (else the stored one, else entropy) and its patience t."""
-    name = args.policy or stored.get("name", "entropy")
-    patience = args.patience or (stored.get("patience") if stored.get("name") == name else None) or 2
-    return name, patience
+def resolve_policy(args, stored: dict | None, runner: str | None = None, warn: bool = True):
+    """``metabert.policy.resolve`` with the options of ``add_policy_options``."""
+    from metabert.policy import resolve
 
-
-def policy_from_args(args, stored: dict):
-    """The policy the options name, or None when they name none (then the checkpoint's is used)."""
-    from metabert.exits import get_policy
-
-    if args.policy is None and args.threshold is None and args.patience is None:
-        return None
-    name, patience = policy_name_and_patience(args, stored)
-    same = stored.get("name") == name
-    threshold = args.threshold if args.threshold is not None else (stored.get("threshold") if same else None)
-    policy = get_policy(name, threshold, patience)
-    if threshold is None and policy.parameter == "threshold":
-        raise ValueError(f"--policy {name} needs --threshold (the checkpoint holds no calibrated {name} threshold)")
-    return policy
+    return resolve(name=args.policy, threshold=args.threshold, patience=args.patience, stored=stored,
+                   runner=runner, warn=warn)

@@ -7,9 +7,7 @@ from pathlib import Path
 
 from metabert import data as data_mod
 from metabert.batching import encode
-from metabert.commands.common import (
-    add_data_options, add_policy_options, float_list, policy_from_args, policy_name_and_patience,
-)
+from metabert.commands.common import add_data_options, add_policy_options, float_list, resolve_policy
 from metabert.evaluation import all_exit_logits, evaluate, format_report, plot_report, sweep_policies, write_sweep_csv
 from metabert.modeling import MultiExitBert
 
@@ -56,21 +54,21 @@ def run(args) -> int:
     model = MultiExitBert.from_pretrained(args.checkpoint)
     task, spec, dataset = load_data(model, args)
     encoded = encode(dataset, model.tokenizer, args.max_seq_length)
-    stored = model.config.exit_policy
-    name, patience = policy_name_and_patience(args, stored)
-    policy, sweep, logits, given = None, None, None, None
+    policy, sweep, logits, resolved = None, None, None, None
     if args.thresholds:
+        from metabert.policy import resolve_name
+
+        name, patience, _ = resolve_name(args.policy, args.patience, model.config.exit_policy)
         logits = all_exit_logits(model, encoded, args.batch_size, args.progress)
         sweep = sweep_policies(logits, args.thresholds, name, patience)
     else:
-        given = policy_from_args(args, stored)
-        policy = given or (model.resolve_policy() if stored else None)
+        resolved = resolve_policy(args, model.config.exit_policy, warn=False)
+        policy = None if resolved.default else resolved.policy  # uncalibrated: the per-exit scores say it all
     report = evaluate(model, encoded, spec.metric, policy=policy, sweep=sweep, batch_size=args.batch_size,
                       progress=args.progress, logits=logits)
     report = {"task": task, "split": args.split, "data": dataset.source, "checkpoint": args.checkpoint, **report}
     if policy is not None:
-        report["policy_source"] = ("given on the command line" if given is not None else
-                                   "calibrated, stored in the checkpoint: " + stored.get("chosen_on", "?"))
+        report["policy_source"] = resolved.source
     print(format_report(report))
     stem = Path(args.output).with_suffix("") if args.output else Path(f"{task}_sweep")
     if args.output:

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from metabert.data import DataError
-from metabert.commands.common import add_policy_options, policy_from_args
+from metabert.commands.common import add_policy_options, resolve_policy
 from metabert.modeling import MultiExitBert
 from metabert.predict import predict_stream, read_rows
 
@@ -30,7 +30,8 @@ def add_parser(sub, name):
 
 def run(args) -> int:
     model = MultiExitBert.from_pretrained(args.checkpoint)
-    policy = policy_from_args(args, model.config.exit_policy) or model.resolve_policy()
+    resolved = resolve_policy(args, model.config.exit_policy)
+    policy = resolved.policy
     if args.text_columns:
         columns = [c.strip() for c in args.text_columns.split(",") if c.strip()]
     else:
@@ -54,5 +55,5 @@ def run(args) -> int:
     lines = counts["skipped_lines"]
     print(f"{counts['predicted']} rows predicted, {counts['skipped']} skipped"
           + (f" (lines {', '.join(map(str, lines[:20]))}{' ...' if len(lines) > 20 else ''})" if lines else "")
-          + f"; exit policy {policy.describe()}", file=sys.stderr)
+          + f"; exit policy {policy.describe()} ({resolved.source})", file=sys.stderr)
     return 0

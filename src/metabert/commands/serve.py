@@ -5,7 +5,7 @@ GET /metrics (Prometheus); GET /docs and /openapi.json."""
 
 from __future__ import annotations
 
-from metabert.commands.common import add_policy_options, policy_from_args
+from metabert.commands.common import add_policy_options
 
 
 def add_parser(sub, name):
@@ -25,8 +25,7 @@ def add_parser(sub, name):
 def run(args) -> int:
     from metabert.server import ServerConfig, serve
 
-    policy = policy_from_args(args, {})
     config = ServerConfig(max_items=args.max_items, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                           max_seq_length=args.max_seq_length)
-    serve(args.checkpoint, args.host, args.port, policy, config, args.threads)
+    serve(args.checkpoint, args.host, args.port, args.policy, args.threshold, args.patience, config, args.threads)
     return 0

@@ -1,0 +1,115 @@
+"""Which exit policy answers: the one resolver every command and the server use.
+
+Precedence, field by field (name, threshold γ, patience t):
+
+1. a command-line flag (``--policy``, ``--threshold``, ``--patience``) or a policy object given in
+   code;
+2. a request field (the server's per-request ``threshold``), where the command line left it open;
+3. the checkpoint's calibrated policy for the runner in use (``metabert calibrate --runner R``
+   stores one per runner; a runner without its own falls back to the eager one);
+4. the documented default: **no early exit** (entropy at γ = 0: every sample reaches the last exit,
+   the full model's answers), with a warning that the checkpoint was never calibrated.
+
+A stored threshold belongs to the stored policy: naming another policy without its threshold is an
+error that says which flag to add. Patience defaults to 2 where the stored policy gives none.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from metabert.exits import POLICIES, ExitPolicy, get_policy
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PATIENCE = 2
+DEFAULT_RUNNER = "eager"
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The policy that answers and where each of its settings came from."""
+
+    policy: ExitPolicy
+    source: str  # one line for reports and logs
+    calibrated: bool  # a stored calibrated policy is in use (possibly with overridden fields)
+    default: bool = False  # nothing named a policy: the full model
+
+
+def stored_policy(stored: dict | None, runner: str | None = None) -> dict:
+    """The calibrated record for ``runner`` from a checkpoint's ``exit_policy`` field: either one
+    record (``{"name": ..., "threshold": ...}``, as written before per-runner calibration) or
+    ``{"runners": {runner: record, ...}}``. Falls back to the eager runner's record, then {}."""
+    stored = stored or {}
+    if "runners" not in stored:
+        return dict(stored)
+    runners = stored["runners"]
+    return dict(runners.get(runner or DEFAULT_RUNNER) or runners.get(DEFAULT_RUNNER) or {})
+
+
+def resolve_name(name: str | None, patience: int | None, stored: dict | None = None,
+                 runner: str | None = None) -> tuple[str, int, dict]:
+    """The policy name and patience t by the same precedence (for a sweep or a calibration, which
+    choose the threshold themselves), and the stored record they came from, if any."""
+    if name is not None and name not in POLICIES:
+        raise ValueError(f"unknown exit policy {name!r}; choose one of: {', '.join(POLICIES)}")
+    record = stored_policy(stored, runner)
+    chosen = name or record.get("name") or "entropy"
+    same = record.get("name") == chosen
+    t = patience if patience is not None else (record.get("patience") if same else None)
+    return chosen, t or DEFAULT_PATIENCE, record if same else {}
+
+
+def resolve(
+    policy: ExitPolicy | None = None,
+    name: str | None = None,
+    threshold: float | None = None,
+    patience: int | None = None,
+    request_threshold: float | None = None,
+    stored: dict | None = None,
+    runner: str | None = None,
+    warn: bool = True,
+) -> Resolved:
+    """The exit policy by the precedence in the module docstring. ``policy``/``name``/``threshold``/
+    ``patience``: level 1 (code or command line); ``request_threshold``: level 2; ``stored``: the
+    checkpoint's ``exit_policy`` field (level 3), read for ``runner``."""
+    if request_threshold is not None and (threshold is not None or policy is not None):
+        pinned = policy.threshold if policy is not None else threshold
+        raise ValueError(f"threshold {request_threshold}: this server's threshold is fixed at {pinned:g} "
+                         "by its command line (--threshold)")
+    if policy is not None:
+        if name is not None or threshold is not None or patience is not None:
+            raise ValueError("give a policy object or name/threshold/patience, not both")
+        return Resolved(policy, "given", calibrated=False)
+    if name is not None and name not in POLICIES:
+        raise ValueError(f"unknown exit policy {name!r}; choose one of: {', '.join(POLICIES)}")
+    record = stored_policy(stored, runner)
+    chosen = name or record.get("name")
+    same = bool(record) and record.get("name") == chosen
+    gamma = threshold if threshold is not None else request_threshold
+    if gamma is None and same:
+        gamma = record.get("threshold")
+    t = patience if patience is not None else (record.get("patience") if same else None)
+    if chosen is None:
+        if gamma is None and t is None:
+            if warn:
+                log.warning("the checkpoint holds no calibrated exit policy: running the full model "
+                            "(run `metabert calibrate`, or pass --threshold)")
+            return Resolved(get_policy("entropy", 0.0, DEFAULT_PATIENCE),
+                            "default: no calibrated policy, the full model (every sample at the last exit)",
+                            calibrated=False, default=True)
+        chosen = "entropy"
+    resolved = get_policy(chosen, gamma, t or DEFAULT_PATIENCE)
+    if gamma is None and resolved.parameter == "threshold":
+        raise ValueError(f"--policy {chosen} needs --threshold (the checkpoint holds no calibrated {chosen} threshold)")
+    given = [f for f, v in (("policy", name), ("threshold", threshold), ("patience", patience)) if v is not None]
+    parts = []
+    if given:
+        parts.append("--" + ", --".join(given) + " from the command line")
+    if request_threshold is not None:
+        parts.append("threshold from the request")
+    if same:
+        parts.append("calibrated, stored in the checkpoint" + (f" for {runner}" if runner else "")
+                     + (f": {record['chosen_on']}" if record.get("chosen_on") else ""))
+    return Resolved(resolved, "; ".join(parts) or "given", calibrated=same)
