@@ -16,6 +16,37 @@ from metabert import metrics
 from metabert.evaluation import candidate_policies, simulate
 
 
+def evaluation_set(model, task: str | None = None, split: str = "dev", data_dir: str | None = None,
+                   file: str | None = None) -> tuple[str, data_mod.TaskSpec, data_mod.Dataset]:
+    """The set to evaluate a checkpoint on: ``split`` of the task it was trained on (or of ``task``);
+    ``--task custom`` reads ``file`` with the checkpoint's columns and labels. (task, spec, dataset)."""
+    stored = model.config.task
+    task = task or stored.get("name")
+    if not task:
+        raise ValueError("the checkpoint records no task; pass --task")
+    if task == "custom":
+        if not file:
+            raise ValueError("--task custom needs --dev-file")
+        if stored.get("name") != "custom":
+            raise ValueError("--task custom needs a checkpoint trained with --task custom (it holds the columns)")
+        spec = data_mod.for_file(data_mod.spec_from_dict(stored), file)
+        return task, spec, data_mod.read_file(Path(file), spec, model.config.label_names)
+    spec = data_mod.get_task(task)
+    if tuple(spec.labels) != tuple(model.config.label_names):
+        raise ValueError(f"checkpoint labels {list(model.config.label_names)} do not match task {task} "
+                         f"labels {list(spec.labels)}")
+    return task, spec, data_mod.load_glue(task, split, data_dir)
+
+
+def data_name(source: str, task: str | None) -> str:
+    """A data file as results and docs name it: relative to the data folder for a GLUE task
+    (``SST-2/train.tsv``), else its file name; never a path of the machine that read it."""
+    path = Path(source)
+    if task and task != "custom":
+        return f"{path.parent.name}/{path.name}"
+    return path.name
+
+
 def calibration_set(model, data_dir: str | None = None, file: str | None = None) -> tuple[data_mod.Dataset, str]:
     """The calibration data and a sentence saying what it is."""
     spec = data_mod.spec_from_dict(model.config.task) if model.config.task else None
@@ -25,7 +56,7 @@ def calibration_set(model, data_dir: str | None = None, file: str | None = None)
         if spec.name == "custom":
             spec = data_mod.for_file(spec, file)
         dataset = data_mod.read_file(Path(file), spec, model.config.label_names)
-        return dataset, f"{file} ({len(dataset)} examples, given with --calibration-data)"
+        return dataset, f"{Path(file).name} ({len(dataset)} examples, given with --calibration-data)"
     record = model.config.calibration
     if not record or not record.get("count"):
         raise ValueError("the checkpoint holds no calibration slice (trained with --calibration-fraction 0); "
@@ -38,7 +69,7 @@ def calibration_set(model, data_dir: str | None = None, file: str | None = None)
     if len(held) != record["count"]:
         raise ValueError(f"the calibration slice of {full.source} has {len(held)} examples but the checkpoint "
                          f"recorded {record['count']}: is it the same training file?")
-    what = (f"the held-out {record['fraction']:.0%} of {full.source} (seed {record['seed']}, {len(held)} examples, "
+    what = (f"the held-out {record['fraction']:.0%} of {data_name(full.source, spec.name)} (seed {record['seed']}, {len(held)} examples, "
             "never trained on)")
     return held, what
 

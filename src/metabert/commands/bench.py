@@ -15,7 +15,7 @@ from metabert.batching import encode
 from metabert.bench import format_table, run_bench, speedups, time_tokenizer, variants
 from metabert.calibration import calibration_set, choose
 from metabert.commands.common import add_data_options, add_policy_options, resolve_policy
-from metabert.commands.evaluate import load_data
+from metabert.calibration import evaluation_set
 from metabert.evaluation import all_exit_logits
 from metabert.modeling import MultiExitBert
 from metabert.report import hardware
@@ -62,7 +62,7 @@ def pick_policy(model: MultiExitBert, args):
 def run(args) -> int:
     torch.set_num_threads(args.threads)
     model = MultiExitBert.from_pretrained(args.checkpoint).eval()
-    task, spec, dataset = load_data(model, args)
+    task, spec, dataset = evaluation_set(model, args.task, args.split, args.data_dir, args.dev_file)
     if args.max_examples:
         dataset = data_mod.Dataset(dataset.examples[: args.max_examples], dataset.label_names, dataset.source)
     policy, source = pick_policy(model, args)

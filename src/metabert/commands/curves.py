@@ -11,7 +11,7 @@ import torch
 from metabert import data as data_mod
 from metabert.batching import encode
 from metabert.commands.common import add_data_options
-from metabert.commands.evaluate import load_data
+from metabert.calibration import evaluation_set
 from metabert.curves import at_speedup, measured_speedups, plot_curves, policy_curves
 from metabert.evaluation import all_exit_logits, candidate_policies
 from metabert.exits import POLICIES
@@ -35,7 +35,7 @@ def add_parser(sub, name):
 
 def run(args) -> int:
     model = MultiExitBert.from_pretrained(args.checkpoint).eval()
-    task, spec, dataset = load_data(model, args)
+    task, spec, dataset = evaluation_set(model, args.task, args.split, args.data_dir, args.dev_file)
     names = [n.strip() for n in args.policies.split(",") if n.strip()]
     for n in names:
         if n not in POLICIES:

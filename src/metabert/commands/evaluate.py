@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from metabert import data as data_mod
 from metabert.batching import encode
 from metabert.commands.common import add_data_options, add_policy_options, float_list, resolve_policy
 from metabert.evaluation import all_exit_logits, evaluate, format_report, plot_report, sweep_policies, write_sweep_csv
+from metabert.calibration import data_name, evaluation_set
 from metabert.modeling import MultiExitBert
 
 
@@ -26,33 +26,11 @@ def add_parser(sub, name):
     p.set_defaults(run=run)
 
 
-def load_data(model: MultiExitBert, args):
-    """The evaluation set: the task the checkpoint was trained on unless --task says otherwise."""
-    stored = model.config.task
-    task = args.task or stored.get("name")
-    if not task:
-        raise ValueError("the checkpoint records no task; pass --task")
-    if task == "custom":
-        if not args.dev_file:
-            raise ValueError("--task custom needs --dev-file")
-        if stored.get("name") != "custom":
-            raise ValueError("--task custom needs a checkpoint trained with --task custom (it holds the columns)")
-        spec = data_mod.for_file(data_mod.spec_from_dict(stored), args.dev_file)
-        dataset = data_mod.read_file(Path(args.dev_file), spec, model.config.label_names)
-    else:
-        spec = data_mod.get_task(task)
-        if tuple(spec.labels) != tuple(model.config.label_names):
-            raise ValueError(f"checkpoint labels {list(model.config.label_names)} do not match task {task} "
-                             f"labels {list(spec.labels)}")
-        dataset = data_mod.load_glue(task, args.split, args.data_dir)
-    return task, spec, dataset
-
-
 def run(args) -> int:
     if args.threshold is not None and args.thresholds:
         raise ValueError("give --threshold (one timed run) or --thresholds (a sweep), not both")
     model = MultiExitBert.from_pretrained(args.checkpoint)
-    task, spec, dataset = load_data(model, args)
+    task, spec, dataset = evaluation_set(model, args.task, args.split, args.data_dir, args.dev_file)
     encoded = encode(dataset, model.tokenizer, args.max_seq_length)
     policy, sweep, logits, resolved = None, None, None, None
     if args.thresholds:
@@ -66,7 +44,7 @@ def run(args) -> int:
         policy = None if resolved.default else resolved.policy  # uncalibrated: the per-exit scores say it all
     report = evaluate(model, encoded, spec.metric, policy=policy, sweep=sweep, batch_size=args.batch_size,
                       progress=args.progress, logits=logits)
-    report = {"task": task, "split": args.split, "data": dataset.source, "checkpoint": args.checkpoint, **report}
+    report = {"task": task, "split": args.split, "data": data_name(dataset.source, task), "checkpoint": args.checkpoint, **report}
     if policy is not None:
         report["policy_source"] = resolved.source
     print(format_report(report))
