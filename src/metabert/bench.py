@@ -15,13 +15,12 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
+
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
-from metabert import metrics
+from metabert import engine, metrics
 from metabert.batching import Encoded, collate, model_inputs
-from metabert import engine
 from metabert.engine import ExitResult
 from metabert.exits import ExitPolicy
 from metabert.modeling import MultiExitBert
@@ -60,10 +59,11 @@ class Variant:
 
     runner: object  # a metabert.engine.Runner
     policy: ExitPolicy | None  # None: the full model
+    suffix: str = ""  # tells apart several early variants of one runner
 
     @property
     def name(self) -> str:
-        return f"{self.runner.name}_{'full' if self.policy is None else 'early'}"
+        return f"{self.runner.name}_{'full' if self.policy is None else 'early'}{self.suffix}"
 
     def run(self, inputs: dict) -> ExitResult:
         return engine.run_full(self.runner, inputs) if self.policy is None else engine.run(self.runner, inputs, self.policy)
@@ -98,6 +98,29 @@ def backends(variants: list[Variant]) -> list[list[Variant]]:
     return list(groups.values())
 
 
+def batch1_latencies(group: list[Variant], singles: list[dict], repeats: int, warmup: int,
+                     bar=None) -> tuple[dict[str, np.ndarray], dict[str, list[ExitResult]]]:
+    """The one batch-1 timing loop: after ``warmup`` examples, ``repeats`` rounds in which every
+    example is run by each variant in turn (the order rotating between rounds, so that all see the
+    same machine conditions). Returns seconds (repeats, N) and the last round's results per variant."""
+    for v in group:
+        for inputs in singles[:warmup]:
+            v.run(inputs)
+    times = {v.name: np.zeros((repeats, len(singles))) for v in group}
+    outputs = {v.name: [None] * len(singles) for v in group}
+    for r in range(repeats):
+        order = group[r % len(group):] + group[: r % len(group)]
+        for i, inputs in enumerate(singles):
+            for v in order:
+                start = time.perf_counter()
+                out = v.run(inputs)
+                times[v.name][r, i] = time.perf_counter() - start
+                outputs[v.name][i] = out
+            if bar is not None:
+                bar.update(len(order))
+    return times, outputs
+
+
 def run_bench(model: MultiExitBert, data: Encoded, metric: str, variants: list[Variant], repeats: int = 5,
               warmup: int = 20, batch_size: int = 32, progress: bool = True) -> dict:
     """Latency at batch 1 and throughput at ``batch_size`` of every variant (see module docstring)."""
@@ -107,26 +130,16 @@ def run_bench(model: MultiExitBert, data: Encoded, metric: str, variants: list[V
         for inputs in singles[:warmup]:
             v.run(inputs)
     n = len(singles)
-    lat = {v.name: np.zeros((repeats, n)) for v in variants}
-    preds = {v.name: np.zeros(n, dtype=np.int64) for v in variants}
-    layers = {v.name: np.zeros(n, dtype=np.int64) for v in variants}
+    lat, preds, layers = {}, {}, {}
     through = {v.name: [] for v in variants}
     batches = [model_inputs(collate(data, list(range(s, min(s + batch_size, n))), pad)) for s in range(0, n, batch_size)]
     bar = tqdm(total=repeats * n * len(variants), desc="batch-1 latency", disable=not progress, unit="run")
     for group in backends(variants):
+        times, outputs = batch1_latencies(group, singles, repeats, warmup, bar)
         for v in group:
-            for inputs in singles[:warmup]:
-                v.run(inputs)
-        for r in range(repeats):
-            order = group[r % len(group):] + group[: r % len(group)]
-            for i, inputs in enumerate(singles):
-                for v in order:
-                    start = time.perf_counter()
-                    out = v.run(inputs)
-                    lat[v.name][r, i] = time.perf_counter() - start
-                    preds[v.name][i] = int(out.predictions[0])
-                    layers[v.name][i] = int(out.exit_layer[0])
-                bar.update(len(order))
+            lat[v.name] = times[v.name]
+            preds[v.name] = np.array([int(o.predictions[0]) for o in outputs[v.name]])
+            layers[v.name] = np.array([int(o.exit_layer[0]) for o in outputs[v.name]])
         for v in group:
             v.run(batches[0])
         for r in range(repeats):

@@ -4,43 +4,30 @@ candidate setting (from one pass that records every exit) and measured batch-1 w
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from metabert.batching import Encoded, collate, model_inputs
+from metabert.bench import Variant, batch1_latencies
 from metabert.evaluation import _pyplot, candidate_policies, simulate
 from metabert.exits import ExitPolicy
-from metabert import engine
 from metabert.modeling import EagerRunner, MultiExitBert
 
 
 def measured_speedups(model: MultiExitBert, data: Encoded, policies: list[ExitPolicy], repeats: int = 2,
                       progress: bool = True) -> list[float]:
-    """Batch-1 wall-clock speed-up of each policy against the full model: ratio of total latencies,
-    each example timed ``repeats`` times (median) with the full model run right beside it."""
+    """Batch-1 wall-clock speed-up of each policy against the full model (eager): ratio of total
+    latencies, each example timed ``repeats`` times (median), all variants interleaved
+    (``metabert.bench.batch1_latencies``)."""
     pad = model.tokenizer.pad_token_id
     singles = [model_inputs(collate(data, [i], pad)) for i in range(len(data))]
-    for inputs in singles[:10]:
-        with torch.inference_mode():
-            model.full_logits(**inputs)
     runner = EagerRunner(model)
-    out = []
-    for policy in tqdm(policies, desc="timing", disable=not progress):
-        full_t, early_t = np.zeros((repeats, len(singles))), np.zeros((repeats, len(singles)))
-        for r in range(repeats):
-            for i, inputs in enumerate(singles):
-                start = time.perf_counter()
-                with torch.inference_mode():
-                    model.full_logits(**inputs)
-                mid = time.perf_counter()
-                engine.run(runner, inputs, policy)
-                end = time.perf_counter()
-                full_t[r, i], early_t[r, i] = mid - start, end - mid
-        out.append(float(np.median(full_t, 0).sum() / np.median(early_t, 0).sum()))
-    return out
+    group = [Variant(runner, None)] + [Variant(runner, p, suffix=f"_{k}") for k, p in enumerate(policies)]
+    bar = tqdm(total=repeats * len(singles) * len(group), desc="timing", disable=not progress, unit="run")
+    times, _ = batch1_latencies(group, singles, repeats, warmup=10, bar=bar)
+    bar.close()
+    full = np.median(times[group[0].name], 0).sum()
+    return [float(full / np.median(times[v.name], 0).sum()) for v in group[1:]]
 
 
 def policy_curves(model, logits, labels, metric, names: list[str], patience: int = 2, count: int = 16) -> dict:
