@@ -14,7 +14,7 @@ from metabert import data as data_mod
 from metabert.batching import encode
 from metabert.bench import format_table, run_bench, speedups, time_tokenizer, variants
 from metabert.calibration import calibration_set, choose
-from metabert.commands.common import add_data_options, add_policy_options, resolve_policy
+from metabert.commands.common import add_data_options, add_policy_options, add_progress_option, resolve_policy
 from metabert.calibration import evaluation_set
 from metabert.evaluation import all_exit_logits
 from metabert.modeling import MultiExitBert
@@ -39,7 +39,7 @@ def add_parser(sub, name):
     p.add_argument("--no-onnx", action="store_true", help="eager PyTorch only")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="threads for PyTorch and ORT")
     p.add_argument("--output", help="JSON file for the results")
-    p.add_argument("--no-progress", action="store_true")
+    add_progress_option(p)
     p.set_defaults(run=run)
 
 
@@ -80,7 +80,7 @@ def run(args) -> int:
             raise ValueError(f"{folder}: ONNX graphs differ from the checkpoint by {diff:.2e}; export again")
         runners.append(runtime)
     results = run_bench(model, encoded, spec.metric, variants(runners, policy), args.repeats, args.warmup, args.batch_size,
-                        progress=not args.no_progress)
+                        progress=args.progress)
     ratios = speedups(results, args.batch_size)
     texts = [(e.text, e.text_pair) for e in dataset.examples]
     report = {

@@ -8,6 +8,7 @@ import json
 from metabert import data as data_mod
 from metabert.batching import encode
 from metabert.calibration import calibration_set, choose
+from metabert.commands.common import add_inference_options
 from metabert.evaluation import all_exit_logits
 from metabert.exits import POLICIES, policy_to_dict
 from metabert.modeling import MultiExitBert
@@ -25,8 +26,7 @@ def add_parser(sub, name):
     p.add_argument("--patience", type=int, help="t for patience-entropy (patience itself is tuned; default 2)")
     p.add_argument("--calibration-data", help="file to calibrate on (default: the slice held out at training)")
     p.add_argument("--data-dir", help="GLUE folder, if it moved since training")
-    p.add_argument("--max-seq-length", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=64)
+    add_inference_options(p)
     p.add_argument("--dry-run", action="store_true", help="print the choice without storing it")
     p.set_defaults(run=run)
 
@@ -38,7 +38,7 @@ def run(args) -> int:
         raise ValueError(f"the checkpoint was trained on {stored_task}, not {args.task}")
     dataset, what = calibration_set(model, args.data_dir, args.calibration_data)
     encoded = encode(dataset, model.tokenizer, args.max_seq_length)
-    logits = all_exit_logits(model, encoded, args.batch_size)
+    logits = all_exit_logits(model, encoded, args.batch_size, args.progress)
     metric = data_mod.spec_from_dict(model.config.task).metric
     name, patience, _ = resolve_name(args.policy, args.patience, model.config.exit_policy)
     choice = choose(logits, encoded.labels, metric, name, patience,

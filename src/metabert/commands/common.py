@@ -15,6 +15,24 @@ def add_data_options(parser: argparse.ArgumentParser, task_required: bool = True
     parser.add_argument("--max-seq-length", type=int, default=128, help="tokens per example (longer ones truncated)")
 
 
+INFERENCE_BATCH_SIZE = 64  # examples per model call for evaluation, calibration and prediction
+
+
+def add_progress_option(parser: argparse.ArgumentParser) -> None:
+    """``--progress/--no-progress`` (on by default; bars go to stderr)."""
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                        help="progress bars on stderr")
+
+
+def add_inference_options(parser: argparse.ArgumentParser) -> None:
+    """Batch size and sequence length of inference work, with one default each."""
+    if not any(a.dest == "max_seq_length" for a in parser._actions):
+        parser.add_argument("--max-seq-length", type=int, default=128, help="tokens per example (longer ones truncated)")
+    parser.add_argument("--batch-size", type=int, default=INFERENCE_BATCH_SIZE,
+                        help=f"examples per model call (default {INFERENCE_BATCH_SIZE})")
+    add_progress_option(parser)
+
+
 def float_list(text: str) -> list[float] | str:
     """Comma-separated numbers, or ``auto`` (thresholds spread over the exits' own entropies)."""
     if text.strip() == "auto":

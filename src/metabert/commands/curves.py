@@ -10,7 +10,7 @@ import torch
 
 from metabert import data as data_mod
 from metabert.batching import encode
-from metabert.commands.common import add_data_options
+from metabert.commands.common import add_data_options, add_progress_option
 from metabert.calibration import evaluation_set
 from metabert.curves import at_speedup, measured_speedups, plot_curves, policy_curves
 from metabert.evaluation import all_exit_logits, candidate_policies
@@ -29,7 +29,7 @@ def add_parser(sub, name):
     p.add_argument("--measure-points", type=int, default=5, help="settings per policy to time (0: none)")
     p.add_argument("--measure-examples", type=int, default=200, help="examples to time them on")
     p.add_argument("--output", required=True, help="JSON file; the PNG is written beside it")
-    p.add_argument("--no-progress", action="store_true")
+    add_progress_option(p)
     p.set_defaults(run=run)
 
 
@@ -57,7 +57,7 @@ def run(args) -> int:
             rows = [curves[n][i] for i in picks]
             measured[n] = {"settings": [c.describe() for c in chosen], "score": [r["score"] for r in rows],
                            "layer_speedup": [r["layer_speedup"] for r in rows],
-                           "speedup": measured_speedups(model, sub_enc, chosen, progress=not args.no_progress)}
+                           "speedup": measured_speedups(model, sub_enc, chosen, progress=args.progress)}
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     report = {"task": task, "split": args.split, "metric": spec.metric, "torch_threads": torch.get_num_threads(),

@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 
 from metabert.batching import encode
-from metabert.commands.common import add_data_options, add_policy_options, float_list, resolve_policy
+from metabert.commands.common import (
+    add_data_options, add_inference_options, add_policy_options, float_list, resolve_policy,
+)
 from metabert.evaluation import all_exit_logits, evaluate, format_report, plot_report, sweep_policies, write_sweep_csv
 from metabert.calibration import data_name, evaluation_set
 from metabert.modeling import MultiExitBert
@@ -21,8 +23,7 @@ def add_parser(sub, name):
     p.add_argument("--thresholds", type=float_list, help="comma-separated thresholds to sweep, or auto (spread over the entropies seen)")
     p.add_argument("--output", help="write the report as JSON here (a sweep also writes .csv and .png beside it)")
     p.add_argument("--plot", help="PNG path for the plot (default: beside --output, or <task>_sweep.png)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--progress", action="store_true", help="progress bar")
+    add_inference_options(p)
     p.set_defaults(run=run)
 
 
