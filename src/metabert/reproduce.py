@@ -10,6 +10,7 @@ cut short mid-training also resumes from its last saved state instead of startin
 from __future__ import annotations
 
 import datetime
+from importlib import resources
 import json
 import logging
 import statistics
@@ -27,22 +28,11 @@ from metabert.training import RESUME_FREE, TrainConfig, read_log, state_file, tr
 
 log = logging.getLogger(__name__)
 
-# The paper's tables (BERT-base, 12 layers, GLUE dev as the paper reports them), printed under ours.
-def _paper_rows(tasks: str, rows: dict[str, list[float]]) -> dict[str, dict[str, float]]:
-    return {name: dict(zip(tasks.split(), values)) for name, values in rows.items()}
-
-
-PAPER_TABLES = {
-    "table2": ("Table II", _paper_rows("cola rte mrpc sst2", {
-        "BERT-base": [54.7, 67.1, 88.2, 91.5], "joint": [55.5, 65.3, 89.4, 90.8],
-        "two-stage": [56.5, 67.8, 91.5, 92.7], "alternating": [55.7, 68.2, 91.3, 91.8],
-        "meta": [58.1, 70.8, 91.7, 93.5]})),
-    # Table I gives no speed-up for its dynamic rows
-    "table1": ("Table I", _paper_rows("qqp mnli qnli sst2 mrpc rte cola", {
-        "BERT-base": [88.7, 83.5, 86.8, 91.5, 88.2, 67.1, 54.7], "BERT-6L": [84.8, 77.1, 80.2, 88.6, 83.9, 60.3, 36.4],
-        "DeeBERT": [87.3, 81.2, 82.5, 90.0, 85.8, 63.9, 43.4], "PABEE": [87.5, 81.5, 83.1, 90.5, 86.2, 64.5, 45.2],
-        "FastBERT": [88.1, 82.1, 83.6, 90.8, 86.7, 64.9, 48.6], "MetaBERT": [90.1, 85.6, 92.3, 93.5, 91.7, 70.8, 58.1]})),
-}
+def paper_tables() -> dict[str, tuple[str, dict[str, dict[str, float]]]]:
+    """The paper's own Table I and II figures (``paper_tables.json``, shipped with the package),
+    printed under ours: {table: (title, {row: {task: score}})}."""
+    data = json.loads(resources.files("metabert").joinpath("paper_tables.json").read_text())
+    return {key: (table["title"], table["rows"]) for key, table in data["tables"].items()}
 
 
 def split_row(overrides: dict | None) -> tuple[dict, str]:
@@ -324,8 +314,9 @@ def render(table: dict, tasks: list[str], speedups: list[float], command: str, v
     if pair_diffs:
         out += render_paired(pair_diffs, tasks, speedups, "Pairs asked for (--pair), seed by seed",
                              "Each line is a row minus its reference on the same seed.")
-    if paper in PAPER_TABLES:
-        name, rows = PAPER_TABLES[paper]
+    tables = paper_tables()
+    if paper in tables:
+        name, rows = tables[paper]
         out += [f"## The paper's {name} (BERT-base, 12 layers; not comparable in absolute terms)", "",
                 "| method | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
         for method, row in rows.items():
