@@ -22,61 +22,75 @@ from metabert import data as data_mod
 from metabert import distributed
 from metabert.batching import encode, iterate, train_batches
 from metabert.evaluation import all_exit_logits, per_exit_scores
+from metabert.meta import ADAPT, OPTIMIZERS, SCHEDULES
+from metabert.meta import TASKS as META_TASKS
 from metabert.methods import METHODS, get_method
-from metabert.modeling import HEAD_INITS, POOLINGS, MultiExitBert
+from metabert.modeling import HEAD_INITS, HEADS, POOLINGS, MultiExitBert
+from metabert.options import option
 
 log = logging.getLogger(__name__)
 
 SELECT_BY = ("last", "mean")
+META_ORDERS = ("first", "second")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Options of ``metabert train`` (each is a command-line flag of the same name)."""
+    """Options of ``metabert train``: each is a command-line flag of the same name, documented here
+    once (``metabert.options`` turns the fields into the command's options)."""
 
     task: str
-    output: str
-    model: str = "minilm-l6"
-    method: str = "joint"
+    output: str = option(help="output folder")
+    model: str = option("minilm-l6", help="minilm-l6 (default), tiny, a local folder or a hub name")
+    method: str = option("joint", help="training method", choices=sorted(METHODS))
     data_dir: str | None = None
-    train_file: str | None = None  # --task custom
+    train_file: str | None = option(None, help="--task custom: training file (TSV, CSV or JSONL)")
     dev_file: str | None = None  # --task custom
-    text_columns: tuple[str, ...] = ()
-    label_column: str | None = None
+    text_columns: tuple[str, ...] = option((), help="--task custom: one or two comma-separated text columns")
+    label_column: str | None = option(None, help="--task custom: label column")
     epochs: int = 3
     batch_size: int = 32
-    learning_rate: float = 5e-5
+    learning_rate: float = option(5e-5, flags=("--learning-rate", "--lr"))
     weight_decay: float = 0.01
-    warmup: float = 0.1
+    warmup: float = option(0.1, help="fraction of steps for linear warm-up")
     max_seq_length: int = 128
-    max_train_samples: int | None = None
-    calibration_fraction: float = 0.05
+    max_train_samples: int | None = option(None, help="train on a seeded random subset of this size")
+    calibration_fraction: float = option(
+        0.05, help="seeded slice of the training file held out for threshold calibration")
     seed: int = 42
-    grad_clip: float = 1.0
-    pooling: str = "mean"
-    dropout: float = 0.1
+    grad_clip: float = option(1.0, help="max gradient norm (0: off)")
+    pooling: str = option("mean", help="how each exit reads its layer", choices=POOLINGS)
+    dropout: float = option(0.1, help="dropout in the exit heads")
     eval_batch_size: int = 64
-    select_by: str = "last"
-    save_every: int = 0  # steps between resumable training-state saves (0: never)
-    backbone_dropout: float | None = None  # replaces the encoder's dropout when set
-    num_layers: int | None = None  # keep only the first k layers (static BERT-kL)
-    head: str = "pooler"  # exit classifier: pooler (dense+tanh+linear) or linear
-    head_init: str = "random"  # exit dense layers: random, or copied from the backbone's pretrained pooler
-    bucket_pool: int = 50  # batches per length-sorted pool; 1 = random batches (no length bucketing)
+    select_by: str = option("last", help="keep the epoch with the best last exit, or best mean over exits",
+                            choices=SELECT_BY)
+    save_every: int = option(0, help="save the resumable training state every N steps (and after each epoch)")
+    backbone_dropout: float | None = option(None, help="replace the encoder's dropout (default: its own)")
+    num_layers: int | None = option(None, help="keep only the first k layers (static BERT-kL baseline)")
+    head: str = option("pooler", help="exit classifier: pooler (DeeBERT) or linear", choices=HEADS)
+    head_init: str = option("random", help="exit dense layers: random, or the backbone's pretrained pooler (DeeBERT)",
+                            choices=HEAD_INITS)
+    bucket_pool: int = option(
+        50, help="batches per length-sorted pool when bucketing by length (1: random batches)")
     # --method meta (see metabert.meta.MetaConfig)
-    meta_inner_lr: float = 1e-4
-    meta_lr: float = 1e-5
+    meta_inner_lr: float = option(1e-4, help="α, inner SGD step (Eq. 2); 0: the ablation without an inner step")
+    meta_lr: float = option(1e-5, help="β, meta step (Eq. 4)")
     meta_inner_steps: int = 1
-    meta_support_size: int = 16
-    meta_batch: int = 2
-    meta_order: str = "first"
-    meta_adapt: str = "all"
-    meta_task: str = "episode"
-    meta_schedule: str = "interleaved"
+    meta_support_size: int = option(16, help="K: examples per support (and query) batch")
+    meta_batch: int = option(2, help="tasks per meta-update")
+    meta_order: str = option("first", choices=META_ORDERS)
+    meta_adapt: str = option("all", help="what the inner loop adapts", choices=ADAPT)
+    meta_task: str = option("episode", choices=META_TASKS)
+    meta_schedule: str = option("interleaved", choices=SCHEDULES)
     meta_warmstart_epochs: int = 1
-    meta_optimizer: str = "sgd"
-    meta_diagnose_every: int = 20  # steps between cosine(meta-gradient, plain query gradient) checks; 0: never
-    meta_share_gradients: bool = False
+    meta_optimizer: str = option(
+        "sgd", choices=OPTIMIZERS,
+        help="meta step: plain SGD θ - βg (Eq. 4) or Adam with rate β (MAML's meta-optimiser)")
+    meta_diagnose_every: int = option(
+        20, help="steps between checks of the meta-gradient against the plain gradient (0: never)")
+    meta_share_gradients: bool = option(
+        False, help="first order: the inner step and the Adam step share the gradients at θ "
+                    "(a meta-update costs one pass over the query rows, not two over the task rows)")
 
     def to_dict(self) -> dict:
         """The flat JSON form stored in ``train_config.json``, training states and result files."""
@@ -101,7 +115,7 @@ class TrainConfig:
     def meta_config(self):
         from metabert.meta import MetaConfig
 
-        if self.meta_order not in ("first", "second"):
+        if self.meta_order not in META_ORDERS:
             raise ValueError(f"invalid meta_order {self.meta_order!r}; choose first or second")
         return MetaConfig(inner_lr=self.meta_inner_lr, meta_lr=self.meta_lr, inner_steps=self.meta_inner_steps,
                           support_size=self.meta_support_size, meta_batch=self.meta_batch,
