@@ -17,9 +17,11 @@ from transformers import (
     XLMRobertaConfig,
 )
 
+from conftest import diversify
 from metabert.adapters import ADAPTERS, adapter_for
 from metabert.backbones import load_backbone
 from metabert.cli import main
+from metabert.exits import entropy
 from metabert.modeling import MultiExitBert
 
 SENTENCES = ["a delightful , moving film that is great fun from start to finish", "dull", "a mess , but fun",
@@ -106,14 +108,16 @@ def test_train_step_early_exit_and_round_trip(folders, family, tmp_path):
     assert model.encoder.embeddings.parameters().__next__().grad is not None
 
     model.eval()
-    with torch.no_grad():  # large heads so that exits differ across samples
-        for head in model.exits:
-            head.classifier.weight.mul_(200.0)
-    together = model.early_exit(**args, threshold=0.3)
+    diversify(model, scale=5.0)  # large random heads so that exits differ across samples
+    with torch.no_grad():  # a threshold between the samples' entropies at the first exit
+        first = entropy(model(**args)[0]).sort().values  # (B,)
+        threshold = float(first[1:3].mean())  # halfway between two samples: far from either
+    together = model.early_exit(**args, threshold=threshold)
+    assert len(set(together.exit_layer.tolist())) > 1, "every sample left at the same exit: the test shows nothing"
     for b in range(len(SENTENCES)):
         length = int(inputs["attention_mask"][b].sum())
         alone = model.early_exit(input_ids=inputs["input_ids"][b:b + 1, :length],
-                                 attention_mask=inputs["attention_mask"][b:b + 1, :length], threshold=0.3)
+                                 attention_mask=inputs["attention_mask"][b:b + 1, :length], threshold=threshold)
         assert int(alone.exit_layer[0]) == int(together.exit_layer[b])
         torch.testing.assert_close(alone.logits[0], together.logits[b], atol=1e-4, rtol=1e-4)
 
