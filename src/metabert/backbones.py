@@ -7,6 +7,8 @@
 * ``tiny``: a randomly initialised 3-layer, hidden-32 BERT that shares MiniLM's tokenizer. It is for
   smoke tests and unit tests only; its scores mean nothing.
 * anything else: a local checkpoint folder or a Hugging Face hub name, passed to ``from_pretrained``.
+  Its ``config.model_type`` must be one of ``metabert.adapters.ADAPTERS`` (BERT, RoBERTa,
+  XLM-RoBERTa, ELECTRA, DistilBERT, DeBERTa-v2/v3, ModernBERT).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from metabert.adapters import adapter_for
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, PreTrainedModel
 
 log = logging.getLogger(__name__)
@@ -25,7 +28,7 @@ ALIASES = ("minilm-l6", "tiny")
 
 @dataclass
 class Backbone:
-    encoder: PreTrainedModel  # a BERT-family model exposing .embeddings and .encoder.layer
+    encoder: PreTrainedModel  # an encoder of a family in metabert.adapters.ADAPTERS
     tokenizer: object
     source: str  # what the user asked for, stored in checkpoints
     pooler: torch.nn.Linear | None = None  # the checkpoint's pooler dense layer, to initialise exit heads
@@ -82,9 +85,10 @@ def load_backbone(name: str, seed: int = 0, dropout: float | None = None) -> Bac
         if not local.exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
             raise FileNotFoundError(f"--model {name}: no such folder (aliases: {', '.join(ALIASES)})")
         tokenizer = AutoTokenizer.from_pretrained(name)
+        check_layout(AutoConfig.from_pretrained(name), name)  # before loading weights
         encoder = AutoModel.from_pretrained(name, **overrides)
     pooler = _detach_pooler(encoder)
-    check_layout(encoder, name)
+    check_layout(encoder.config, name)
     return Backbone(encoder=encoder, tokenizer=tokenizer, source=name, pooler=pooler)
 
 
@@ -101,17 +105,13 @@ def encoder_from_config(config_dict: dict) -> PreTrainedModel:
     encoder = AutoModel.from_config(config)
     if getattr(encoder, "pooler", None) is not None:
         encoder.pooler = None
-    check_layout(encoder, config_dict.get("model_type", "?"))
+    check_layout(encoder.config, config_dict.get("model_type", "?"))
     return encoder
 
 
-def check_layout(encoder: torch.nn.Module, name: str) -> None:
-    """We run the layers ourselves, so the model must look like BERT: embeddings + encoder.layer."""
-    ok = hasattr(encoder, "embeddings") and hasattr(getattr(encoder, "encoder", None), "layer")
-    if not ok:
-        raise ValueError(
-            f"--model {name}: {type(encoder).__name__} is not BERT-shaped (needs .embeddings and "
-            ".encoder.layer, as BERT, RoBERTa, MiniLM and ELECTRA have)"
-        )
-    if getattr(encoder.config, "is_decoder", False):
+def check_layout(config, name: str) -> None:
+    """We run the layers ourselves (``metabert.adapters``): the family must have an adapter, and be
+    an encoder."""
+    adapter_for(config.model_type, name)
+    if getattr(config, "is_decoder", False):
         raise ValueError(f"--model {name}: decoder models are not supported")

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from metabert.adapters import LayerInputs, adapter_for, additive_mask, truncated_config  # noqa: F401 (re-exported)
 from metabert.backbones import Backbone, encoder_from_config, load_backbone
 from metabert.exits import ExitPolicy
 
@@ -99,18 +100,13 @@ class ExitHead(nn.Module):
         return F.linear(hidden, self.classifier.weight, self.classifier.bias)
 
 
-def additive_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(B, T) 1/0 mask -> (B, 1, 1, T) additive mask: 0 where attended, dtype-min on padding."""
-    mask = attention_mask[:, None, None, :].to(dtype)
-    return (1.0 - mask) * torch.finfo(dtype).min
-
-
 class MultiExitBert(nn.Module):
     def __init__(self, config: MultiExitConfig, encoder: nn.Module, tokenizer=None):
         super().__init__()
         self.config = config
         self.encoder = encoder
         self.tokenizer = tokenizer
+        self.adapter = adapter_for(encoder.config.model_type)  # how to run this family layer by layer
         hidden = encoder.config.hidden_size
         self.exits = nn.ModuleList(
             ExitHead(hidden, config.num_labels, config.dropout, config.head) for _ in range(self.num_layers)
@@ -229,15 +225,20 @@ class MultiExitBert(nn.Module):
         """Keep only the first ``num_layers`` layers and their exits (a static BERT-kL model)."""
         if not 1 <= num_layers <= self.num_layers:
             raise ValueError(f"num_layers must be between 1 and {self.num_layers}, got {num_layers}")
-        self.encoder.encoder.layer = nn.ModuleList(list(self.encoder.encoder.layer)[:num_layers])
+        self.adapter.set_layers(self.encoder, nn.ModuleList(list(self.adapter.layers(self.encoder))[:num_layers]))
         self.exits = nn.ModuleList(list(self.exits)[:num_layers])
-        self.encoder.config.num_hidden_layers = num_layers
-        self.with_config(backbone_config={**self.config.backbone_config, "num_hidden_layers": num_layers})
+        truncated_config(self.encoder.config, num_layers)
+        stored = {"num_hidden_layers": num_layers}
+        if "layer_types" in self.config.backbone_config:
+            stored["layer_types"] = list(self.encoder.config.layer_types)
+        if "n_layers" in self.config.backbone_config:  # DistilBERT's name for it
+            stored = {"n_layers": num_layers}
+        self.with_config(backbone_config={**self.config.backbone_config, **stored})
 
     # ----------------------------------------------------------------------------- forward
     @property
     def num_layers(self) -> int:
-        return len(self.encoder.encoder.layer)
+        return len(self.adapter.layers(self.encoder))
 
     def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """(B, T, H) -> (B, H) by the configured pooling (``attention_mask`` None: no padding)."""
@@ -248,39 +249,40 @@ class MultiExitBert(nn.Module):
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
         return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
 
-    def embed(self, input_ids, token_type_ids=None) -> torch.Tensor:
-        kwargs = {"input_ids": input_ids}
-        if token_type_ids is not None:
-            kwargs["token_type_ids"] = token_type_ids
-        return self.encoder.embeddings(**kwargs)  # (B, T, H)
+    def embed(self, input_ids, token_type_ids=None, attention_mask=None) -> torch.Tensor:
+        """(B, T) ids -> (B, T, H); ``attention_mask`` for families whose embeddings read it (DeBERTa)."""
+        return self.adapter.embed(self.encoder, input_ids, token_type_ids, attention_mask)
 
     def begin(self, input_ids, attention_mask, token_type_ids=None, inference: bool = False):
         """Embeddings and what every layer needs besides the hidden state: (hidden (B, T, H),
         ``LayerInputs``). ``inference``: leave the masks out when nothing is padded (every batch-1
         request), which skips the masking work; one host sync."""
-        hidden = self.embed(input_ids, token_type_ids)
-        if inference and bool(attention_mask.all()):
-            return hidden, LayerInputs(None, None)
-        return hidden, LayerInputs(additive_mask(attention_mask, hidden.dtype), attention_mask)
+        hidden = self.embed(input_ids, token_type_ids, attention_mask)
+        return hidden, self.adapter.layer_inputs(self.encoder, hidden, attention_mask, inference)
 
     def run_layer(self, index: int, hidden: torch.Tensor, inputs: "LayerInputs") -> torch.Tensor:
         """Layer ``index`` (0-based): (B, T, H) -> (B, T, H)."""
-        return self.encoder.encoder.layer[index](hidden, attention_mask=inputs.mask)
+        return self.adapter.run_layer(self.encoder, index, hidden, inputs)
+
+    def exit_input(self, hidden: torch.Tensor) -> torch.Tensor:
+        """What exits read of a layer's output: the output itself, or through the family's final norm
+        (ModernBERT, whose layers are pre-norm)."""
+        return hidden if self.adapter.output is None else self.adapter.output(self.encoder, hidden)
 
     def exit_logits(self, index: int, hidden: torch.Tensor, inputs: "LayerInputs", train: bool = True):
         """Exit ``index`` on its layer's output: (B, T, H) -> (B, C); ``train`` False takes the head's
         dropout-free fast path."""
         head = self.exits[index]
-        pooled = self.pool(hidden, inputs.pool_mask)
+        pooled = self.pool(self.exit_input(hidden), inputs.pool_mask)
         return head(pooled) if train else head.infer(pooled)
 
     def hidden_states(self, input_ids, attention_mask, token_type_ids=None) -> list[torch.Tensor]:
-        """Every layer's output (layer 1..L), from our own layer loop."""
+        """Every layer's output (layer 1..L) as the exits read it, from our own layer loop."""
         hidden, inputs = self.begin(input_ids, attention_mask, token_type_ids)
         states = []
         for i in range(self.num_layers):
             hidden = self.run_layer(i, hidden, inputs)
-            states.append(hidden)
+            states.append(self.exit_input(hidden))
         return states
 
     def forward(self, input_ids, attention_mask, token_type_ids=None, num_layers: int | None = None):
@@ -313,20 +315,6 @@ class MultiExitBert(nn.Module):
         if token_type_ids is not None:
             inputs["token_type_ids"] = token_type_ids
         return engine.run(EagerRunner(self), inputs, chosen)
-
-
-@dataclass(frozen=True)
-class LayerInputs:
-    """What every layer needs besides the hidden state, for the rows still in the batch."""
-
-    mask: torch.Tensor | None  # the layers' attention mask, BERT: additive (B, 1, 1, T); None: no padding
-    pool_mask: torch.Tensor | None  # (B, T) 1/0 for pooling; None: no padding
-
-    def select(self, keep: torch.Tensor) -> "LayerInputs":
-        """The rows where ``keep`` (B,) is true."""
-        if self.mask is None:
-            return self
-        return LayerInputs(self.mask[keep], self.pool_mask[keep])
 
 
 class EagerRunner:
