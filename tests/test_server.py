@@ -164,3 +164,43 @@ def test_uncalibrated_checkpoint_serves_the_full_model():
     with app_client(make_tiny()) as client:
         results = client.post("/predict", json={"texts": ["good", "a bad film"]}).json()["results"]
         assert [r["exit_layer"] for r in results] == [3, 3]
+
+
+def test_a_lone_surrogate_is_replaced_and_reported(calibrated):
+    with app_client(calibrated) as client:
+        r = client.post("/predict", content='{"texts": ["bad \\ud800 film", "good"]}',
+                        headers={"content-type": "application/json"})
+        assert r.status_code == 200, r.text
+        assert [item["replaced_characters"] for item in r.json()["results"]] == [1, 0]
+
+
+def test_the_input_kind_the_model_does_not_take_is_422(calibrated):
+    with app_client(calibrated) as client:  # trained on single texts
+        r = client.post("/predict", json={"pairs": [["a premise", "a hypothesis"]]})
+        assert r.status_code == 422 and "pairs" in r.json()["error"] and "texts" in r.json()["error"]
+    pair_model = make_tiny()
+    pair_model.with_config(task={"name": "custom", "text_columns": ["a", "b"], "label_column": "y"})
+    with app_client(pair_model) as client:
+        r = client.post("/predict", json={"texts": ["a"]})
+        assert r.status_code == 422 and "pairs" in r.json()["error"]
+
+
+def test_one_failing_item_fails_only_its_request(calibrated, monkeypatch):
+    """Faults injected inside the batch: the innocent requests sharing a micro-batch still get
+    their answers (the batch is retried item by item)."""
+    from metabert.server import Batcher
+
+    real = Batcher._run
+
+    def poisoned(self, group, policy):
+        if any("poison" in item.text for item in group):
+            raise RuntimeError("injected fault")
+        return real(self, group, policy)
+
+    monkeypatch.setattr(Batcher, "_run", poisoned)
+    bodies = [{"texts": ["poison"]} if k % 4 == 0 else {"texts": [f"fine text {k}", "good"]} for k in range(16)]
+    with app_client(calibrated) as client:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda b: client.post("/predict", json=b), bodies))
+    assert [a.status_code for a in answers] == [500 if "poison" in b["texts"][0] else 200 for b in bodies]
+    assert all(len(a.json()["results"]) == 2 for a, b in zip(answers, bodies) if "poison" not in b["texts"][0])

@@ -45,6 +45,7 @@ class ItemResult(BaseModel):
     exit_layer: int
     latency_ms: float
     truncated: bool
+    replaced_characters: int = Field(0, description="lone UTF-16 surrogates replaced by U+FFFD before tokenising")
 
 
 class PredictResponse(BaseModel):
@@ -105,21 +106,31 @@ class Batcher:
                     items.append(await asyncio.wait_for(self.queue.get(), timeout))
                 except asyncio.TimeoutError:
                     break
-            groups: dict[ExitPolicy, list[_Item]] = {}
+            # only items that can share a model call are batched: same policy, same input kind
+            groups: dict[tuple[ExitPolicy, bool], list[_Item]] = {}
             for item in items:
-                groups.setdefault(item.policy, []).append(item)
-            for policy, group in groups.items():
-                try:
-                    results = await loop.run_in_executor(None, self._run, group, policy)
-                except Exception as err:  # answer the requests, keep serving
-                    log.exception("batch failed")
-                    for item in group:
-                        if not item.future.done():
-                            item.future.set_exception(err)
-                    continue
-                for item, result in zip(group, results):
-                    if not item.future.done():
-                        item.future.set_result(result)
+                groups.setdefault((item.policy, item.pair is not None), []).append(item)
+            for (policy, _), group in groups.items():
+                await self._answer(loop, group, policy)
+
+    async def _answer(self, loop, group: list[_Item], policy: ExitPolicy) -> None:
+        """Run a group; if it fails, run its items one by one, so that one item's failure fails only
+        the request it belongs to."""
+        try:
+            results = await loop.run_in_executor(None, self._run, group, policy)
+        except Exception as err:
+            if len(group) > 1:
+                log.warning("a batch of %d failed (%s); retrying item by item", len(group), err)
+                for item in group:
+                    await self._answer(loop, [item], policy)
+                return
+            log.exception("an item failed")
+            if not group[0].future.done():
+                group[0].future.set_exception(err)
+            return
+        for item, result in zip(group, results):
+            if not item.future.done():
+                item.future.set_result(result)
 
     def _run(self, group: list[_Item], policy: ExitPolicy) -> list[dict]:
         model = self.model
@@ -142,6 +153,15 @@ class Batcher:
                 "truncated": truncated[j],
             })
         return results
+
+
+def without_surrogates(text: str) -> tuple[str, int]:
+    """``text`` with lone UTF-16 surrogates (which JSON allows, as ``"\\ud800"``, but UTF-8 and the
+    tokenizer cannot hold) replaced by U+FFFD, and how many were replaced."""
+    count = sum(1 for ch in text if "\ud800" <= ch <= "\udfff")
+    if not count:
+        return text, 0
+    return "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in text), count
 
 
 def error(status: int, message: str) -> JSONResponse:
@@ -208,8 +228,11 @@ def create_app(model: MultiExitBert, config: ServerConfig | None = None, policy_
             metrics["requests"].labels(status="413").inc()
             return error(413, f"{len(items)} items; at most {config.max_items} per request")
         if pair_task and body.texts is not None:
-            metrics["requests"].labels(status="400").inc()
-            return error(400, "this model classifies text pairs: send 'pairs'")
+            metrics["requests"].labels(status="422").inc()
+            return error(422, "texts: this model classifies text pairs: send 'pairs'")
+        if not pair_task and body.pairs is not None:
+            metrics["requests"].labels(status="422").inc()
+            return error(422, "pairs: this model classifies single texts: send 'texts'")
         for k, item in enumerate(items):
             parts = [item] if isinstance(item, str) else list(item)
             for part in parts:
@@ -234,14 +257,18 @@ def create_app(model: MultiExitBert, config: ServerConfig | None = None, policy_
                 metrics["requests"].labels(status="400").inc()
                 return error(400, str(err))
         loop = asyncio.get_running_loop()
-        futures = []
+        futures, replaced = [], []
         for item in items:
-            text, pair = (item, None) if isinstance(item, str) else item
+            parts = [item] if isinstance(item, str) else list(item)
+            cleaned = [without_surrogates(part) for part in parts]
+            replaced.append(sum(n for _, n in cleaned))
+            text, pair = cleaned[0][0], (cleaned[1][0] if len(cleaned) > 1 else None)
             future = loop.create_future()
             futures.append(future)
             await batcher.queue.put(_Item(text, pair, use, future))
         try:
             results = await asyncio.gather(*futures)
+            results = [{**r, "replaced_characters": n} for r, n in zip(results, replaced)]
         except Exception as err:  # the model failed on this input: say so, keep serving
             metrics["requests"].labels(status="500").inc()
             return error(500, f"inference failed: {type(err).__name__}: {err}")
