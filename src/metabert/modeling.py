@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from metabert.adapters import LayerInputs, adapter_for, additive_mask, truncated_config  # noqa: F401 (re-exported)
+from metabert.adapters import LayerInputs, adapter_for, truncated_config
 from metabert.backbones import Backbone, encoder_from_config, load_backbone
 from metabert.exits import ExitPolicy
 

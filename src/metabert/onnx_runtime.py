@@ -18,10 +18,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from metabert.modeling import CONFIG_NAME, MultiExitBert, additive_mask
+from metabert.adapters import LayerInputs, additive_mask
+from metabert.modeling import CONFIG_NAME, MultiExitBert
 
 log = logging.getLogger(__name__)
 META_NAME = "onnx_meta.json"
+EXPORTABLE = ("bert", "roberta", "xlm-roberta", "electra")  # one additive mask is all their layers need
 
 
 class _Embed(nn.Module):
@@ -42,8 +44,9 @@ class _Layer(nn.Module):
         self.model, self.index = model, index
 
     def forward(self, hidden, mask, attention_mask):
-        hidden = self.model.encoder.encoder.layer[self.index](hidden, attention_mask=mask)
-        return hidden, self.model.exits[self.index](self.model.pool(hidden, attention_mask))
+        inputs = LayerInputs(mask, attention_mask)
+        hidden = self.model.run_layer(self.index, hidden, inputs)
+        return hidden, self.model.exit_logits(self.index, hidden, inputs)
 
 
 class _Full(nn.Module):
@@ -69,6 +72,10 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outpu
 
 def export(model: MultiExitBert, checkpoint: str | Path | None, output: str | Path) -> Path:
     """Write the graphs, ``onnx_meta.json``, the tokenizer and the metabert config to ``output``."""
+    family = model.encoder.config.model_type
+    if family not in EXPORTABLE:
+        raise ValueError(f"ONNX export supports the BERT-layout families ({', '.join(EXPORTABLE)}); "
+                         f"this model is {family!r}")
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     model = model.eval()
