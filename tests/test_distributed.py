@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import make_tiny
 from metabert.cli import main
 from metabert.distributed import World, shard
-from metabert.modeling import MultiExitBert
 from test_resume import write_data
 
 
@@ -35,7 +35,7 @@ def test_two_processes_match_one(tmp_path, method):
     b = load_file(tmp_path / "ddp" / "model.safetensors")
     for key in a:
         assert torch.allclose(a[key], b[key], atol=2e-5, rtol=1e-4), (key, (a[key] - b[key]).abs().max())
-    init = MultiExitBert.from_backbone("tiny", ["neg", "pos"], seed=42, backbone_dropout=0.0).state_dict()
+    init = make_tiny(("neg", "pos"), seed=42, backbone_dropout=0.0).state_dict()
     moved = max(float((a[k] - init[k]).abs().max()) for k in a)
     assert moved > 1e-3  # training moved the weights far more than the tolerance above
 

@@ -5,12 +5,11 @@ import math
 import pytest
 import torch
 
-from conftest import sharpen
+from conftest import sharpen, make_tiny
 from metabert.batching import collate, encode, model_inputs
 from metabert.data import Dataset, Example
 from metabert.evaluation import all_exit_logits, run_early_exit, simulate
 from metabert.exits import entropy
-from metabert.modeling import MultiExitBert
 
 SENTENCES = [
     "it is a charming and often affecting journey",
@@ -26,7 +25,7 @@ SENTENCES = [
 
 @pytest.fixture(scope="module")
 def model():
-    return sharpen(MultiExitBert.from_backbone("tiny", ["neg", "pos"], seed=3), 40.0).eval()
+    return sharpen(make_tiny(("neg", "pos"), seed=3), 40.0).eval()
 
 
 @pytest.fixture(scope="module")

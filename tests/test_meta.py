@@ -3,16 +3,16 @@
 import pytest
 import torch
 
+from conftest import make_tiny
 from metabert import meta
 from metabert.meta import MetaConfig
 from metabert.methods import get_method
-from metabert.modeling import MultiExitBert
 
 
 @pytest.fixture
 def model():
     torch.manual_seed(0)
-    return MultiExitBert.from_backbone("tiny", ["a", "b"], seed=0, dropout=0.0, backbone_dropout=0.0).train()
+    return make_tiny(("a", "b"), seed=0, dropout=0.0, backbone_dropout=0.0, train=True)
 
 
 def batch(model, n=8, seed=0):
@@ -110,7 +110,7 @@ def test_meta_method_moves_parameters_and_reports(model):
 
 def test_cosine_diagnostic_ignores_dropout_and_sees_the_inner_step():
     torch.manual_seed(0)
-    noisy = MultiExitBert.from_backbone("tiny", ["a", "b"], seed=0, dropout=0.3, backbone_dropout=0.3).train()
+    noisy = make_tiny(("a", "b"), seed=0, dropout=0.3, backbone_dropout=0.3, train=True)
     tasks = [(batch(noisy, seed=1), batch(noisy, seed=2))]
     tiny_step = meta.cosine_to_query_gradient(noisy, tasks, MetaConfig(inner_lr=1e-7))
     assert tiny_step == pytest.approx(1.0, abs=1e-4)  # α → 0: the meta-gradient is the query gradient

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
+from conftest import make_tiny
 from metabert.methods import METHODS, get_method
-from metabert.modeling import MultiExitBert, exit_losses
+from metabert.modeling import exit_losses
 
 EPOCHS = 4
 
@@ -27,7 +28,7 @@ def grads_for(method, model, batch, epoch, step=0):
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_every_method_trains_only_what_it_declares_and_every_exit_it_should(name):
-    model = MultiExitBert.from_backbone("tiny", ["a", "b"], seed=0).train()
+    model = make_tiny(("a", "b"), seed=0, train=True)
     batch = make_batch(model)
     method = get_method(name, EPOCHS)
     reached = set()
@@ -42,7 +43,7 @@ def test_every_method_trains_only_what_it_declares_and_every_exit_it_should(name
 
 
 def test_weighted_is_depth_weighted_mean():
-    model = MultiExitBert.from_backbone("tiny", ["a", "b"], seed=0).eval()
+    model = make_tiny(("a", "b"), seed=0)
     batch = make_batch(model)
     with torch.no_grad():
         losses = exit_losses(model(**{k: v for k, v in batch.items() if k != "labels"}), batch["labels"])
@@ -65,7 +66,7 @@ def test_staged_methods_freeze_backbone_in_stage_two(name):
 
 
 def test_alternating_by_epoch_and_by_step():
-    model = MultiExitBert.from_backbone("tiny", ["a", "b"], seed=0).eval()
+    model = make_tiny(("a", "b"), seed=0)
     batch = make_batch(model)
     joint, last = get_method("joint"), get_method("last")
     by_epoch, by_step = get_method("alternating", 4), get_method("alternating-step", 4)
@@ -77,7 +78,7 @@ def test_alternating_by_epoch_and_by_step():
 
 
 def test_distill_stage_two_is_kl_to_the_last_exit():
-    model = MultiExitBert.from_backbone("tiny", ["a", "b"], seed=0).eval()
+    model = make_tiny(("a", "b"), seed=0)
     batch = make_batch(model)
     with torch.no_grad():
         logits = model(**{k: v for k, v in batch.items() if k != "labels"})
@@ -97,7 +98,7 @@ def test_unknown_method_lists_the_valid_ones():
 def test_joint_matched_takes_the_updates_and_rows_of_meta():
     from metabert.meta import MetaConfig, split_tasks
 
-    model = MultiExitBert.from_backbone("tiny", ["a", "b"], seed=0)
+    model = make_tiny(("a", "b"), seed=0)
     enc = model.tokenizer([f"text number {i}" for i in range(10)], padding=True, return_tensors="pt")
     batch = {**enc, "labels": torch.arange(10) % 2}
     config = MetaConfig(support_size=2, meta_batch=2)

@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 
+from conftest import make_tiny
 from metabert.backbones import load_backbone
 from metabert.modeling import MultiExitBert, MultiExitConfig, exit_losses
 
@@ -48,7 +49,7 @@ def test_forward_shapes_and_losses(tiny_model):
 
 @pytest.mark.parametrize("pooling", ["mean", "cls"])
 def test_pooling_ignores_padding(pooling):
-    model = MultiExitBert.from_backbone("tiny", ["a", "b"], pooling=pooling).eval()
+    model = make_tiny(("a", "b"), pooling=pooling)
     one = batch_for(model.tokenizer, TEXTS[:1])
     padded = batch_for(model.tokenizer, TEXTS[:2])
     with torch.no_grad():
@@ -120,7 +121,7 @@ def test_local_backbone_folder(tmp_path):
 
 
 def test_linear_heads_round_trip(tmp_path):
-    model = MultiExitBert.from_backbone("tiny", ["a", "b"], head="linear").eval()
+    model = make_tiny(("a", "b"), head="linear")
     assert model.exits[0].dense is None
     model.save_pretrained(tmp_path / "c")
     loaded = MultiExitBert.from_pretrained(tmp_path / "c")
@@ -137,7 +138,7 @@ def test_exit_heads_can_start_from_the_pretrained_pooler():
     for head in model.exits:
         assert torch.equal(head.dense.weight, backbone.pooler.weight)
         assert torch.equal(head.dense.bias, backbone.pooler.bias)
-    random_heads = MultiExitBert.from_backbone("tiny", ["a", "b"])
+    random_heads = make_tiny(("a", "b"))
     assert not torch.equal(random_heads.exits[0].dense.weight, backbone.pooler.weight)
     with pytest.raises(ValueError, match="needs --head pooler"):
-        MultiExitBert.from_backbone("tiny", ["a", "b"], head="linear", head_init="pooler")
+        make_tiny(("a", "b"), head="linear", head_init="pooler")

@@ -3,12 +3,11 @@
 import pytest
 import torch
 
-from conftest import diversify
+from conftest import diversify, make_tiny
 from metabert.batching import collate, encode, model_inputs
 from metabert.data import Dataset, Example
 from metabert.evaluation import all_exit_logits, candidate_policies, run_early_exit
 from metabert.exits import POLICIES, get_policy, policy_from_dict, policy_to_dict, simulate_exits
-from metabert.modeling import MultiExitBert
 
 TEXTS = ["good", "bad film", "a long and winding review of a film that was neither good nor bad",
          "truly awful", "wonderful", "meh , it was fine i guess", "the best", "not the best"] * 3
@@ -16,7 +15,7 @@ TEXTS = ["good", "bad film", "a long and winding review of a film that was neith
 
 @pytest.fixture(scope="module")
 def model():
-    m = MultiExitBert.from_backbone("tiny", ["neg", "pos", "mixed"], seed=5)
+    m = make_tiny(("neg", "pos", "mixed"), seed=5)
     return diversify(m, seed=0).eval()
 
 

@@ -5,7 +5,6 @@ import pytest
 
 from metabert.data import DataError
 from metabert.exits import EntropyPolicy
-from metabert.modeling import MultiExitBert
 from metabert.predict import predict_stream, read_rows
 from metabert.cli import main
 from conftest import make_tiny
@@ -13,7 +12,7 @@ from conftest import make_tiny
 
 @pytest.fixture(scope="module")
 def model():
-    return MultiExitBert.from_backbone("tiny", ["neg", "pos"], seed=0).eval()
+    return make_tiny(("neg", "pos"), seed=0)
 
 
 def run(model, content: bytes, fmt, columns=("text",), skip_bad=False, chunk=3):

@@ -9,7 +9,6 @@ from types import SimpleNamespace
 
 import httpx
 import pytest
-
 from conftest import make_tiny
 from metabert.modeling import MultiExitBert
 
