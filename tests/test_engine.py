@@ -48,7 +48,7 @@ def test_run_takes_the_simulated_exits(model, runners, runner_name, name):
     if runner_name not in runners:
         pytest.skip("onnxruntime is not installed")
     runner = runners[runner_name]
-    encoded, _ = tokenize(model.tokenizer, TEXTS, None, 64)
+    encoded = tokenize(model.tokenizer, TEXTS, None, 64).encoded
     inputs = pad_all(encoded, model.tokenizer.pad_token_id)
     logits = all_exits(runner, inputs)
     policies = [p for p in candidate_policies(logits, name) if len(set(simulate_exits(logits, p).tolist())) > 1]
@@ -60,7 +60,7 @@ def test_run_takes_the_simulated_exits(model, runners, runner_name, name):
         taken = logits[expected - 1, torch.arange(len(TEXTS))]
         assert torch.allclose(got.logits, taken, atol=1e-4)
         for i in range(len(TEXTS)):  # batch 1 takes the loop's no-bookkeeping path
-            alone, _ = tokenize(model.tokenizer, [TEXTS[i]], None, 64)
+            alone = tokenize(model.tokenizer, [TEXTS[i]], None, 64).encoded
             one = engine.run(runner, pad_all(alone, model.tokenizer.pad_token_id), policy)
             assert int(one.exit_layer[0]) == int(expected[i])
 
@@ -70,7 +70,7 @@ def test_run_full_is_the_last_exit(model, runners, runner_name):
     if runner_name not in runners:
         pytest.skip("onnxruntime is not installed")
     runner = runners[runner_name]
-    encoded, _ = tokenize(model.tokenizer, TEXTS, None, 64)
+    encoded = tokenize(model.tokenizer, TEXTS, None, 64).encoded
     inputs = pad_all(encoded, model.tokenizer.pad_token_id)
     full = engine.run_full(runner, inputs)
     assert (full.exit_layer == runner.num_layers).all()

@@ -8,8 +8,9 @@ shuffled, so the order stays random while little time goes on padding.
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import torch
 
@@ -28,13 +29,32 @@ class Encoded:
         return len(self.input_ids)
 
 
+class Tokenized(NamedTuple):
+    encoded: Encoded
+    truncated: list[bool] | None  # per item, where asked for (``flag_truncated``)
+    replaced: list[int]  # per item: lone UTF-16 surrogates replaced by U+FFFD
+
+
+# JSON may carry lone surrogates ("\ud800"); UTF-8, and so the tokenizer, cannot hold them
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _without_surrogates(texts: list[str]) -> tuple[list[str], list[int]]:
+    cleaned = [_SURROGATE.subn("\ufffd", t) for t in texts]
+    return [t for t, _ in cleaned], [n for _, n in cleaned]
+
+
 def tokenize(tokenizer, texts: list[str], pairs: list[str] | None, max_length: int,
-             labels: list[int] | None = None, flag_truncated: bool = False) -> tuple[Encoded, list[bool] | None]:
+             labels: list[int] | None = None, flag_truncated: bool = False) -> Tokenized:
     """The one tokenisation of the project: texts (and their pairs, all or none) to unpadded ids,
-    cut to ``max_length`` tokens. ``flag_truncated``: also say which items were cut (costs a second
-    pass where any was); else None. ``labels`` default to 0."""
+    cut to ``max_length`` tokens, lone surrogates replaced (and counted). ``flag_truncated``: also
+    say which items were cut (costs a second pass where any was). ``labels`` default to 0."""
     if pairs is not None and any(p is None for p in pairs):
         raise ValueError("give a second text for every item or for none")
+    texts, replaced = _without_surrogates(texts)
+    if pairs is not None:
+        pairs, in_pairs = _without_surrogates(pairs)
+        replaced = [a + b for a, b in zip(replaced, in_pairs)]
     truncated = None
     if flag_truncated:
         enc = tokenizer(texts, pairs, truncation=False, padding=False)
@@ -44,13 +64,13 @@ def tokenize(tokenizer, texts: list[str], pairs: list[str] | None, max_length: i
     types = enc.get("token_type_ids")
     encoded = Encoded(list(enc["input_ids"]), list(types) if types is not None else None,
                       list(labels) if labels is not None else [0] * len(texts))
-    return encoded, truncated
+    return Tokenized(encoded, truncated, replaced)
 
 
 def encode(dataset: Dataset, tokenizer, max_length: int) -> Encoded:
     pairs = [ex.text_pair for ex in dataset.examples]
     return tokenize(tokenizer, [ex.text for ex in dataset.examples], None if any(p is None for p in pairs) else pairs,
-                    max_length, [ex.label for ex in dataset.examples])[0]
+                    max_length, [ex.label for ex in dataset.examples]).encoded
 
 
 def pad_all(data: Encoded, pad_id: int) -> dict[str, torch.Tensor]:

@@ -66,15 +66,11 @@ class Runner(Protocol):
         ...
 
 
-def batch_size_of(inputs: dict[str, Any]) -> int:
-    return int(inputs["input_ids"].shape[0])
-
-
 def run(runner: Runner, inputs: dict[str, Any], policy: ExitPolicy) -> ExitResult:
     """Per-sample early exit of one padded batch: sample b leaves at the first exit where ``policy``
     says so; the last exit always answers. One host synchronisation per layer (how many rows
     leave); at batch 1, no row bookkeeping at all (it would cost as much as the exit head)."""
-    batch = batch_size_of(inputs)
+    batch = int(inputs["input_ids"].shape[0])
     last = runner.num_layers
     state = runner.start(inputs)
     policy_state = policy.init_state(batch)

@@ -33,11 +33,6 @@ def all_exit_logits(model: MultiExitBert, data: Encoded, batch_size: int = 64, p
     return out
 
 
-def as_runner(model_or_runner):
-    """A runner for ``metabert.engine.run``: a model gets its eager runner."""
-    return EagerRunner(model_or_runner) if isinstance(model_or_runner, MultiExitBert) else model_or_runner
-
-
 def run_dataset(runner, data: Encoded, pad_id: int, policy: ExitPolicy | None,
                 batch_size: int = 64) -> tuple[ExitResult, float]:
     """Early exit (``policy``; None: the full model) over a dataset in length-sorted padded batches,

@@ -324,7 +324,10 @@ class EagerRunner:
 
     def __init__(self, model: MultiExitBert):
         self.model = model.eval()
-        self.num_layers = model.num_layers
+
+    @property
+    def num_layers(self) -> int:
+        return self.model.num_layers
 
     def start(self, inputs):
         with torch.inference_mode():

@@ -5,8 +5,7 @@ Precedence, field by field (name, threshold γ, patience t):
 1. a command-line flag (``--policy``, ``--threshold``, ``--patience``) or a policy object given in
    code;
 2. a request field (the server's per-request ``threshold``), where the command line left it open;
-3. the checkpoint's calibrated policy for the runner in use (``metabert calibrate --runner R``
-   stores one per runner; a runner without its own falls back to the eager one);
+3. the checkpoint's calibrated policy (``metabert calibrate`` stores it);
 4. the documented default: **no early exit** (entropy at γ = 0: every sample reaches the last exit,
    the full model's answers), with a warning that the checkpoint was never calibrated.
 
@@ -24,7 +23,6 @@ from metabert.exits import POLICIES, ExitPolicy, get_policy
 log = logging.getLogger(__name__)
 
 DEFAULT_PATIENCE = 2
-DEFAULT_RUNNER = "eager"
 
 
 @dataclass(frozen=True)
@@ -37,28 +35,24 @@ class Resolved:
     default: bool = False  # nothing named a policy: the full model
 
 
-def stored_policy(stored: dict | None, runner: str | None = None) -> dict:
-    """The calibrated record for ``runner`` from a checkpoint's ``exit_policy`` field: either one
-    record (``{"name": ..., "threshold": ...}``, as written before per-runner calibration) or
-    ``{"runners": {runner: record, ...}}``. Falls back to the eager runner's record, then {}."""
-    stored = stored or {}
-    if "runners" not in stored:
-        return dict(stored)
-    runners = stored["runners"]
-    return dict(runners.get(runner or DEFAULT_RUNNER) or runners.get(DEFAULT_RUNNER) or {})
-
-
-def resolve_name(name: str | None, patience: int | None, stored: dict | None = None,
-                 runner: str | None = None) -> tuple[str, int, dict]:
-    """The policy name and patience t by the same precedence (for a sweep or a calibration, which
-    choose the threshold themselves), and the stored record they came from, if any."""
+def _name_and_patience(name: str | None, patience: int | None, stored: dict | None):
+    """(policy name or None, patience or None, the stored record when it is that policy's, else {})
+    by the precedence of the module docstring."""
     if name is not None and name not in POLICIES:
         raise ValueError(f"unknown exit policy {name!r}; choose one of: {', '.join(POLICIES)}")
-    record = stored_policy(stored, runner)
-    chosen = name or record.get("name") or "entropy"
-    same = record.get("name") == chosen
+    record = stored or {}
+    chosen = name or record.get("name")
+    same = bool(record) and record.get("name") == chosen
     t = patience if patience is not None else (record.get("patience") if same else None)
-    return chosen, t or DEFAULT_PATIENCE, record if same else {}
+    return chosen, t, record if same else {}
+
+
+def resolve_name(name: str | None, patience: int | None, stored: dict | None = None) -> tuple[str, int, dict]:
+    """The policy name and patience t by the same precedence (for a sweep or a calibration, which
+    choose the threshold themselves; entropy when nothing names one), and the stored record they
+    came from, if any."""
+    chosen, t, record = _name_and_patience(name, patience, stored)
+    return chosen or "entropy", t or DEFAULT_PATIENCE, record
 
 
 def resolve(
@@ -68,12 +62,11 @@ def resolve(
     patience: int | None = None,
     request_threshold: float | None = None,
     stored: dict | None = None,
-    runner: str | None = None,
     warn: bool = True,
 ) -> Resolved:
     """The exit policy by the precedence in the module docstring. ``policy``/``name``/``threshold``/
     ``patience``: level 1 (code or command line); ``request_threshold``: level 2; ``stored``: the
-    checkpoint's ``exit_policy`` field (level 3), read for ``runner``."""
+    checkpoint's ``exit_policy`` field (level 3)."""
     if request_threshold is not None and (threshold is not None or policy is not None):
         pinned = policy.threshold if policy is not None else threshold
         raise ValueError(f"threshold {request_threshold}: this server's threshold is fixed at {pinned:g} "
@@ -82,15 +75,10 @@ def resolve(
         if name is not None or threshold is not None or patience is not None:
             raise ValueError("give a policy object or name/threshold/patience, not both")
         return Resolved(policy, "given", calibrated=False)
-    if name is not None and name not in POLICIES:
-        raise ValueError(f"unknown exit policy {name!r}; choose one of: {', '.join(POLICIES)}")
-    record = stored_policy(stored, runner)
-    chosen = name or record.get("name")
-    same = bool(record) and record.get("name") == chosen
+    chosen, t, record = _name_and_patience(name, patience, stored)
     gamma = threshold if threshold is not None else request_threshold
-    if gamma is None and same:
+    if gamma is None and record:
         gamma = record.get("threshold")
-    t = patience if patience is not None else (record.get("patience") if same else None)
     if chosen is None:
         if gamma is None and t is None:
             if warn:
@@ -109,7 +97,6 @@ def resolve(
         parts.append("--" + ", --".join(given) + " from the command line")
     if request_threshold is not None:
         parts.append("threshold from the request")
-    if same:
-        parts.append("calibrated, stored in the checkpoint" + (f" for {runner}" if runner else "")
-                     + (f": {record['chosen_on']}" if record.get("chosen_on") else ""))
-    return Resolved(resolved, "; ".join(parts) or "given", calibrated=same)
+    if record:
+        parts.append("calibrated, stored in the checkpoint" + (f": {record['chosen_on']}" if record.get("chosen_on") else ""))
+    return Resolved(resolved, "; ".join(parts) or "given", calibrated=bool(record))

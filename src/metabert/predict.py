@@ -109,8 +109,8 @@ def predict_stream(model: MultiExitBert, rows: Iterator[Row], out: TextIO, polic
         if not pending:
             return
         pairs = [r.pair for r in pending]
-        encoded, _ = tokenize(model.tokenizer, [r.text for r in pending],
-                              pairs if all(p is not None for p in pairs) else None, max_length)
+        encoded = tokenize(model.tokenizer, [r.text for r in pending],
+                           pairs if all(p is not None for p in pairs) else None, max_length).encoded
         result, _ = run_dataset(runner, encoded, model.tokenizer.pad_token_id, policy, batch_size)
         probs = result.probs
         for k, row in enumerate(pending):

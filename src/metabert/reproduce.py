@@ -14,7 +14,6 @@ from importlib import resources
 import json
 import logging
 import statistics
-from dataclasses import asdict, replace
 from pathlib import Path
 
 from metabert import data as data_mod
@@ -46,7 +45,7 @@ def _changed(wanted: dict, done: dict, task: str) -> list[str]:
     stored = {**done["config"], "policy": done.get("policy", "entropy")}
     free = (*RESUME_FREE, "data_dir", "output")  # where files are read from and written to may move
     # an option added after the cell was made counts as its default (what the cell ran with)
-    defaults = json.loads(json.dumps(asdict(TrainConfig(task=task, output=""))))
+    defaults = TrainConfig(task=task, output="").to_dict()
     return sorted(k for k in wanted if k not in free and wanted[k] != stored.get(k, defaults.get(k)))
 
 
@@ -64,9 +63,9 @@ def run_cell(base: TrainConfig, task: str, method: str, seed: int, root: Path, s
     cell = root / task / method / f"seed{seed}"
     result_file = cell / "result.json"
     overrides, policy = split_row(overrides)  # the row's exit rule (PABEE: patience, ...) is not a training option
-    config = replace(base, task=task, seed=seed, output=str(cell / "checkpoint"),
-                     **{**(task_options or {}), "method": method, **overrides})
-    wanted = {**json.loads(json.dumps(asdict(config))), "policy": policy}
+    config = base.replace(task=task, seed=seed, output=str(cell / "checkpoint"),
+                              **{**(task_options or {}), "method": method, **overrides})
+    wanted = {**config.to_dict(), "policy": policy}
     if result_file.exists():
         done = json.loads(result_file.read_text())
         if changed := _changed(wanted, done, task):
@@ -108,7 +107,7 @@ def run_cell(base: TrainConfig, task: str, method: str, seed: int, root: Path, s
     scores = [e["score"] for e in per_exit]
     records = read_log(model_dir)
     early = {}
-    static = source_num_layers(config.model) / model.num_layers if is_static(asdict(config)) else None
+    static = source_num_layers(config.model) / model.num_layers if is_static(config.to_dict()) else None
     for s in speedups:
         if static is not None:  # a static model has one speed-up: its layers against the backbone's
             early[f"{s:g}"] = ({"score": scores[-1], "dev_layer_speedup": static, "static": True}
@@ -127,7 +126,7 @@ def run_cell(base: TrainConfig, task: str, method: str, seed: int, root: Path, s
            "last_exit": scores[-1], "mean_over_exits": sum(scores) / len(scores), "early_exit": early,
            "calibrated_on": what, "train_seconds": sum(r["train_seconds"] for r in records),
            "final_epoch": final_epoch(records), "resumed": resumed,
-           "epochs": config.epochs, "train_examples": train_examples, "config": asdict(config)}
+           "epochs": config.epochs, "train_examples": train_examples, "config": config.to_dict()}
     if trained_by is not None:
         out["trained_by"] = str(trained_by)
         cell.mkdir(parents=True, exist_ok=True)

@@ -135,8 +135,8 @@ class Batcher:
     def _run(self, group: list[_Item], policy: ExitPolicy) -> list[dict]:
         model = self.model
         pairs = [i.pair for i in group] if group[0].pair is not None else None
-        encoded, truncated = tokenize(model.tokenizer, [i.text for i in group], pairs, self.config.max_seq_length,
-                                      flag_truncated=True)
+        encoded, truncated, replaced = tokenize(model.tokenizer, [i.text for i in group], pairs,
+                                                self.config.max_seq_length, flag_truncated=True)
         out = engine.run(self.runner, pad_all(encoded, model.tokenizer.pad_token_id), policy)
         probs = out.probs
         names = model.config.label_names
@@ -151,17 +151,9 @@ class Batcher:
                 "exit_layer": layer,
                 "latency_ms": (done - item.queued) * 1000,
                 "truncated": truncated[j],
+                "replaced_characters": replaced[j],
             })
         return results
-
-
-def without_surrogates(text: str) -> tuple[str, int]:
-    """``text`` with lone UTF-16 surrogates (which JSON allows, as ``"\\ud800"``, but UTF-8 and the
-    tokenizer cannot hold) replaced by U+FFFD, and how many were replaced."""
-    count = sum(1 for ch in text if "\ud800" <= ch <= "\udfff")
-    if not count:
-        return text, 0
-    return "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in text), count
 
 
 def error(status: int, message: str) -> JSONResponse:
@@ -257,18 +249,14 @@ def create_app(model: MultiExitBert, config: ServerConfig | None = None, policy_
                 metrics["requests"].labels(status="400").inc()
                 return error(400, str(err))
         loop = asyncio.get_running_loop()
-        futures, replaced = [], []
+        futures = []
         for item in items:
-            parts = [item] if isinstance(item, str) else list(item)
-            cleaned = [without_surrogates(part) for part in parts]
-            replaced.append(sum(n for _, n in cleaned))
-            text, pair = cleaned[0][0], (cleaned[1][0] if len(cleaned) > 1 else None)
+            text, pair = (item, None) if isinstance(item, str) else item
             future = loop.create_future()
             futures.append(future)
             await batcher.queue.put(_Item(text, pair, use, future))
         try:
             results = await asyncio.gather(*futures)
-            results = [{**r, "replaced_characters": n} for r, n in zip(results, replaced)]
         except Exception as err:  # the model failed on this input: say so, keep serving
             metrics["requests"].labels(status="500").inc()
             return error(500, f"inference failed: {type(err).__name__}: {err}")

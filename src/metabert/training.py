@@ -328,7 +328,7 @@ def train(config: TrainConfig, progress: bool = True, resume: bool = False) -> d
                        + ("  (best so far, saved)" if improved else ""))
         if improved:
             run["best"], run["best_record"] = chosen, record
-            model.save_pretrained(output, {"train_config.json": json.dumps(asdict(config), indent=2)})
+            model.save_pretrained(output, {"train_config.json": json.dumps(config.to_dict(), indent=2)})
         write_log(output / "log.jsonl", run["records"])
         run["elapsed"], run["rng"] = time.perf_counter() - started, rng.getstate()
         if config.save_every and epoch + 1 < config.epochs:
@@ -358,9 +358,7 @@ def resume_config(output: str | Path) -> TrainConfig:
     if not path.is_file():
         raise FileNotFoundError(f"nothing to resume: {path} does not exist (was the run started with "
                                 "--save-every, and has it finished already?)")
-    stored = torch.load(path, weights_only=False)["config"]
-    stored["text_columns"] = tuple(stored["text_columns"])
-    return TrainConfig(**stored)
+    return TrainConfig.from_dict(torch.load(path, weights_only=False)["config"])
 
 
 def state_path(output: Path) -> Path:
@@ -380,7 +378,7 @@ def save_state(directory: Path, config: TrainConfig, model, optimizers: dict, sc
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     torch.save({
-        "config": asdict(config), "model": model.state_dict(),
+        "config": config.to_dict(), "model": model.state_dict(),
         **{name: opt.state_dict() for name, opt in optimizers.items()},
         "scheduler": scheduler.state_dict(), "run": run, "torch_rng": torch.get_rng_state(),
         "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
@@ -400,7 +398,7 @@ def load_state(directory: Path, config: TrainConfig, model, optimizers: dict, sc
                                 "--save-every, and has it finished already?)")
     state = torch.load(path, weights_only=False)
     stored = {k: v for k, v in state["config"].items() if k not in RESUME_FREE}
-    given = {k: v for k, v in asdict(config).items() if k not in RESUME_FREE}
+    given = {k: v for k, v in config.to_dict().items() if k not in RESUME_FREE}
     changed = sorted(k for k in given if json.dumps(given[k]) != json.dumps(stored.get(k)))
     if changed:
         raise ValueError(f"--resume with different options than the interrupted run: {', '.join(changed)}")

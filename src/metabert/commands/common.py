@@ -55,9 +55,8 @@ def add_policy_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patience", type=int, help="t for the patience policies (default 2)")
 
 
-def resolve_policy(args, stored: dict | None, runner: str | None = None, warn: bool = True):
+def resolve_policy(args, stored: dict | None, warn: bool = True):
     """``metabert.policy.resolve`` with the options of ``add_policy_options``."""
     from metabert.policy import resolve
 
-    return resolve(name=args.policy, threshold=args.threshold, patience=args.patience, stored=stored,
-                   runner=runner, warn=warn)
+    return resolve(name=args.policy, threshold=args.threshold, patience=args.patience, stored=stored, warn=warn)

@@ -16,6 +16,7 @@ from metabert.curves import at_speedup, measured_speedups, plot_curves, policy_c
 from metabert.evaluation import all_exit_logits, candidate_policies
 from metabert.exits import POLICIES
 from metabert.modeling import MultiExitBert
+from metabert.options import comma_list
 
 
 def add_parser(sub, name):
@@ -23,7 +24,7 @@ def add_parser(sub, name):
     p.add_argument("--checkpoint", required=True)
     add_data_options(p, task_required=False)
     p.add_argument("--split", default="dev")
-    p.add_argument("--policies", default=",".join(POLICIES), help="comma-separated policies (default: all)")
+    p.add_argument("--policies", type=comma_list, default=",".join(POLICIES), help="comma-separated policies (default: all)")
     p.add_argument("--patience", type=int, default=2, help="t for patience-entropy")
     p.add_argument("--speedups", default="1.5,2,2.5,3", help="layer speed-ups at which to compare policies")
     p.add_argument("--measure-points", type=int, default=5, help="settings per policy to time (0: none)")
@@ -36,7 +37,7 @@ def add_parser(sub, name):
 def run(args) -> int:
     model = MultiExitBert.from_pretrained(args.checkpoint).eval()
     task, spec, dataset = evaluation_set(model, args.task, args.split, args.data_dir, args.dev_file)
-    names = [n.strip() for n in args.policies.split(",") if n.strip()]
+    names = list(args.policies)
     for n in names:
         if n not in POLICIES:
             raise ValueError(f"unknown exit policy {n!r}; choose from {', '.join(POLICIES)}")

@@ -9,6 +9,7 @@ from pathlib import Path
 from metabert.data import DataError
 from metabert.commands.common import add_inference_options, add_policy_options, resolve_policy
 from metabert.modeling import MultiExitBert
+from metabert.options import comma_list
 from metabert.predict import predict_stream, read_rows
 
 FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}
@@ -19,7 +20,7 @@ def add_parser(sub, name):
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--input", required=True, help="TSV, CSV (with a header) or JSONL file, or - for stdin")
     p.add_argument("--format", choices=["tsv", "csv", "jsonl"], help="default: from the extension (stdin: jsonl)")
-    p.add_argument("--text-columns", help="one or two columns/fields (default: the checkpoint's, else 'text')")
+    p.add_argument("--text-columns", type=comma_list, help="one or two columns/fields (default: the checkpoint's, else 'text')")
     p.add_argument("--output", default="-", help="JSONL output file (default: stdout)")
     add_policy_options(p)
     add_inference_options(p)
@@ -32,7 +33,7 @@ def run(args) -> int:
     resolved = resolve_policy(args, model.config.exit_policy)
     policy = resolved.policy
     if args.text_columns:
-        columns = [c.strip() for c in args.text_columns.split(",") if c.strip()]
+        columns = list(args.text_columns)
     else:
         stored = model.config.task.get("text_columns", [])
         columns = list(stored) if stored and all(isinstance(c, str) for c in stored) else ["text"]
