@@ -46,8 +46,8 @@ def test_adapting_only_exits_keeps_the_backbone(model):
 
 def test_second_order_differs_from_first_and_reaches_theta(model):
     tasks = [(batch(model, seed=1), batch(model, seed=2))]
-    first, _ = meta.meta_gradient(model, tasks, MetaConfig(inner_lr=0.5, first_order=True))
-    second, _ = meta.meta_gradient(model, tasks, MetaConfig(inner_lr=0.5, first_order=False))
+    first, _ = meta.meta_gradient(model, tasks, MetaConfig(inner_lr=0.5, order="first"))
+    second, _ = meta.meta_gradient(model, tasks, MetaConfig(inner_lr=0.5, order="second"))
     assert all(torch.isfinite(g).all() for g in second.values())
     emb = "encoder.embeddings.word_embeddings.weight"
     assert second[emb].abs().sum() > 0  # the meta-gradient reaches θ at the bottom of the network
@@ -60,7 +60,7 @@ def test_first_order_matches_a_hand_computed_reference(model):
     with plain autograd on a copy of the model."""
     support, query = batch(model, seed=3), batch(model, seed=4)
     alpha = 0.05
-    got, info = meta.meta_gradient(model, [(support, query)], MetaConfig(inner_lr=alpha, first_order=True))
+    got, info = meta.meta_gradient(model, [(support, query)], MetaConfig(inner_lr=alpha, order="first"))
 
     import copy
 
@@ -205,7 +205,7 @@ def test_shared_gradients_give_the_batch_gradient_and_the_same_meta_gradient(mod
 
 
 def test_shared_gradients_need_first_order_episodes_and_one_process(model):
-    for option, value in [("first_order", False), ("task", "exit"), ("schedule", "warmstart")]:
+    for option, value in [("order", "second"), ("task", "exit"), ("schedule", "warmstart")]:
         with pytest.raises(ValueError, match=f"share_gradients needs {option}="):
             MetaConfig(share_gradients=True, **{option: value})
     from metabert.distributed import World

@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from metabert.commands import train as train_cmd
-from metabert.options import add_options, comma_list, from_args, option
+from metabert.commands import common
+from metabert.meta import MetaConfig
+from metabert.options import add_options, comma_list, flatten, from_args, option, section, unflatten
 from metabert.training import TrainConfig
 
 
@@ -73,13 +74,13 @@ def test_comma_list():
 
 def train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser()
-    train_cmd.add_training_options(p)
+    common.add_training_options(p)
     return p
 
 
 def test_train_options_parse_to_the_default_config():
     args = train_parser().parse_args(["--task", "rte", "--output", "out"])
-    assert TrainConfig(**train_cmd.config_fields(args)) == TrainConfig(task="rte", output="out")
+    assert TrainConfig(**common.config_fields(args)) == TrainConfig(task="rte", output="out")
 
 
 def test_train_options_reach_the_config():
@@ -87,9 +88,9 @@ def test_train_options_reach_the_config():
         "--task", "custom", "--output", "o", "--train-file", "t.tsv", "--dev-file", "d.tsv",
         "--text-columns", "a, b", "--label-column", "y", "--lr", "1e-4", "--head", "linear",
         "--meta-order", "first", "--meta-share-gradients", "--meta-optimizer", "adam", "--no-progress"])
-    config = TrainConfig(**train_cmd.config_fields(args))
+    config = TrainConfig(**common.config_fields(args))
     assert config.text_columns == ("a", "b") and config.learning_rate == 1e-4 and config.head == "linear"
-    assert config.meta_share_gradients is True and config.meta_optimizer == "adam" and args.no_progress
+    assert config.meta.share_gradients is True and config.meta.optimizer == "adam" and args.progress is False
 
 
 def test_every_train_config_field_is_an_option_of_metabert_train():
@@ -97,4 +98,39 @@ def test_every_train_config_field_is_an_option_of_metabert_train():
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     dests = {a.dest for a in sub.choices["train"]._actions}
-    assert {f for f in TrainConfig.__dataclass_fields__} <= dests
+    assert set(flatten(TrainConfig(task="rte", output="o"))) <= dests
+
+
+@dataclass(frozen=True)
+class Inner:
+    rate: float = option(0.1, help="inner rate")
+    inner_steps: int = 2  # already carries the prefix: keeps its name
+
+
+@dataclass(frozen=True)
+class Outer:
+    name: str = "x"
+    inner: Inner = section(Inner, "inner_", "inner options")
+
+
+def test_a_section_is_a_group_of_prefixed_options_and_a_flat_dict():
+    p = argparse.ArgumentParser()
+    add_options(p, Outer)
+    text = p.format_help()
+    assert "inner options" in text and "--inner-rate" in text and "--inner-steps" in text
+    args = p.parse_args(["--inner-rate", "0.5"])
+    assert Outer(**from_args(Outer, args)) == Outer("x", Inner(0.5, 2))
+    flat = flatten(Outer("y", Inner(0.3, 4)))
+    assert flat == {"name": "y", "inner_rate": 0.3, "inner_steps": 4}
+    assert Outer(**unflatten(Outer, flat)) == Outer("y", Inner(0.3, 4))
+    with pytest.raises(ValueError, match="unknown option.*inner_nope"):
+        unflatten(Outer, {"inner_nope": 1})
+
+
+def test_train_config_keeps_its_flat_stored_form():
+    config = TrainConfig(task="rte", output="o", meta=MetaConfig(order="second", inner_lr=0.0))
+    stored = config.to_dict()
+    assert stored["meta_order"] == "second" and stored["meta_lr"] == MetaConfig().meta_lr
+    assert not any(isinstance(v, dict) for v in stored.values())
+    assert TrainConfig.from_dict(stored) == config
+    assert config.replace(meta_inner_lr=0.5).meta.inner_lr == 0.5

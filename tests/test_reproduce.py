@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from metabert.cli import main
-from metabert.reproduce import measure
+from metabert.recipes.reproduce import measure
 
 
 def test_reproduce_writes_table_and_figures_and_resumes(tmp_path, glue_dir, capsys):
@@ -77,7 +77,7 @@ def test_reproduce_rejects_bad_task_epochs(tmp_path, capsys):
                            (["--methods", "v", "--variant", "v=method=meta,meta_share_gradients=maybe"],
                             "meta_share_gradients needs bool"),
                            (["--methods", "v", "--variant", "v=method=meta,meta_share_gradients=true,meta_order=second"],
-                            "share_gradients needs first_order=True"),
+                            "share_gradients needs order='first'"),
                            (["--methods", "joint,meta", "--pair", "meta"], "--pair: expected ROW=REFERENCE"),
                            (["--methods", "joint,meta", "--pair", "meta=meta"], "two different rows"),
                            (["--methods", "joint,meta", "--pair", "meta=last"], "'last' is not a row of --methods")]:
@@ -126,37 +126,33 @@ def test_table_one_rows_exit_rules_and_a_static_model(tmp_path, glue_dir):
 
 
 def test_finished_cell_made_before_an_option_existed_is_reused(tmp_path):
-    from dataclasses import asdict
-
     import pytest
 
-    from metabert.reproduce import run_cell
+    from metabert.recipes.reproduce import run_cell
     from metabert.training import TrainConfig
 
     base = TrainConfig(task="rte", output="unused", model="tiny", epochs=2)
     cell = tmp_path / "moved" / "rte" / "joint" / "seed0"
     cell.mkdir(parents=True)
-    stored = {**asdict(base), "method": "joint", "seed": 0, "output": "/elsewhere/checkpoint"}
+    stored = {**base.to_dict(), "method": "joint", "seed": 0, "output": "/elsewhere/checkpoint"}
     del stored["head_init"]  # an option added after the cell was made, at its default
     (cell / "result.json").write_text(json.dumps({"config": stored, "last_exit": 50.0}))
     root = tmp_path / "moved"
     assert run_cell(base, "rte", "joint", 0, root, [1.5], train_missing=False)["last_exit"] == 50.0
     with pytest.raises(ValueError, match=r"other options \(head_init\)"):
-        run_cell(TrainConfig(**{**asdict(base), "head_init": "pooler"}), "rte", "joint", 0, root, [1.5],
+        run_cell(base.replace(head_init="pooler"), "rte", "joint", 0, root, [1.5],
                  train_missing=False)
 
 
 def test_a_cell_with_the_same_options_is_taken_from_another_results_folder(tmp_path):
-    from dataclasses import asdict
-
-    from metabert.reproduce import run_cell
+    from metabert.recipes.reproduce import run_cell
     from metabert.training import TrainConfig
 
     base = TrainConfig(task="mrpc", output="unused", model="tiny", epochs=2)
     other = tmp_path / "table2"
     cell = other / "mrpc" / "two-stage" / "seed1"
     cell.mkdir(parents=True)
-    stored = {**asdict(base), "method": "two-stage", "seed": 1, "output": str(cell / "checkpoint")}
+    stored = {**base.to_dict(), "method": "two-stage", "seed": 1, "output": str(cell / "checkpoint")}
     (cell / "result.json").write_text(json.dumps({"config": stored, "method": "two-stage", "last_exit": 70.0,
                                                   "early_exit": {"1.5": {"score": 69.0}}}))
     root = tmp_path / "table1"
@@ -181,7 +177,9 @@ class Cut(Exception):
 
 
 def test_a_cell_cut_short_resumes_from_its_saved_state(tmp_path, glue_dir, monkeypatch):
-    import metabert.training as training
+    from dataclasses import asdict
+
+    import metabert.trainer as trainer
     from safetensors.torch import load_file
 
     def args(out):
@@ -191,18 +189,18 @@ def test_a_cell_cut_short_resumes_from_its_saved_state(tmp_path, glue_dir, monke
                 "--output", str(out), "--no-progress"]
 
     assert main(args(tmp_path / "straight")) == 0
-    saves, original = [], training.save_state
+    saves, original = [], trainer.save_state
 
     def save_then_die(directory, config, model, optimizers, scheduler, run):
         original(directory, config, model, optimizers, scheduler, run)
-        saves.append(dict(run))
-        if run["epoch"] == 1 and run["batch"] > 0:  # in the second epoch, mid-way
+        saves.append(asdict(run))
+        if run.epoch == 1 and run.batch > 0:  # in the second epoch, mid-way
             raise Cut
 
-    monkeypatch.setattr(training, "save_state", save_then_die)
+    monkeypatch.setattr(trainer, "save_state", save_then_die)
     with pytest.raises(Cut):
         main(args(tmp_path / "cut"))
-    monkeypatch.setattr(training, "save_state", original)
+    monkeypatch.setattr(trainer, "save_state", original)
     cell = tmp_path / "cut" / "rte" / "joint" / "seed0"
     assert not (cell / "result.json").exists() and (cell / "checkpoint.state" / "state.pt").is_file()
     assert main(args(tmp_path / "cut")) == 0  # the same command again picks the cell up where it stopped

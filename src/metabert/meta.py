@@ -21,21 +21,20 @@ from torch.func import functional_call
 
 from metabert.batching import model_inputs
 from metabert.modeling import MultiExitBert, exit_losses
+from metabert.options import option
 
 TASKS = ("episode", "exit")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("interleaved", "warmstart")
 ADAPT = ("all", "exits")
+ORDERS = ("first", "second")
 
 
 @dataclass(frozen=True)
 class MetaConfig:
-    """inner_lr α, meta_lr β (Eqs. 2 and 4); inner_steps; support size K (examples per support
-    batch; the query batch has as many); meta_batch: tasks per meta-update; first_order; adapt:
-    which parameters the inner loop adapts ("all" or only the "exits"); task and schedule as in the
-    module docstring; warmstart_epochs: meta-learning epochs before Adam, for ``warmstart``;
-    optimizer: how the meta-gradient moves θ, plain SGD θ ← θ - β g (Eq. 4 as written) or Adam with
-    learning rate β (MAML's own meta-optimiser, Finn et al. 2017).
+    """The options of ``--method meta`` (and of ``joint-matched``, its control), each documented
+    once in its field; on the command line and in ``train_config.json`` they carry the prefix
+    ``meta_`` (``--meta-inner-lr``; ``meta_lr`` keeps its name).
 
     ``share_gradients`` (first order, episode tasks, interleaved schedule): the gradients at θ of
     the support and query batches, which a first-order meta-update needs for its inner step and
@@ -51,30 +50,44 @@ class MetaConfig:
     random numbers consumed) but moves nothing, so what ``meta`` gains over that row is its
     meta-updates' own, and what the row gains over ``joint`` comes from the random stream alone."""
 
-    inner_lr: float = 1e-4
-    meta_lr: float = 1e-5
-    inner_steps: int = 1
-    support_size: int = 16
-    meta_batch: int = 2
-    first_order: bool = True
-    adapt: str = "all"
-    task: str = "episode"
-    schedule: str = "interleaved"
-    warmstart_epochs: int = 1
-    optimizer: str = "sgd"
-    share_gradients: bool = False
+    inner_lr: float = option(1e-4, help="α, inner SGD step (Eq. 2); 0: the ablation without an inner step")
+    meta_lr: float = option(1e-5, help="β, meta step (Eq. 4)")
+    inner_steps: int = option(1, help="inner SGD steps per task")
+    support_size: int = option(16, help="K: examples per support (and query) batch")
+    meta_batch: int = option(2, help="tasks per meta-update")
+    order: str = option("first", choices=ORDERS,
+                        help="first-order MAML (the query gradient at θ' stands in) or second order")
+    adapt: str = option("all", help="what the inner loop adapts", choices=ADAPT)
+    task: str = option("episode", choices=TASKS,
+                       help="a task: a support and a query batch (episode), or one exit's loss (exit)")
+    schedule: str = option("interleaved", choices=SCHEDULES,
+                           help="a meta-update before every Adam step, or meta-learning epochs first (warmstart)")
+    warmstart_epochs: int = option(1, help="--meta-schedule warmstart: meta-learning epochs before Adam")
+    optimizer: str = option(
+        "sgd", choices=OPTIMIZERS,
+        help="meta step: plain SGD θ - βg (Eq. 4) or Adam with rate β (MAML's meta-optimiser)")
+    diagnose_every: int = option(
+        20, help="steps between checks of the meta-gradient against the plain gradient (0: never)")
+    share_gradients: bool = option(
+        False, help="first order: the inner step and the Adam step share the gradients at θ "
+                    "(a meta-update costs one pass over the query rows, not two over the task rows)")
+
+    @property
+    def first_order(self) -> bool:
+        return self.order == "first"
 
     def __post_init__(self):
         for name, ok in {
             "inner_lr": self.inner_lr >= 0, "meta_lr": self.meta_lr >= 0, "inner_steps": self.inner_steps >= 1,
-            "support_size": self.support_size >= 1, "meta_batch": self.meta_batch >= 1,
+            "support_size": self.support_size >= 1, "meta_batch": self.meta_batch >= 1, "order": self.order in ORDERS,
             "adapt": self.adapt in ADAPT, "task": self.task in TASKS, "schedule": self.schedule in SCHEDULES,
             "warmstart_epochs": self.warmstart_epochs >= 1, "optimizer": self.optimizer in OPTIMIZERS,
+            "diagnose_every": self.diagnose_every >= 0,
         }.items():
             if not ok:
                 raise ValueError(f"invalid meta option {name}: {getattr(self, name)!r}")
         if self.share_gradients:
-            for name, needed in {"first_order": True, "task": "episode", "schedule": "interleaved"}.items():
+            for name, needed in {"order": "first", "task": "episode", "schedule": "interleaved"}.items():
                 if getattr(self, name) != needed:
                     raise ValueError(f"share_gradients needs {name}={needed!r} (the shared gradient is the "
                                      f"first inner step of an episode and the Adam step of the same batch), "

@@ -18,13 +18,13 @@ from metabert.commands.common import add_data_options, add_policy_options, add_p
 from metabert.calibration import evaluation_set
 from metabert.evaluation import all_exit_logits
 from metabert.modeling import MultiExitBert
-from metabert.report import hardware
+from metabert.machine import hardware
 
 
 def add_parser(sub, name):
     p = sub.add_parser(name, help="measure speed: full vs early exit, eager vs ONNX Runtime", description=__doc__)
     p.add_argument("--checkpoint", required=True)
-    add_data_options(p, task_required=False)
+    add_data_options(p)
     p.add_argument("--split", default="dev")
     add_policy_options(p)
     goal = p.add_mutually_exclusive_group()

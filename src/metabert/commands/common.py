@@ -4,15 +4,29 @@ from __future__ import annotations
 
 import argparse
 
-from metabert.data import TASK_NAMES
+from metabert.options import add_options, from_args
+from metabert.training import TrainConfig
+
+DATA_FIELDS = ("task", "data_dir", "dev_file", "max_seq_length")  # the data options every command shares
 
 
-def add_data_options(parser: argparse.ArgumentParser, task_required: bool = True) -> None:
-    parser.add_argument("--task", required=task_required, choices=TASK_NAMES,
-                        help="GLUE task, or 'custom' for your own file")
-    parser.add_argument("--data-dir", help="GLUE folder in the original layout (default: $GLUE_DIR)")
-    parser.add_argument("--dev-file", help="--task custom: evaluation file (TSV, CSV or JSONL)")
-    parser.add_argument("--max-seq-length", type=int, default=128, help="tokens per example (longer ones truncated)")
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    """``--task``, ``--data-dir``, ``--dev-file`` and ``--max-seq-length``, from ``TrainConfig``'s fields."""
+    add_options(parser, TrainConfig, only=DATA_FIELDS)
+
+
+def add_training_options(parser: argparse.ArgumentParser) -> None:
+    """Every option of a training run but the method (``train`` and ``reproduce``), from
+    ``TrainConfig``'s fields (the meta options in their own group), and ``--progress``."""
+    if not any(a.dest == "data_dir" for a in parser._actions):
+        add_data_options(parser)
+    add_options(parser, TrainConfig, exclude=("method", *DATA_FIELDS))
+    add_progress_option(parser)
+
+
+def config_fields(args: argparse.Namespace) -> dict:
+    """``TrainConfig``'s keyword arguments from the parsed options (``method`` joint when there is none)."""
+    return {"method": "joint", **from_args(TrainConfig, args)}
 
 
 INFERENCE_BATCH_SIZE = 64  # examples per model call for evaluation, calibration and prediction
@@ -27,7 +41,7 @@ def add_progress_option(parser: argparse.ArgumentParser) -> None:
 def add_inference_options(parser: argparse.ArgumentParser) -> None:
     """Batch size and sequence length of inference work, with one default each."""
     if not any(a.dest == "max_seq_length" for a in parser._actions):
-        parser.add_argument("--max-seq-length", type=int, default=128, help="tokens per example (longer ones truncated)")
+        add_options(parser, TrainConfig, only=("max_seq_length",))
     parser.add_argument("--batch-size", type=int, default=INFERENCE_BATCH_SIZE,
                         help=f"examples per model call (default {INFERENCE_BATCH_SIZE})")
     add_progress_option(parser)

@@ -22,7 +22,7 @@ from metabert.options import comma_list
 def add_parser(sub, name):
     p = sub.add_parser(name, help="compare exit policies: score vs layer and measured speed-up", description=__doc__)
     p.add_argument("--checkpoint", required=True)
-    add_data_options(p, task_required=False)
+    add_data_options(p)
     p.add_argument("--split", default="dev")
     p.add_argument("--policies", type=comma_list, default=",".join(POLICIES), help="comma-separated policies (default: all)")
     p.add_argument("--patience", type=int, default=2, help="t for patience-entropy")
@@ -56,13 +56,14 @@ def run(args) -> int:
                             for i in range(args.measure_points)})
             chosen = [cands[i] for i in picks]
             rows = [curves[n][i] for i in picks]
-            measured[n] = {"settings": [c.describe() for c in chosen], "score": [r["score"] for r in rows],
-                           "layer_speedup": [r["layer_speedup"] for r in rows],
+            measured[n] = {"settings": [c.describe() for c in chosen], "score": [r.score for r in rows],
+                           "layer_speedup": [r.layer_speedup for r in rows],
                            "speedup": measured_speedups(model, sub_enc, chosen, progress=args.progress)}
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     report = {"task": task, "split": args.split, "metric": spec.metric, "torch_threads": torch.get_num_threads(),
-              "measured_on_examples": args.measure_examples, "curves": curves, "score_at_layer_speedup": table,
+              "measured_on_examples": args.measure_examples,
+              "curves": {n: [r.to_dict() for r in rows] for n, rows in curves.items()}, "score_at_layer_speedup": table,
               "measured": measured}
     out.write_text(json.dumps(report, indent=2))
     plot_curves(curves, measured, spec.metric, out.with_suffix(".png"), title=f"{task} {args.split}")

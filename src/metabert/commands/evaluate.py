@@ -17,7 +17,7 @@ from metabert.modeling import MultiExitBert
 def add_parser(sub, name):
     p = sub.add_parser(name, help="score every exit and early exit", description=__doc__)
     p.add_argument("--checkpoint", required=True, help="folder written by `metabert train`")
-    add_data_options(p, task_required=False)
+    add_data_options(p)
     p.add_argument("--split", default="dev", help="GLUE split to evaluate (default dev)")
     add_policy_options(p)
     p.add_argument("--thresholds", type=float_list, help="comma-separated thresholds to sweep, or auto (spread over the entropies seen)")
@@ -45,14 +45,14 @@ def run(args) -> int:
         policy = None if resolved.default else resolved.policy  # uncalibrated: the per-exit scores say it all
     report = evaluate(model, encoded, spec.metric, policy=policy, sweep=sweep, batch_size=args.batch_size,
                       progress=args.progress, logits=logits)
-    report = {"task": task, "split": args.split, "data": data_name(dataset.source, task), "checkpoint": args.checkpoint, **report}
-    if policy is not None:
-        report["policy_source"] = resolved.source
+    report = report.with_context(task=task, split=args.split, data=data_name(dataset.source, task),
+                                 checkpoint=args.checkpoint,
+                                 **({"policy_source": resolved.source} if policy is not None else {}))
     print(format_report(report))
     stem = Path(args.output).with_suffix("") if args.output else Path(f"{task}_sweep")
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(report, indent=2))
+        Path(args.output).write_text(json.dumps(report.to_dict(), indent=2))
         print(f"report: {args.output}")
     if args.thresholds:
         write_sweep_csv(report, stem.with_suffix(".csv"))

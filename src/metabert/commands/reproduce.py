@@ -3,20 +3,20 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
 from pathlib import Path
 
-from metabert.commands import train as train_cmd
+from metabert.commands.common import add_training_options, config_fields
 from metabert.data import GLUE_TASKS
 from metabert.exits import POLICIES
-from metabert.reproduce import reproduce, split_row
+from metabert.options import flat_types
+from metabert.recipes.reproduce import reproduce, split_row
 from metabert.training import TrainConfig
 
 
 def add_parser(sub, name):
     p = sub.add_parser(name, help="train and compare methods on several tasks and seeds (Table II)",
                        description=__doc__)
-    train_cmd.add_training_options(p)
+    add_training_options(p)
     p.add_argument("--tasks", default="cola,rte,mrpc,sst2")
     p.add_argument("--methods", default="joint,two-stage,alternating,meta")
     p.add_argument("--seeds", type=int, default=3)
@@ -56,14 +56,13 @@ def run(args) -> int:
             task_options.setdefault(task, {})[field] = value
     variants = dict(parse_variant(v) for v in args.variant)
     pairs = [parse_pair(text, methods) for text in args.pair]
-    fields_ = train_cmd.config_fields(args)
-    base = TrainConfig(**{**fields_, "task": tasks[0], "method": "joint"})
+    base = TrainConfig(**{**config_fields(args), "task": tasks[0], "method": "joint"})
     for t in tasks:  # fail before hours of training, not after
         for m in methods:
             options, _ = split_row(variants.get(m))
-            TrainConfig(**{**fields_, "task": t, **task_options.get(t, {}), "method": m, **options})
+            base.replace(**{"task": t, **task_options.get(t, {}), "method": m, **options})
     path = reproduce(base, tasks, methods, args.seeds, args.output, [float(s) for s in args.speedups.split(",")],
-                     command=args.command_line, progress=not args.no_progress,
+                     command=args.command_line, progress=args.progress,
                      task_options=task_options, variants={m: variants[m] for m in methods if m in variants},
                      train_missing=not args.no_train, reuse=[Path(d) for d in args.reuse], title=args.title,
                      paper=args.paper, pairs=pairs)
@@ -106,8 +105,8 @@ def parse_variant(text: str) -> tuple[str, dict]:
     name, sep, rest = text.partition("=")
     if not sep or not name.strip():
         raise ValueError(f"--variant: expected NAME=OPTION=VALUE,..., got {text!r}")
-    types = {f.name: str(f.type).split("|")[0].strip() for f in fields(TrainConfig)}  # "int | None" -> "int"
-    kinds = {"int": int, "float": float, "str": str, "bool": parse_bool}
+    types = flat_types(TrainConfig)  # the flat option names, meta_* among them
+    kinds = {int: int, float: float, str: str, bool: parse_bool}
     out = {}
     for item in filter(None, (i.strip() for i in rest.split(","))):
         key, sep, value = item.partition("=")
@@ -127,7 +126,7 @@ def parse_variant(text: str) -> tuple[str, dict]:
         try:
             out[key] = kind(value.strip())
         except ValueError:
-            raise ValueError(f"--variant {name}: {key} needs {types[key]}, got {value!r}") from None
+            raise ValueError(f"--variant {name}: {key} needs {types[key].__name__}, got {value!r}") from None
     if "method" not in out:
         raise ValueError(f"--variant {name}: say which method it varies (method=...)")
     return name.strip(), out
