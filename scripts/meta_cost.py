@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from metabert.report import hardware
+from metabert.machine import hardware
 from metabert.training import read_log
 
 VARIANTS = {

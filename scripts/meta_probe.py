@@ -24,7 +24,7 @@ from metabert import meta
 from metabert.batching import encode, iterate, train_batches
 from metabert.meta import MetaConfig
 from metabert.modeling import MultiExitBert
-from metabert.report import hardware
+from metabert.machine import hardware
 
 
 def main() -> int:

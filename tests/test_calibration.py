@@ -23,9 +23,9 @@ def synthetic(n=200, layers=4, seed=0):
 def test_target_speedup_picks_least_aggressive_setting_that_meets_it():
     logits, labels = synthetic()
     choice = choose(logits, labels, "accuracy", target_speedup=1.5)
-    assert choice["result"]["layer_speedup"] >= 1.5
+    assert choice["result"].layer_speedup >= 1.5
     layers = simulate_exits(logits, choice["policy"])
-    assert 4 / layers.float().mean().item() == pytest.approx(choice["result"]["layer_speedup"])
+    assert 4 / layers.float().mean().item() == pytest.approx(choice["result"].layer_speedup)
     faster = choose(logits, labels, "accuracy", target_speedup=2.5)
     assert faster["policy"].threshold > choice["policy"].threshold
 
@@ -34,9 +34,9 @@ def test_max_drop_respects_budget_and_zero_budget_is_safe():
     logits, labels = synthetic()
     for drop in (0.0, 1.0, 5.0):
         choice = choose(logits, labels, "accuracy", max_drop=drop)
-        assert choice["result"]["score"] >= choice["full_score"] - drop - 1e-9
+        assert choice["result"].score >= choice["full_score"] - drop - 1e-9
     loose = choose(logits, labels, "accuracy", max_drop=50.0)
-    assert loose["result"]["layer_speedup"] == pytest.approx(4.0)  # anything goes: all leave at layer 1
+    assert loose["result"].layer_speedup == pytest.approx(4.0)  # anything goes: all leave at layer 1
 
 
 @pytest.mark.parametrize("policy", ["max-prob", "patience", "norm-entropy", "patience-entropy"])
@@ -44,7 +44,7 @@ def test_every_policy_calibrates(policy):
     logits, labels = synthetic()
     choice = choose(logits, labels, "accuracy", policy=policy, max_drop=2.0)
     assert choice["policy"].name == policy
-    assert choice["result"]["score"] >= choice["full_score"] - 2.0 - 1e-9
+    assert choice["result"].score >= choice["full_score"] - 2.0 - 1e-9
 
 
 def test_bad_goals():
@@ -65,7 +65,7 @@ def test_calibrate_command_stores_policy_used_by_evaluate(tmp_path, capsys):
     assert main(["evaluate", "--checkpoint", str(ckpt), "--task", "custom", "--dev-file", str(dev),
                  "--output", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert report["early_exit"]["threshold"] == stored["threshold"]
+    assert report["timed"]["threshold"] == stored["threshold"]
     assert report["policy_source"].startswith("calibrated")
     # a file given explicitly
     assert main(["calibrate", "--checkpoint", str(ckpt), "--max-drop", "1", "--policy", "patience",

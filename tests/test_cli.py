@@ -49,9 +49,10 @@ def test_train_and_evaluate_custom_end_to_end(tmp_path, capsys):
     assert main(["evaluate", "--checkpoint", str(ckpt), "--task", "custom", "--dev-file", str(dev),
                  "--thresholds", "0,0.3,10", "--output", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert {"task", "metric", "num_layers", "per_exit", "early_exit"} <= set(report)
+    assert {"schema_version", "task", "metric", "num_layers", "per_exit", "sweep", "timed"} <= set(report)
+    assert report["schema_version"] == 2 and report["timed"] is None
     assert report["num_layers"] == 3 and [e["layer"] for e in report["per_exit"]] == [1, 2, 3]
-    sweep = report["early_exit"]
+    sweep = report["sweep"]
     assert [r["threshold"] for r in sweep] == [0, 0.3, 10]
     assert sweep[0]["layer_speedup"] == 1.0 and sweep[-1]["layer_speedup"] == 3.0
     assert sweep[0]["score"] == report["per_exit"][-1]["score"]
@@ -62,7 +63,7 @@ def test_train_and_evaluate_custom_end_to_end(tmp_path, capsys):
     single = tmp_path / "one.json"
     assert main(["evaluate", "--checkpoint", str(ckpt), "--task", "custom", "--dev-file", str(dev),
                  "--threshold", "0.5", "--output", str(single)]) == 0
-    timed = json.loads(single.read_text())["early_exit"]
+    timed = json.loads(single.read_text())["timed"]
     assert {"threshold", "score", "mean_exit_layer", "layer_speedup", "wall_time_s"} <= set(timed)
     assert "exit" in capsys.readouterr().out
 

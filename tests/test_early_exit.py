@@ -79,8 +79,8 @@ def test_early_exit_agrees_with_simulation_from_all_exits(model, data):
     logits = all_exit_logits(model, data, batch_size=5)
     simulated = simulate(logits, data.labels, "accuracy", threshold)
     output, _ = run_early_exit(model, data, threshold, batch_size=5)
-    assert simulated["mean_exit_layer"] == pytest.approx(output.exit_layer.float().mean().item())
-    assert simulated["exit_counts"] == torch.bincount(output.exit_layer, minlength=4)[1:].tolist()
+    assert simulated.mean_exit_layer == pytest.approx(output.exit_layer.float().mean().item())
+    assert list(simulated.exit_counts) == torch.bincount(output.exit_layer, minlength=4)[1:].tolist()
 
 
 def test_exit_rule_is_entropy_below_threshold(model, data):

@@ -76,9 +76,10 @@ def test_curves_command(tmp_path, capsys):
 
 def test_interpolated_score_at_speedup():
     from metabert.curves import at_speedup
+    from metabert.reports import ExitRun
 
-    rows = [{"layer_speedup": 1.0, "score": 90.0}, {"layer_speedup": 2.0, "score": 80.0},
-            {"layer_speedup": 3.0, "score": 60.0}]
+    rows = [ExitRun("entropy", 0.1, 2, {"score": score}, 6 / speedup, speedup, (0,) * 6)
+            for speedup, score in [(1.0, 90.0), (2.0, 80.0), (3.0, 60.0)]]
     assert at_speedup(rows, 1.5) == pytest.approx(85.0)
     assert at_speedup(rows, 2.5) == pytest.approx(70.0)
     assert at_speedup(rows, 4.0) is None

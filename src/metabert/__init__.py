@@ -1,16 +1,38 @@
 """metabert: early-exit BERT-family classifiers, trained as in MetaBERT (and its peers).
 
-The public API (see docs/API.md); everything else is internal and may move.
+The public API, documented in docs/API.md; everything else is internal and may move. The recipes
+(``metabert.recipes``: the paper's tables, results pages) use only these names.
 """
 
+from metabert.backbones import source_num_layers
+from metabert.batching import Encoded, encode
+from metabert.bench import format_table as format_bench_table
+from metabert.calibration import calibration_set, choose
+from metabert.data import Dataset, TaskSpec, get_task, load_glue
 from metabert.engine import ExitResult, Runner
 from metabert.engine import run as run_early_exit_batch
+from metabert.evaluation import (all_exit_logits, evaluate, per_exit_scores, plot_grid, plot_report, pyplot,
+                                 simulate)
 from metabert.exits import POLICIES, ExitPolicy, get_policy, simulate_exits
+from metabert.machine import hardware
+from metabert.meta import MetaConfig
 from metabert.modeling import EagerRunner, MultiExitBert, MultiExitConfig
 from metabert.policy import Resolved, resolve
+from metabert.reports import EarlyExitReport, ExitRun, Timing
+from metabert.trainer import Callback, Trainer, TrainState
+from metabert.training import RESUME_FREE, TrainConfig, read_log, state_file, train
 
 __all__ = [
+    # model and inference
     "MultiExitBert", "MultiExitConfig", "EagerRunner", "ExitResult", "Runner", "run_early_exit_batch",
     "ExitPolicy", "POLICIES", "get_policy", "simulate_exits", "Resolved", "resolve",
+    # data
+    "Dataset", "TaskSpec", "Encoded", "get_task", "load_glue", "encode", "source_num_layers",
+    # training
+    "TrainConfig", "MetaConfig", "train", "Trainer", "TrainState", "Callback", "read_log", "state_file",
+    "RESUME_FREE",
+    # evaluation, calibration and results
+    "evaluate", "all_exit_logits", "per_exit_scores", "simulate", "EarlyExitReport", "ExitRun", "Timing",
+    "calibration_set", "choose", "plot_report", "plot_grid", "pyplot", "format_bench_table", "hardware",
 ]
 __version__ = "0.1.0"

@@ -81,7 +81,7 @@ def choose(logits: torch.Tensor, labels: list[int], metric: str, policy: str = "
     target_speedup S: the least aggressive candidate whose layer speed-up is at least S (the most
     accurate one, in expectation). max_drop P: the fastest candidate whose score is at most P points
     below the last exit's score on the same data.
-    Returns {"policy": ExitPolicy, "result": its simulated result, "full_score": last exit's score}.
+    Returns {"policy": ExitPolicy, "result": its simulated ``ExitRun``, "full_score": last exit's score}.
     """
     if (target_speedup is None) == (max_drop is None):
         raise ValueError("give exactly one of target_speedup and max_drop")
@@ -91,14 +91,14 @@ def choose(logits: torch.Tensor, labels: list[int], metric: str, policy: str = "
     if target_speedup is not None:
         if target_speedup < 1:
             raise ValueError(f"target speed-up must be >= 1, got {target_speedup}")
-        ok = [c for c in candidates if c[1]["layer_speedup"] >= target_speedup - 1e-9]
+        ok = [c for c in candidates if c[1].layer_speedup >= target_speedup - 1e-9]
         if not ok:
-            best = max(c[1]["layer_speedup"] for c in candidates)
+            best = max(c[1].layer_speedup for c in candidates)
             raise ValueError(f"no {policy} setting reaches {target_speedup}x on the calibration data (at most {best:.2f}x)")
-        chosen = min(ok, key=lambda c: (c[1]["layer_speedup"], -c[1]["score"]))
+        chosen = min(ok, key=lambda c: (c[1].layer_speedup, -c[1].score))
     else:
         if max_drop < 0:
             raise ValueError(f"max drop must be >= 0 points, got {max_drop}")
-        ok = [c for c in candidates if c[1]["score"] >= full - max_drop - 1e-9]
-        chosen = max(ok, key=lambda c: (c[1]["layer_speedup"], c[1]["score"]))
+        ok = [c for c in candidates if c[1].score >= full - max_drop - 1e-9]
+        chosen = max(ok, key=lambda c: (c[1].layer_speedup, c[1].score))
     return {"policy": chosen[0], "result": chosen[1], "full_score": full}

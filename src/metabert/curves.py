@@ -9,9 +9,10 @@ from tqdm.auto import tqdm
 
 from metabert.batching import Encoded, collate, model_inputs
 from metabert.bench import Variant, batch1_latencies
-from metabert.evaluation import _pyplot, candidate_policies, simulate
+from metabert.evaluation import pyplot, candidate_policies, simulate
 from metabert.exits import ExitPolicy
 from metabert.modeling import EagerRunner, MultiExitBert
+from metabert.reports import ExitRun
 
 
 def measured_speedups(model: MultiExitBert, data: Encoded, policies: list[ExitPolicy], repeats: int = 2,
@@ -31,14 +32,14 @@ def measured_speedups(model: MultiExitBert, data: Encoded, policies: list[ExitPo
 
 
 def policy_curves(model, logits, labels, metric, names: list[str], patience: int = 2, count: int = 16) -> dict:
-    """Simulated sweep of every policy: name -> list of results."""
+    """Simulated sweep of every policy: name -> list of ``ExitRun``."""
     return {name: [simulate(logits, labels, metric, p) for p in candidate_policies(logits, name, patience, count)]
             for name in names}
 
 
-def at_speedup(rows: list[dict], target: float) -> float | None:
+def at_speedup(rows: list[ExitRun], target: float) -> float | None:
     """Score at a layer speed-up, interpolated linearly between the two nearest settings."""
-    pts = sorted((r["layer_speedup"], r["score"]) for r in rows)
+    pts = sorted((r.layer_speedup, r.score) for r in rows)
     for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
         if x0 <= target <= x1:
             return y0 if x1 == x0 else y0 + (y1 - y0) * (target - x0) / (x1 - x0)
@@ -46,10 +47,10 @@ def at_speedup(rows: list[dict], target: float) -> float | None:
 
 
 def plot_curves(curves: dict, measured: dict, metric: str, path, title: str = "") -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for name, rows in curves.items():
-        left.plot([r["layer_speedup"] for r in rows], [r["score"] for r in rows], marker=".", label=name)
+        left.plot([r.layer_speedup for r in rows], [r.score for r in rows], marker=".", label=name)
         if name in measured:
             m = measured[name]
             right.plot(m["speedup"], m["score"], marker="o", label=name)

@@ -17,6 +17,7 @@ from metabert.exits import POLICIES, EntropyPolicy, ExitPolicy, entropy, get_pol
 from metabert import engine
 from metabert.engine import ExitResult
 from metabert.modeling import EagerRunner, MultiExitBert
+from metabert.reports import EarlyExitReport, ExitRun, Timing
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def candidate_policies(logits: torch.Tensor, name: str = "entropy", patience: in
     return [get_policy(name, threshold=v, patience=patience) for v in values]
 
 
-def simulate(logits: torch.Tensor, labels: list[int], metric: str, policy: ExitPolicy | float) -> dict:
+def simulate(logits: torch.Tensor, labels: list[int], metric: str, policy: ExitPolicy | float) -> ExitRun:
     """Early exit under ``policy`` (or entropy at a threshold) computed from all exits' logits."""
     if not isinstance(policy, ExitPolicy):
         policy = EntropyPolicy(float(policy))
@@ -99,18 +100,13 @@ def simulate(logits: torch.Tensor, labels: list[int], metric: str, policy: ExitP
     return summarise(logits.shape[0], chosen.argmax(-1).tolist(), layers, labels, metric, policy)
 
 
-def summarise(num_layers, predictions, layers: torch.Tensor, labels, metric, policy: ExitPolicy) -> dict:
+def summarise(num_layers, predictions, layers: torch.Tensor, labels, metric, policy: ExitPolicy,
+              timing: Timing | None = None) -> ExitRun:
+    """What ``policy`` did: its exits ``layers`` (1-based, per sample) and ``predictions``, scored."""
     mean_layer = float(layers.float().mean())
     counts = torch.bincount(layers, minlength=num_layers + 1)[1:].tolist()
-    return {
-        "policy": policy.name,
-        "threshold": policy.threshold,
-        "patience": policy.patience,
-        **metrics.compute(metric, predictions, labels),
-        "mean_exit_layer": mean_layer,
-        "layer_speedup": num_layers / mean_layer,
-        "exit_counts": counts,
-    }
+    return ExitRun(policy.name, policy.threshold, policy.patience, metrics.compute(metric, predictions, labels),
+                   mean_layer, num_layers / mean_layer, tuple(counts), timing)
 
 
 def sweep_policies(logits: torch.Tensor, values, name: str = "entropy", patience: int = 2) -> list[ExitPolicy]:
@@ -131,7 +127,7 @@ def evaluate(
     batch_size: int = 64,
     progress: bool = False,
     logits: torch.Tensor | None = None,
-) -> dict:
+) -> EarlyExitReport:
     """Score of every exit (MetaBERT Fig. 2) and early exit.
 
     With ``policy``: a real early-exit run (rows leave the batch as they exit), timed against the
@@ -141,56 +137,45 @@ def evaluate(
     """
     if logits is None:
         logits = all_exit_logits(model, data, batch_size, progress)
-    report = {
-        "metric": metric,
-        "num_layers": model.num_layers,
-        "num_examples": len(data),
-        "per_exit": per_exit_scores(logits, data.labels, metric),
-    }
+    per_exit = tuple(per_exit_scores(logits, data.labels, metric))
+    runs, timed = (), None
     if sweep:
-        report["early_exit"] = [simulate(logits, data.labels, metric, p) for p in sweep]
+        runs = tuple(simulate(logits, data.labels, metric, p) for p in sweep)
     elif policy is not None:
         output, seconds = run_early_exit(model, data, policy, batch_size)
         _, full_seconds = run_dataset(EagerRunner(model), data, model.tokenizer.pad_token_id, None, batch_size)
-        result = summarise(
-            model.num_layers, output.predictions.tolist(), output.exit_layer, data.labels, metric, policy
-        )
-        result.update(
-            wall_time_s=seconds,
-            full_model_wall_time_s=full_seconds,
-            wall_speedup=full_seconds / seconds,
-            batch_size=batch_size,
-        )
-        report["early_exit"] = result
-    return report
+        timing = Timing(seconds, full_seconds, full_seconds / seconds, batch_size)
+        timed = summarise(model.num_layers, output.predictions.tolist(), output.exit_layer, data.labels, metric,
+                          policy, timing)
+    return EarlyExitReport(metric, model.num_layers, len(data), per_exit, runs, timed)
 
 
-def write_sweep_csv(report: dict, path: str | Path) -> None:
-    rows = report["early_exit"]
+def write_sweep_csv(report: EarlyExitReport, path: str | Path) -> None:
     fields = ["policy", "threshold", "patience", "score", "mean_exit_layer", "layer_speedup"]
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(fields + [f"exits_at_{i + 1}" for i in range(report["num_layers"])])
-        for row in rows:
+        writer.writerow(fields + [f"exits_at_{i + 1}" for i in range(report.num_layers)])
+        for run in report.sweep:
+            row = run.to_dict()
             writer.writerow([f"{row[f]:.6g}" if isinstance(row[f], float) else row[f] for f in fields]
                             + row["exit_counts"])
 
 
-def _draw(report: dict, left, right) -> None:
+def _draw(report: EarlyExitReport, left, right) -> None:
     """Score of every exit (Fig. 2 style) on ``left``, score against layer speed-up on ``right``."""
-    layers = [e["layer"] for e in report["per_exit"]]
-    left.plot(layers, [e["score"] for e in report["per_exit"]], marker="o")
-    left.set(xlabel="exit (layer)", ylabel=report["metric"], xticks=layers)
-    sweep = report.get("early_exit") or []
-    sweep = sweep if isinstance(sweep, list) else [sweep]
-    if sweep:
-        right.plot([r["layer_speedup"] for r in sweep], [r["score"] for r in sweep], marker="o")
-    right.set(xlabel="layer speed-up (L / mean exit layer)", ylabel=report["metric"])
+    layers = [e["layer"] for e in report.per_exit]
+    left.plot(layers, [e["score"] for e in report.per_exit], marker="o")
+    left.set(xlabel="exit (layer)", ylabel=report.metric, xticks=layers)
+    runs = report.sweep or ((report.timed,) if report.timed else ())
+    if runs:
+        right.plot([r.layer_speedup for r in runs], [r.score for r in runs], marker="o")
+    right.set(xlabel="layer speed-up (L / mean exit layer)", ylabel=report.metric)
     for ax in (left, right):
         ax.grid(alpha=0.3)
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot, drawing to files (the Agg backend: no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -199,9 +184,9 @@ def _pyplot():
     return plt
 
 
-def plot_report(report: dict, path: str | Path, title: str = "") -> None:
+def plot_report(report: EarlyExitReport, path: str | Path, title: str = "") -> None:
     """Two panels: score of every exit and entropy early exit's score against layer speed-up."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     _draw(report, left, right)
     left.set_title("score of every exit")
@@ -213,9 +198,9 @@ def plot_report(report: dict, path: str | Path, title: str = "") -> None:
     plt.close(fig)
 
 
-def plot_grid(reports: list[dict], names: list[str], path: str | Path) -> None:
+def plot_grid(reports: list[EarlyExitReport], names: list[str], path: str | Path) -> None:
     """One row per report, the two panels of ``plot_report`` each."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(len(reports), 2, figsize=(10, 3.2 * len(reports)), squeeze=False)
     for (left, right), report, name in zip(axes, reports, names):
         _draw(report, left, right)
@@ -226,21 +211,21 @@ def plot_grid(reports: list[dict], names: list[str], path: str | Path) -> None:
     plt.close(fig)
 
 
-def format_report(report: dict) -> str:
+def format_report(report: EarlyExitReport) -> str:
     """Plain-text tables for the terminal."""
-    lines = [f"task {report.get('task', '?')} ({report.get('split', 'dev')}, {report['num_examples']} examples), "
-             f"metric {report['metric']}", "", "exit  score"]
-    lines += [f"{e['layer']:>4}  {e['score']:6.2f}" for e in report["per_exit"]]
-    sweep = report.get("early_exit")
-    if sweep is None:
+    context = report.context
+    lines = [f"task {context.get('task', '?')} ({context.get('split', 'dev')}, {report.num_examples} examples), "
+             f"metric {report.metric}", "", "exit  score"]
+    lines += [f"{e['layer']:>4}  {e['score']:6.2f}" for e in report.per_exit]
+    runs = report.sweep + ((report.timed,) if report.timed else ())
+    if not runs:
         return "\n".join(lines)
-    rows = sweep if isinstance(sweep, list) else [sweep]
     lines += ["", f"{'policy':<16}  threshold  patience  score  mean exit layer  layer speed-up  exits per layer"]
-    for r in rows:
-        lines.append(f"{r['policy']:<16}  {r['threshold']:>9.4g}  {r['patience']:>8}  {r['score']:5.2f}  "
-                     f"{r['mean_exit_layer']:15.2f}  {r['layer_speedup']:13.2f}x  {r['exit_counts']}")
-    if isinstance(sweep, dict) and "wall_time_s" in sweep:
-        lines.append(f"wall time: early exit {sweep['wall_time_s']:.2f}s, full model "
-                     f"{sweep['full_model_wall_time_s']:.2f}s (batch {sweep['batch_size']}, "
-                     f"{sweep['wall_speedup']:.2f}x; one run, not a benchmark)")
+    for r in runs:
+        lines.append(f"{r.policy:<16}  {r.threshold:>9.4g}  {r.patience:>8}  {r.score:5.2f}  "
+                     f"{r.mean_exit_layer:15.2f}  {r.layer_speedup:13.2f}x  {list(r.exit_counts)}")
+    if report.timed is not None and report.timed.timing is not None:
+        t = report.timed.timing
+        lines.append(f"wall time: early exit {t.wall_time_s:.2f}s, full model {t.full_model_wall_time_s:.2f}s "
+                     f"(batch {t.batch_size}, {t.wall_speedup:.2f}x; one run, not a benchmark)")
     return "\n".join(lines)

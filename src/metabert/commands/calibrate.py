@@ -50,13 +50,13 @@ def run(args) -> int:
         **policy_to_dict(policy),
         "chosen_on": what,
         "goal": goal,
-        "calibration_score": result["score"],
+        "calibration_score": result.score,
         "calibration_last_exit_score": choice["full_score"],
-        "calibration_layer_speedup": result["layer_speedup"],
+        "calibration_layer_speedup": result.layer_speedup,
     }
     print(f"{policy.describe()} chosen for {goal} on {what}:")
-    print(f"  calibration {metric} {result['score']:.2f} (last exit {choice['full_score']:.2f}), "
-          f"layer speed-up {result['layer_speedup']:.2f}x, exits per layer {result['exit_counts']}")
+    print(f"  calibration {metric} {result.score:.2f} (last exit {choice['full_score']:.2f}), "
+          f"layer speed-up {result.layer_speedup:.2f}x, exits per layer {list(result.exit_counts)}")
     if args.dry_run:
         print(json.dumps(record, indent=2))
         return 0

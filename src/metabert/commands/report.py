@@ -3,7 +3,7 @@ folder written by scripts/foundation_results.sh."""
 
 from __future__ import annotations
 
-from metabert.report import write
+from metabert.recipes.report import write
 
 
 def add_parser(sub, name):
@@ -18,7 +18,7 @@ def run(args) -> int:
     if args.bench:
         from pathlib import Path
 
-        from metabert.report import render_bench
+        from metabert.recipes.report import render_bench
 
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(render_bench(args.bench, "metabert report --bench " + " ".join(args.bench)

@@ -9,29 +9,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import platform
 import statistics
 from pathlib import Path
 
-import torch
-
-from metabert.bench import format_table
-from metabert.evaluation import plot_grid
-from metabert.training import read_log
-
-
-def hardware() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{model}, {os.cpu_count()} cores, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
+from metabert import EarlyExitReport, ExitRun, format_bench_table, hardware, plot_grid, read_log
 
 
 def train_command(config: dict) -> str:
@@ -44,10 +25,15 @@ def train_command(config: dict) -> str:
     return "metabert train " + " ".join(str(f) for f in flags) + " --output DIR"
 
 
-def best_at(sweep: list[dict], speedup: float) -> dict | None:
+def best_at(sweep: tuple[ExitRun, ...], speedup: float) -> ExitRun | None:
     """Best score among the thresholds that reach at least ``speedup`` (None if none does)."""
-    fast = [r for r in sweep if r["layer_speedup"] >= speedup]
-    return max(fast, key=lambda r: r["score"]) if fast else None
+    fast = [r for r in sweep if r.layer_speedup >= speedup]
+    return max(fast, key=lambda r: r.score) if fast else None
+
+
+def read_report(path: Path) -> EarlyExitReport:
+    """An ``evaluate --output`` file, of any schema version."""
+    return EarlyExitReport.from_dict(json.loads(path.read_text()))
 
 
 def held_out(tasks: list[dict]) -> str:
@@ -76,8 +62,8 @@ def load_task(root: Path, task: str) -> dict:
         "task": task,
         "config": config,
         "log": log,
-        "sweep": json.loads((root / f"{task}.sweep.json").read_text()),
-        "timed": json.loads((root / f"{task}.threshold.json").read_text()) if (root / f"{task}.threshold.json").exists() else None,
+        "sweep": read_report(root / f"{task}.sweep.json"),
+        "timed": read_report(root / f"{task}.threshold.json").timed if (root / f"{task}.threshold.json").exists() else None,
     }
 
 
@@ -110,15 +96,15 @@ def render(tasks: list[dict], plot_path: Path | None = None, command: str = "") 
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for t in tasks:
-        per_exit = t["sweep"]["per_exit"]
+        per_exit = t["sweep"].per_exit
         best_exit = max(per_exit, key=lambda e: e["score"])
         cells = []
         for s in (1.5, 2.0):
-            r = best_at(t["sweep"]["early_exit"], s)
-            cells.append(f"{r['score']:.2f} ({r['layer_speedup']:.2f}x, γ={r['threshold']:g})" if r else "n/a")
+            r = best_at(t["sweep"].sweep, s)
+            cells.append(f"{r.score:.2f} ({r.layer_speedup:.2f}x, γ={r.threshold:g})" if r else "n/a")
         minutes = t["log"][-1]["elapsed_seconds"] / 60
         examples = round(t["log"][0]["examples_per_second"] * t["log"][0]["train_seconds"])
-        out.append(f"| {t['task']} | {t['sweep']['metric']} | {examples} | {t['config']['epochs']} | "
+        out.append(f"| {t['task']} | {t['sweep'].metric} | {examples} | {t['config']['epochs']} | "
                    f"{minutes:.1f} min | {per_exit[-1]['score']:.2f} | {best_exit['score']:.2f} (exit "
                    f"{best_exit['layer']}) | {cells[0]} | {cells[1]} |")
     out += ["", "## Seed spread of the last exit", "",
@@ -134,7 +120,7 @@ def render(tasks: list[dict], plot_path: Path | None = None, command: str = "") 
     if plot_path is not None:
         out += ["", f"![per-exit scores and early-exit curves]({plot_path.name})"]
     for t in tasks:
-        layers = [e["layer"] for e in t["sweep"]["per_exit"]]
+        layers = [e["layer"] for e in t["sweep"].per_exit]
         out += [
             "", f"## {t['task']}", "",
             f"Command: `{train_command(t['config'])}`, then `metabert evaluate --checkpoint DIR --task "
@@ -149,16 +135,15 @@ def render(tasks: list[dict], plot_path: Path | None = None, command: str = "") 
                        + f" | {'yes' if r['saved'] else ''} |")
         out += ["", "Entropy early exit on dev:", "",
                 "| threshold γ | score | mean exit layer | layer speed-up | exits per layer |", "|---|---|---|---|---|"]
-        for r in t["sweep"]["early_exit"]:
-            out.append(f"| {r['threshold']:g} | {r['score']:.2f} | {r['mean_exit_layer']:.2f} | "
-                       f"{r['layer_speedup']:.2f}x | {' / '.join(map(str, r['exit_counts']))} |")
-        timed = t["timed"]
-        if timed:
-            e = timed["early_exit"]
-            out += ["", f"One timed run at γ = {e['threshold']:g} (batch {e['batch_size']}, all of dev, one "
-                        f"repetition, not a benchmark): early exit {e['wall_time_s']:.2f} s, full model "
-                        f"{e['full_model_wall_time_s']:.2f} s, {e['wall_speedup']:.2f}x wall-clock against "
-                        f"{e['layer_speedup']:.2f}x in layers; score {e['score']:.2f}."]
+        for r in t["sweep"].sweep:
+            out.append(f"| {r.threshold:g} | {r.score:.2f} | {r.mean_exit_layer:.2f} | "
+                       f"{r.layer_speedup:.2f}x | {' / '.join(map(str, r.exit_counts))} |")
+        e = t["timed"]
+        if e is not None and e.timing is not None:
+            out += ["", f"One timed run at γ = {e.threshold:g} (batch {e.timing.batch_size}, all of dev, one "
+                        f"repetition, not a benchmark): early exit {e.timing.wall_time_s:.2f} s, full model "
+                        f"{e.timing.full_model_wall_time_s:.2f} s, {e.timing.wall_speedup:.2f}x wall-clock against "
+                        f"{e.layer_speedup:.2f}x in layers; score {e.score:.2f}."]
     return "\n".join(out) + "\n"
 
 
@@ -196,7 +181,7 @@ def render_bench(paths: list[Path], command: str = "") -> str:
                 f"after {b['warmup']} warm-up examples, {b['threads']} threads. Hardware: {b['hardware']}. "
                 f"Exit policy {b['policy_source']}.", ""]
         ratios = {k: v for k, v in b.items() if k.endswith(("speedup", "_b1", "_b32")) and isinstance(v, float)}
-        out.append(format_table(b["variants"], ratios, b.get("batch_size", 32)))
+        out.append(format_bench_table(b["variants"], ratios, b.get("batch_size", 32)))
         layer = b["layer_speedup"]
         out += ["", "| target | needed | measured | met |", "|---|---|---|---|"]
         for key, what, factor in BENCH_TARGETS:

@@ -16,21 +16,16 @@ import logging
 import statistics
 from pathlib import Path
 
-from metabert import data as data_mod
-from metabert.backbones import source_num_layers
-from metabert.batching import encode
-from metabert.calibration import calibration_set, choose
-from metabert.evaluation import _pyplot, all_exit_logits, per_exit_scores, simulate
-from metabert.modeling import MultiExitBert
-from metabert.report import hardware
-from metabert.training import RESUME_FREE, TrainConfig, read_log, state_file, train
+from metabert import (RESUME_FREE, MultiExitBert, TrainConfig, all_exit_logits, calibration_set, choose, encode,
+                      get_task, hardware, load_glue, per_exit_scores, pyplot, read_log, simulate, source_num_layers,
+                      state_file, train)
 
 log = logging.getLogger(__name__)
 
 def paper_tables() -> dict[str, tuple[str, dict[str, dict[str, float]]]]:
     """The paper's own Table I and II figures (``paper_tables.json``, shipped with the package),
     printed under ours: {table: (title, {row: {task: score}})}."""
-    data = json.loads(resources.files("metabert").joinpath("paper_tables.json").read_text())
+    data = json.loads(resources.files("metabert.recipes").joinpath("paper_tables.json").read_text())
     return {key: (table["title"], table["rows"]) for key, table in data["tables"].items()}
 
 
@@ -97,8 +92,8 @@ def run_cell(base: TrainConfig, task: str, method: str, seed: int, root: Path, s
         train_examples = train(config, progress=progress, resume=resumed)["train_examples"]
     model_dir = trained_by or Path(config.output)
     model = MultiExitBert.from_pretrained(model_dir)
-    spec = data_mod.get_task(task)
-    dev = encode(data_mod.load_glue(task, "dev", base.data_dir), model.tokenizer, base.max_seq_length)
+    spec = get_task(task)
+    dev = encode(load_glue(task, "dev", base.data_dir), model.tokenizer, base.max_seq_length)
     logits = all_exit_logits(model, dev, base.eval_batch_size)
     per_exit = per_exit_scores(logits, dev.labels, spec.metric)
     held, what = calibration_set(model, base.data_dir)
@@ -120,8 +115,8 @@ def run_cell(base: TrainConfig, task: str, method: str, seed: int, root: Path, s
             continue
         result = simulate(logits, dev.labels, spec.metric, choice["policy"])
         early[f"{s:g}"] = {"threshold": choice["policy"].threshold, "patience": choice["policy"].patience,
-                           "score": result["score"], "dev_layer_speedup": result["layer_speedup"],
-                           "calibration_layer_speedup": choice["result"]["layer_speedup"]}
+                           "score": result.score, "dev_layer_speedup": result.layer_speedup,
+                           "calibration_layer_speedup": choice["result"].layer_speedup}
     out = {"task": task, "method": method, "seed": seed, "metric": spec.metric, "policy": policy, "per_exit": scores,
            "last_exit": scores[-1], "mean_over_exits": sum(scores) / len(scores), "early_exit": early,
            "calibrated_on": what, "train_seconds": sum(r["train_seconds"] for r in records),
@@ -330,7 +325,7 @@ def render(table: dict, tasks: list[str], speedups: list[float], command: str, v
 
 
 def plot_fig2(table: dict, task: str, path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for method, cells in table.items():
         if task in cells:
