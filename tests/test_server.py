@@ -106,7 +106,7 @@ def test_concurrent_requests_and_metrics(server):
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         assert set(pool.map(call, range(32))) == {200}
     text = httpx.get(server.url + "/metrics").text
-    assert 'metabert_requests_total{status="200"}' in text
+    assert 'metabert_responses_total{path="/predict",status="200"}' in text
     assert "metabert_exit_layer_bucket" in text and "metabert_request_latency_seconds_count" in text
     schema = httpx.get(server.url + "/openapi.json").json()
     assert "/predict" in schema["paths"]
