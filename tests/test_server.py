@@ -75,6 +75,8 @@ def test_overlong_text_is_truncated_and_flagged(server):
     ({"texts": ["a"], "threshold": 5.0}, 400, "threshold 5.0"),
     ({"texts": ["a"], "threshold": -1}, 400, "threshold -1"),
     ({"texts": ["a"], "colour": "red"}, 400, "colour"),
+    ({"texts": ["a"], "threshold": False}, 400, "threshold"),  # found by fuzzing: taken as γ=0 and answered 200
+    ({"texts": ["a"], "threshold": "0.5"}, 400, "threshold"),
 ])
 def test_bad_requests_get_json_errors(server, payload, status, message):
     if isinstance(payload, str):

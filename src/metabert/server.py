@@ -48,7 +48,9 @@ class PredictRequest(BaseModel):
 
     texts: list[str] | None = Field(None, description="single texts to classify")
     pairs: list[tuple[str, str]] | None = Field(None, description="text pairs, for pair tasks")
-    threshold: float | None = Field(None, description="override the exit policy's threshold γ for this request")
+    # strict: JSON true/false or "0.5" are not thresholds (lax float took false as γ=0, found by fuzzing)
+    threshold: float | None = Field(None, strict=True,
+                                    description="override the exit policy's threshold γ for this request")
 
 
 class ItemResult(BaseModel):
