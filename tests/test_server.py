@@ -75,6 +75,8 @@ def test_overlong_text_is_truncated_and_flagged(server):
     ({"texts": ["a"], "threshold": 5.0}, 400, "threshold 5.0"),
     ({"texts": ["a"], "threshold": -1}, 400, "threshold -1"),
     ({"texts": ["a"], "colour": "red"}, 400, "colour"),
+    ({"texts": ["a"], "threshold": False}, 400, "threshold"),  # found by fuzzing: taken as γ=0 and answered 200
+    ({"texts": ["a"], "threshold": "0.5"}, 400, "threshold"),
 ])
 def test_bad_requests_get_json_errors(server, payload, status, message):
     if isinstance(payload, str):
@@ -106,7 +108,7 @@ def test_concurrent_requests_and_metrics(server):
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         assert set(pool.map(call, range(32))) == {200}
     text = httpx.get(server.url + "/metrics").text
-    assert 'metabert_requests_total{status="200"}' in text
+    assert 'metabert_responses_total{path="/predict",status="200"}' in text
     assert "metabert_exit_layer_bucket" in text and "metabert_request_latency_seconds_count" in text
     schema = httpx.get(server.url + "/openapi.json").json()
     assert "/predict" in schema["paths"]
@@ -147,7 +149,8 @@ def calibrated():
     return model
 
 
-def test_policy_flag_without_threshold_keeps_the_calibrated_threshold(calibrated):
+def test_regression_serve_policy_flag_without_threshold_keeps_the_calibrated_threshold(calibrated):
+    """Issue 22, failure 4: `serve --policy X` dropped the checkpoint's calibrated γ."""
     with app_client(calibrated, policy_name="entropy") as client:
         assert "γ=0.25" in client.get("/healthz").json()["policy"]
 
@@ -165,7 +168,8 @@ def test_uncalibrated_checkpoint_serves_the_full_model():
         assert [r["exit_layer"] for r in results] == [3, 3]
 
 
-def test_a_lone_surrogate_is_replaced_and_reported(calibrated):
+def test_regression_a_lone_surrogate_is_replaced_and_reported_not_500(calibrated):
+    """Issue 22, failure 1: {"texts": ["\\ud800"]} got 500."""
     with app_client(calibrated) as client:
         r = client.post("/predict", content='{"texts": ["bad \\ud800 film", "good"]}',
                         headers={"content-type": "application/json"})
@@ -173,7 +177,8 @@ def test_a_lone_surrogate_is_replaced_and_reported(calibrated):
         assert [item["replaced_characters"] for item in r.json()["results"]] == [1, 0]
 
 
-def test_the_input_kind_the_model_does_not_take_is_422(calibrated):
+def test_regression_the_input_kind_the_model_does_not_take_is_422(calibrated):
+    """Issue 22, failure 2: a single-text model answered 200 to pairs (and the reverse was untested)."""
     with app_client(calibrated) as client:  # trained on single texts
         r = client.post("/predict", json={"pairs": [["a premise", "a hypothesis"]]})
         assert r.status_code == 422 and "pairs" in r.json()["error"] and "texts" in r.json()["error"]
@@ -203,3 +208,73 @@ def test_one_failing_item_fails_only_its_request(calibrated, monkeypatch):
             answers = list(pool.map(lambda b: client.post("/predict", json=b), bodies))
     assert [a.status_code for a in answers] == [500 if "poison" in b["texts"][0] else 200 for b in bodies]
     assert all(len(a.json()["results"]) == 2 for a, b in zip(answers, bodies) if "poison" not in b["texts"][0])
+
+
+def test_regression_texts_and_pairs_in_one_micro_batch_are_all_answered(calibrated):
+    """Issue 22, failure 3: text and pair items in the same micro-batch made every request in it
+    fail. Both kinds are queued before the batcher starts, so they are pulled into one micro-batch;
+    they must run as two model calls (one per kind) and all be answered as if alone."""
+    import asyncio
+
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from metabert.modeling import EagerRunner
+    from metabert.policy import resolve
+    from metabert.server import Batcher, ServerConfig, _Item
+
+    calls = []
+
+    class Recording(EagerRunner):
+        def start(self, inputs):
+            calls.append(int(inputs["input_ids"].shape[0]))
+            return super().start(inputs)
+
+    metrics = {"exit_layer": Histogram("exit", "", registry=CollectorRegistry(), buckets=(1, 2, 3))}
+    policy = resolve(stored=calibrated.config.exit_policy).policy
+    inputs = [("good film", None), ("a premise", "a hypothesis"), ("bad", None), ("it rains", "it is wet"),
+              ("fine", None), ("cats sleep", "cats are awake")]
+
+    async def scenario():
+        batcher = Batcher(calibrated, ServerConfig(max_batch=16, max_wait_ms=20), metrics, Recording(calibrated))
+        loop = asyncio.get_running_loop()
+        items = [_Item(text, pair, policy, loop.create_future()) for text, pair in inputs]
+        for item in items:
+            batcher.queue.put_nowait(item)
+        batcher.start()
+        together = await asyncio.wait_for(asyncio.gather(*(i.future for i in items)), 60)
+        alone = []
+        for text, pair in inputs:
+            item = _Item(text, pair, policy, loop.create_future())
+            batcher.queue.put_nowait(item)
+            alone.append(await asyncio.wait_for(item.future, 60))
+        await batcher.stop()
+        return together, alone
+
+    together, alone = asyncio.run(scenario())
+    assert sorted(calls[:2]) == [3, 3]  # one call per kind, not one failing mixed call
+    for a, b in zip(together, alone):
+        assert a["exit_layer"] == b["exit_layer"] and a["label"] == b["label"]
+        assert all(abs(a["probabilities"][k] - b["probabilities"][k]) < 1e-5 for k in a["probabilities"])
+
+
+def test_good_bad_and_both_kinds_sent_concurrently_each_get_their_own_answer(calibrated):
+    """Issue 22, isolation: valid texts (two policies: with and without a threshold), pairs on a
+    single-text model, blank texts and schema errors, all at once; each answer is what that request
+    gets alone."""
+    bodies = []
+    for k in range(24):
+        bodies.append([{"texts": [f"good film {k}", "bad"]}, {"texts": ["a long review " * (k % 5 + 1)], "threshold": 0.2},
+                       {"pairs": [["a", "b"]]}, {"texts": ["   "]}, {"texts": [k]}, {"texts": ["ok"], "threshold": 9}][k % 6])
+    expected = [200, 200, 422, 400, 400, 400] * 4
+    with app_client(calibrated) as client:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda b: client.post("/predict", json=b), bodies))
+        assert [a.status_code for a in answers] == expected
+        for body, answer in zip(bodies, answers):
+            alone = client.post("/predict", json=body)
+            if answer.status_code != 200:
+                assert answer.json() == alone.json()
+                continue
+            for a, b in zip(answer.json()["results"], alone.json()["results"]):
+                assert a["exit_layer"] == b["exit_layer"] and a["label"] == b["label"]
+                assert all(abs(a["probabilities"][c] - b["probabilities"][c]) < 1e-5 for c in a["probabilities"])
