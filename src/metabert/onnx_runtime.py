@@ -103,7 +103,7 @@ def export(model: MultiExitBert, checkpoint: str | Path | None, output: str | Pa
         shutil.copy(Path(checkpoint) / CONFIG_NAME, output / CONFIG_NAME)
     else:
         model.save_config_to(output)
-    meta = {"num_layers": model.num_layers, "num_labels": model.config.num_labels, "opset": 17,
+    meta = {"num_layers": model.num_layers, "num_labels": model.config.num_labels, "opset": 17, "precision": "fp32",
             "graphs": ["embeddings.onnx"] + [f"layer_{i + 1}.onnx" for i in range(model.num_layers)] + ["full.onnx"]}
     (output / META_NAME).write_text(json.dumps(meta, indent=2))
     return output
@@ -168,8 +168,8 @@ class OrtMultiExit:
         self.layers = [session(f"layer_{i + 1}.onnx") for i in range(self.meta["num_layers"])]
         self.full_session = session("full.onnx")
         self.num_layers = self.meta["num_layers"]
-
-    name = "ort"
+        # the runner's name says its precision: calibrated policies are stored per name
+        self.name = "ort-int8" if self.meta.get("precision") == "int8" else "ort"
 
     @staticmethod
     def _feeds(inputs) -> dict[str, np.ndarray]:

@@ -80,9 +80,9 @@ def threshold_range(policy: ExitPolicy, num_labels: int) -> tuple[float, float]:
 class Batcher:
     """The single worker that turns queued items into batched early-exit calls."""
 
-    def __init__(self, model: MultiExitBert, config: ServerConfig, metrics: dict):
+    def __init__(self, model: MultiExitBert, config: ServerConfig, metrics: dict, runner=None):
         self.model, self.config, self.metrics = model, config, metrics
-        self.runner = EagerRunner(model)
+        self.runner = runner or EagerRunner(model)
         self.queue: asyncio.Queue[_Item] = asyncio.Queue()
         self.task: asyncio.Task | None = None
 
@@ -161,11 +161,13 @@ def error(status: int, message: str) -> JSONResponse:
 
 
 def create_app(model: MultiExitBert, config: ServerConfig | None = None, policy_name: str | None = None,
-               threshold: float | None = None, patience: int | None = None) -> FastAPI:
+               threshold: float | None = None, patience: int | None = None, runner=None) -> FastAPI:
     """The app. ``policy_name``/``threshold``/``patience``: the server's command line, which pins
-    what it names; the rest comes from the request or the checkpoint (``metabert.policy.resolve``)."""
+    what it names; the rest comes from the request or the checkpoint (``metabert.policy.resolve``),
+    the record calibrated for ``runner`` (an engine runner; default: the eager model)."""
     config = config or ServerConfig()
-    pinned = {"name": policy_name, "threshold": threshold, "patience": patience}
+    runner = runner or EagerRunner(model)
+    pinned = {"name": policy_name, "threshold": threshold, "patience": patience, "runner": runner.name}
     policy = resolve(**pinned, stored=model.config.exit_policy).policy  # fails at start, not per request
     model.eval()
     registry = CollectorRegistry()
@@ -177,7 +179,7 @@ def create_app(model: MultiExitBert, config: ServerConfig | None = None, policy_
         "exit_layer": Histogram("metabert_exit_layer", "exit layer of each item", registry=registry,
                                 buckets=tuple(range(1, model.num_layers + 1))),
     }
-    batcher = Batcher(model, config, metrics)
+    batcher = Batcher(model, config, metrics, runner)
     pair_task = model.config.task.get("text_columns") and len(model.config.task["text_columns"]) == 2
 
     @asynccontextmanager
@@ -269,11 +271,14 @@ def create_app(model: MultiExitBert, config: ServerConfig | None = None, policy_
 
 
 def serve(checkpoint: str, host: str, port: int, policy_name: str | None = None, threshold: float | None = None,
-          patience: int | None = None, config: ServerConfig | None = None, threads: int | None = None) -> None:
+          patience: int | None = None, config: ServerConfig | None = None, threads: int | None = None,
+          runner: str | None = None, onnx: str | None = None) -> None:
     import uvicorn
+
+    from metabert.runners import load_runner
 
     if threads:
         torch.set_num_threads(threads)
     model = MultiExitBert.from_pretrained(checkpoint)
-    app = create_app(model, config, policy_name, threshold, patience)
+    app = create_app(model, config, policy_name, threshold, patience, load_runner(runner, model, onnx, checkpoint, threads))
     uvicorn.run(app, host=host, port=port, log_level="warning")
