@@ -95,3 +95,18 @@ def test_run_full_is_the_last_exit(model, runners, runner_name):
     full = engine.run_full(runner, inputs)
     assert (full.exit_layer == runner.num_layers).all()
     assert torch.allclose(full.logits, all_exits(runner, inputs)[-1], atol=1e-4)
+
+
+@pytest.mark.parametrize("runner_name", ["ort", "ort-int8"])
+def test_ort_batch1_threshold_policies_run_in_one_graph(model, runners, runner_name):
+    """ONNX Runtime's batch-1 path for the threshold policies is the fused graph (checked above
+    against the simulator like every path); patience policies and batches step layer by layer."""
+    if runner_name not in runners:
+        pytest.skip("onnxruntime is not installed")
+    runner = runners[runner_name]
+    one = pad_all(tokenize(model.tokenizer, [TEXTS[2]], None, 64).encoded, model.tokenizer.pad_token_id)
+    two = pad_all(tokenize(model.tokenizer, TEXTS[:2], None, 64).encoded, model.tokenizer.pad_token_id)
+    for name in ("entropy", "norm-entropy", "max-prob"):
+        assert runner.early_exit_one(one, POLICIES[name](0.5)) is not None
+        assert runner.early_exit_one(two, POLICIES[name](0.5)) is None
+    assert runner.early_exit_one(one, POLICIES["patience"](patience=2)) is None
