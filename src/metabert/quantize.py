@@ -54,7 +54,24 @@ class QuantizeConfig:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
 
 
+class _NoPreprocessAdvice(logging.Filter):
+    """ONNX Runtime's quantizer logs advice to pre-process on the root logger for every graph; we
+    tried it (``QuantizeConfig.preprocess``), see docs/BENCHMARKS.md."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
 def _quantize_graph(source: Path, target: Path, config: QuantizeConfig, feeds: list[dict] | None) -> None:
+    quiet = _NoPreprocessAdvice()
+    logging.getLogger().addFilter(quiet)
+    try:
+        _quantize(source, target, config, feeds)
+    finally:
+        logging.getLogger().removeFilter(quiet)
+
+
+def _quantize(source: Path, target: Path, config: QuantizeConfig, feeds: list[dict] | None) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with tempfile.TemporaryDirectory(prefix="metabert-quant-") as tmp:
