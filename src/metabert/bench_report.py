@@ -140,9 +140,10 @@ def _per_call_us(fn, count: int) -> float:
 
 def profile_ort(runner, singles: list[dict], policy, count: int = 100, repeats: int = 20) -> dict:
     """Where ONNX Runtime's batch-1 time goes, in µs per example over the first ``count`` examples:
-    the full graph; the per-layer path's pieces (embeddings call, one layer-with-exit call, the
-    host exit test with its tensor wrapping); a session call of an empty (Identity) graph, the fixed
-    cost of any call; and the fused one-call early exit."""
+    the full graph; the per-layer path's pieces (embeddings call, one layer-with-exit call with
+    numpy feeds and with OrtValues kept on the ORT side instead, the host exit test with its tensor
+    wrapping, building the feeds); a session call of an empty (Identity) graph, the fixed cost of
+    any call; and early exit through the fused graph (one call) and through the per-layer steps."""
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
@@ -160,10 +161,12 @@ def profile_ort(runner, singles: list[dict], policy, count: int = 100, repeats: 
         layer_feeds = {"hidden": hidden, "mask": mask, "attention_mask": feeds["attention_mask"]}
         logits = runner.layers[0].run(None, layer_feeds)[1]
         state = policy.init_state(1)
+        values = {k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in layer_feeds.items()}
         pieces = {
             "full_graph_call": lambda: runner.full_session.run(None, feeds),
             "embeddings_call": lambda: runner.embeddings.run(None, feeds),
             "layer_call": lambda: runner.layers[1].run(None, layer_feeds),
+            "layer_call_ortvalues": lambda: runner.layers[1].run_with_ort_values(["hidden_out", "logits"], values),
             "exit_test_host": lambda: policy.step(torch.from_numpy(logits), state),
             "feeds_copy": lambda: runner._feeds(inputs),
             "empty_session_call": lambda: empty.run(None, {"x": hidden}),
