@@ -95,7 +95,7 @@ def artifact_bytes(runner, checkpoint: str | Path | None = None) -> int:
 
 
 _PROBE = """
-import json, resource, sys
+import json, sys
 spec = json.loads(sys.argv[1])
 import torch
 torch.set_num_threads(spec["threads"])
@@ -113,7 +113,9 @@ if spec["runner"] != "none":
     for i in range(0, len(texts), spec["batch_size"]):
         enc = tokenize(tok, texts[i:i + spec["batch_size"]], None, 128).encoded
         engine.run_full(runner, pad_all(enc, tok.pad_token_id))
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+# VmHWM, not ru_maxrss: Linux carries the parent's ru_maxrss over fork and exec
+hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")][0]
+print(int(hwm.split()[1]) / 1024)
 """
 
 
