@@ -47,17 +47,31 @@ def test_bench_command_end_to_end(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert main(["bench", "--checkpoint", str(ckpt), "--task", "custom", "--dev-file", str(dev),
                  "--target-speedup", "1.2", "--repeats", "2", "--warmup", "2", "--batch-size", "4",
-                 "--output", str(out), "--no-progress"]) == 0
+                 "--output", str(out), "--markdown", str(tmp_path / "BENCHMARKS.md"), "--profile-examples", "3",
+                 "--no-progress"]) == 0
     report = json.loads(out.read_text())
     for key in ("layer_speedup", "wall_speedup_b1", "ort_wall_speedup_b1", "ort_early_vs_eager_full_b1",
                 "throughput_speedup_b4", "flops_speedup"):
         assert report[key] > 0, key
-    assert set(report["variants"]) == {"eager_full", "eager_early", "ort_full", "ort_early"}
+    names = {f"{r}_{m}" for r in ("eager", "eager-int8", "ort", "ort-int8") for m in ("full", "early")}
+    assert set(report["variants"]) == names
     v = report["variants"]
     assert v["eager_early"]["exit_counts"] == v["ort_early"]["exit_counts"]
     assert v["eager_full"]["score"] == v["ort_full"]["score"]
-    assert "calibrated" in report["policy_source"]
+    assert "calibrated per runner" in report["policy_source"]
     assert "| eager_early |" in capsys.readouterr().out
+    rows = report["rows"]
+    assert {(r["runner"], r["mode"], r["batch_size"]) for r in rows} == {
+        (r, m, b) for r in ("eager", "eager-int8", "ort", "ort-int8") for m in ("full", "early") for b in (1, 4)}
+    for row in rows:
+        assert row["mean_ms"] > 0 and row["artifact_mb"] > 0 and row["peak_rss_mb"] > 0
+        assert (row["layer_speedup"] is None) == (row["mode"] == "full")
+    assert {t["target"].split(" ")[0] for t in report["targets"]} >= {"ORT", "eager", "ort", "ort-int8", "eager-int8"}
+    assert set(report["per_exit"]) == {"eager", "eager-int8", "ort", "ort-int8"}
+    assert report["profile"]["ort-int8"]["fused_early_exit_call_us"] > 0
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    page = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "## Targets" in page and "| ort-int8 | early | 1 |" in page and str(tmp_path) not in page
 
 
 def test_curves_command(tmp_path, capsys):

@@ -1,9 +1,9 @@
-"""One harness for speed: the full model and the early-exit model, in eager PyTorch and in ONNX
-Runtime, on the same inputs, in one process.
+"""One harness for speed: the full model and the early-exit model of every runner (eager PyTorch
+and ONNX Runtime, fp32 and INT8), on the same inputs, in one process.
 
-Method: per backend (eager PyTorch, then ONNX Runtime; see ``backends``), warm-up, then ``repeats``
-rounds; in every round each example is run by the full and the early-exit variant in turn (the
-order rotating between rounds), so that both see the same machine conditions.
+Method: per library (PyTorch runners, then ONNX Runtime ones; see ``backends``), warm-up, then
+``repeats`` rounds; in every round each example is run by every variant of that library in turn
+(the order rotating between rounds), so that all see the same machine conditions.
 An example's latency is the median of its rounds; a variant's latency is the mean over examples.
 Speed-ups are ratios of those means (total time), not of medians, because the median of a bimodal
 exit distribution flatters early exit. Throughput at batch B runs batches in file order (mixed
@@ -69,9 +69,11 @@ class Variant:
         return engine.run_full(self.runner, inputs) if self.policy is None else engine.run(self.runner, inputs, self.policy)
 
 
-def variants(runners: list, policy: ExitPolicy) -> list[Variant]:
-    """The full and the early-exit path of every runner."""
-    return [Variant(r, p) for r in runners for p in (None, policy)]
+def variants(runners: list, policy: ExitPolicy | dict[str, ExitPolicy]) -> list[Variant]:
+    """The full and the early-exit path of every runner; ``policy`` one for all, or one per runner
+    name (each runner's own calibrated γ)."""
+    return [Variant(r, p) for r in runners
+            for p in (None, policy[r.name] if isinstance(policy, dict) else policy)]
 
 
 def time_tokenizer(tokenizer, texts: list[tuple[str, str | None]], max_length: int, batch_size: int) -> dict:
@@ -132,6 +134,7 @@ def run_bench(model: MultiExitBert, data: Encoded, metric: str, variants: list[V
     n = len(singles)
     lat, preds, layers = {}, {}, {}
     through = {v.name: [] for v in variants}
+    batch_times = {v.name: [] for v in variants}  # per round: seconds of each batch
     batches = [model_inputs(collate(data, list(range(s, min(s + batch_size, n))), pad)) for s in range(0, n, batch_size)]
     bar = tqdm(total=repeats * n * len(variants), desc="batch-1 latency", disable=not progress, unit="run")
     for group in backends(variants):
@@ -145,10 +148,13 @@ def run_bench(model: MultiExitBert, data: Encoded, metric: str, variants: list[V
         for r in range(repeats):
             order = group[r % len(group):] + group[: r % len(group)]
             for v in order:
-                start = time.perf_counter()
+                times = []
                 for batch in batches:
+                    start = time.perf_counter()
                     v.run(batch)
-                through[v.name].append(n / (time.perf_counter() - start))
+                    times.append(time.perf_counter() - start)
+                through[v.name].append(n / sum(times))
+                batch_times[v.name].append(times)
     bar.close()
 
     lengths = [len(ids) for ids in data.input_ids]
@@ -156,8 +162,12 @@ def run_bench(model: MultiExitBert, data: Encoded, metric: str, variants: list[V
     medians = {name: np.median(t, axis=0) * 1e3 for name, t in lat.items()}  # ms per example
     for v in variants:
         per_example = medians[v.name]
+        per_batch = np.median(np.array(batch_times[v.name]), axis=0) * 1e3  # ms per batch
         is_full = v.name.endswith("_full")
         out[v.name] = {
+            "runner": v.runner.name,
+            "mode": "full" if is_full else "early",
+            "policy": None if is_full else v.policy.describe(),
             **{k: val for k, val in metrics.compute(metric, preds[v.name].tolist(), data.labels).items()},
             "mean_exit_layer": float(layers[v.name].mean()),
             "layer_speedup": model.num_layers / float(layers[v.name].mean()),
@@ -165,6 +175,9 @@ def run_bench(model: MultiExitBert, data: Encoded, metric: str, variants: list[V
             "b1_latency_ms_p50": float(np.percentile(per_example, 50)),
             "b1_latency_ms_p95": float(np.percentile(per_example, 95)),
             f"b{batch_size}_throughput_per_s": float(statistics.median(through[v.name])),
+            f"b{batch_size}_latency_ms_mean": float(per_batch.mean()),
+            f"b{batch_size}_latency_ms_p50": float(np.percentile(per_batch, 50)),
+            f"b{batch_size}_latency_ms_p95": float(np.percentile(per_batch, 95)),
             "flops_per_sample": flops_per_sample(model, lengths, None if is_full else layers[v.name].tolist()),
             "exit_counts": np.bincount(layers[v.name], minlength=model.num_layers + 1)[1:].tolist(),
         }

@@ -65,12 +65,21 @@ class Runner(Protocol):
         """The plain classifier early exit is measured against: every layer, last exit, (B, C)."""
         ...
 
+    # optional: ``early_exit_one(inputs, policy) -> ExitResult | None``, a whole batch-1 early exit
+    # in one backend call (ONNX Runtime: the exit test inside the graph), taking the same exits;
+    # None where it does not apply. ``run`` uses it at batch 1.
+
 
 def run(runner: Runner, inputs: dict[str, Any], policy: ExitPolicy) -> ExitResult:
     """Per-sample early exit of one padded batch: sample b leaves at the first exit where ``policy``
     says so; the last exit always answers. One host synchronisation per layer (how many rows
     leave); at batch 1, no row bookkeeping at all (it would cost as much as the exit head)."""
     batch = int(inputs["input_ids"].shape[0])
+    fused = getattr(runner, "early_exit_one", None) if batch == 1 else None
+    if fused is not None:
+        result = fused(inputs, policy)
+        if result is not None:
+            return result
     last = runner.num_layers
     state = runner.start(inputs)
     policy_state = policy.init_state(batch)

@@ -103,7 +103,7 @@ def export(model: MultiExitBert, checkpoint: str | Path | None, output: str | Pa
         shutil.copy(Path(checkpoint) / CONFIG_NAME, output / CONFIG_NAME)
     else:
         model.save_config_to(output)
-    meta = {"num_layers": model.num_layers, "num_labels": model.config.num_labels, "opset": 17,
+    meta = {"num_layers": model.num_layers, "num_labels": model.config.num_labels, "opset": 17, "precision": "fp32",
             "graphs": ["embeddings.onnx"] + [f"layer_{i + 1}.onnx" for i in range(model.num_layers)] + ["full.onnx"]}
     (output / META_NAME).write_text(json.dumps(meta, indent=2))
     return output
@@ -139,7 +139,7 @@ class OrtMultiExit:
     """ONNX Runtime sessions over an exported folder: a ``metabert.engine.Runner`` (``engine.run``
     drives its early exit; ``engine.run_full`` its full model)."""
 
-    def __init__(self, directory: str | Path, threads: int | None = None):
+    def __init__(self, directory: str | Path, threads: int | None = None, fused: bool = True):
         import onnxruntime as ort
         from transformers import AutoTokenizer
 
@@ -151,25 +151,37 @@ class OrtMultiExit:
         self.meta = json.loads((directory / META_NAME).read_text())
         self.config = json.loads((directory / CONFIG_NAME).read_text())
         self.tokenizer = AutoTokenizer.from_pretrained(directory)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if shared:
-            options.use_per_session_threads = False
-        else:  # each session has its own pool: spinning pools of 8 sessions would fight over the cores
-            if threads:
-                options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+
+        def make_options(level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL, optimized_path: str | None = None):
+            options = ort.SessionOptions()
+            options.graph_optimization_level = level
+            if optimized_path:
+                options.optimized_model_filepath = optimized_path
+                options.log_severity_level = 3  # not the "hardware-specific graph" notice: it is used here and now
+            if shared:
+                options.use_per_session_threads = False
+            else:  # each session has its own pool: spinning pools of 8 sessions would fight over the cores
+                if threads:
+                    options.intra_op_num_threads = threads
+                options.inter_op_num_threads = 1
+                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            return options
+
+        options = make_options()
 
         def session(name):
             return ort.InferenceSession(str(directory / name), options, providers=["CPUExecutionProvider"])
+
+        self._make_options, self._directory = make_options, directory
+        self.fused = fused  # batch 1 through one graph per threshold policy (metabert.onnx_fused)
+        self._fused_sessions: dict = {}
 
         self.embeddings = session("embeddings.onnx")
         self.layers = [session(f"layer_{i + 1}.onnx") for i in range(self.meta["num_layers"])]
         self.full_session = session("full.onnx")
         self.num_layers = self.meta["num_layers"]
-
-    name = "ort"
+        # the runner's name says its precision: calibrated policies are stored per name
+        self.name = "ort-int8" if self.meta.get("precision") == "int8" else "ort"
 
     @staticmethod
     def _feeds(inputs) -> dict[str, np.ndarray]:
@@ -195,6 +207,44 @@ class OrtMultiExit:
 
     def full(self, inputs) -> torch.Tensor:
         return torch.from_numpy(self.full_session.run(None, self._feeds(inputs))[0])
+
+    def early_exit_one(self, inputs, policy):
+        """The whole early exit of one sample in one session call (``metabert.onnx_fused``): the
+        engine's batch-1 path for the threshold policies; None where it does not apply (another
+        policy, a batch, ``fused=False``), and the engine steps layer by layer."""
+        from metabert.engine import ExitResult
+        from metabert.onnx_fused import FUSED_POLICIES, build
+
+        if not self.fused or policy.name not in FUSED_POLICIES or int(inputs["input_ids"].shape[0]) != 1:
+            return None
+        session = self._fused_sessions.get(policy.name)
+        if session is None:
+            session = self._fused_sessions[policy.name] = self._fused_session(policy.name, build)
+        feeds = self._feeds(inputs)
+        feeds["threshold"] = np.array(policy.threshold, dtype=np.float32)
+        logits, layer = session.run(None, feeds)
+        return ExitResult(logits=torch.from_numpy(logits), exit_layer=torch.from_numpy(layer.reshape(1)))
+
+    def _fused_session(self, policy_name: str, build):
+        """The fused graph composed from the graphs as ONNX Runtime optimised them for the per-layer
+        sessions, run without optimising again: the same kernels, so the same logits as the steps
+        (optimised inside ``If`` branches instead, INT8 kernels were fused differently and logits
+        moved by 0.1%)."""
+        import tempfile
+
+        import onnx
+        import onnxruntime as ort
+
+        with tempfile.TemporaryDirectory(prefix="metabert-fused-") as tmp:
+            graphs = []
+            for name in self.meta["graphs"][: 1 + self.num_layers]:
+                target = str(Path(tmp) / name)
+                ort.InferenceSession(str(self._directory / name), self._make_options(optimized_path=target),
+                                     providers=["CPUExecutionProvider"])
+                graphs.append(onnx.load(target))
+        graph = build(graphs, self.meta, policy_name).SerializeToString()
+        options = self._make_options(ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+        return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
     def all_exit_logits(self, inputs) -> torch.Tensor:
         """Every exit's logits (L, B, C), for checking the export against PyTorch."""

@@ -98,10 +98,11 @@ def read_rows(stream, fmt: str, columns: list[str], name: str) -> Iterator[Row]:
 
 def predict_stream(model: MultiExitBert, rows: Iterator[Row], out: TextIO, policy: ExitPolicy,
                    batch_size: int = 32, max_length: int = 128, skip_bad: bool = False, name: str = "input",
-                   chunk: int = 512) -> dict:
-    """Write one JSON line per good row: line, label, probabilities, exit_layer. Returns counts."""
+                   chunk: int = 512, runner=None) -> dict:
+    """Write one JSON line per good row: line, label, probabilities, exit_layer. Returns counts.
+    ``runner``: the engine runner to answer with (default: the eager model)."""
     labels = model.config.label_names
-    runner = EagerRunner(model)
+    runner = runner or EagerRunner(model)
     counts = {"predicted": 0, "skipped": 0, "skipped_lines": []}
     pending: list[Row] = []
 

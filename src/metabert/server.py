@@ -39,6 +39,7 @@ from metabert.batching import pad_all, tokenize
 from metabert.exits import ExitPolicy
 from metabert.modeling import EagerRunner, MultiExitBert
 from metabert.policy import resolve
+from metabert.runners import load_runner
 
 log = logging.getLogger(__name__)
 
@@ -320,11 +321,12 @@ def create_app(model: MultiExitBert, config: ServerConfig | None = None, policy_
                threshold: float | None = None, patience: int | None = None, api_key: str | None = None,
                runner=None) -> FastAPI:
     """The app. ``policy_name``/``threshold``/``patience``: the server's command line, which pins
-    what it names; the rest comes from the request or the checkpoint (``metabert.policy.resolve``).
-    ``api_key``: requests need ``Authorization: Bearer <api_key>`` (compared in constant time).
-    ``runner``: the model's backend for the batcher (default ``EagerRunner(model)``)."""
+    what it names; the rest comes from the request or the checkpoint (``metabert.policy.resolve``),
+    the record calibrated for ``runner`` (an engine runner; default: the eager model).
+    ``api_key``: requests need ``Authorization: Bearer <api_key>`` (compared in constant time)."""
     config = config or ServerConfig()
-    pinned = {"name": policy_name, "threshold": threshold, "patience": patience}
+    runner = runner or EagerRunner(model)
+    pinned = {"name": policy_name, "threshold": threshold, "patience": patience, "runner": runner.name}
     policy = resolve(**pinned, stored=model.config.exit_policy).policy  # fails at start, not per request
     model.eval()
     registry = CollectorRegistry()
@@ -472,8 +474,9 @@ def _build(options: dict) -> FastAPI:
         torch.set_num_threads(options["threads"])
     model = MultiExitBert.from_pretrained(options["checkpoint"])
     key = read_api_key(options["api_key_file"]) if options.get("api_key_file") else None
+    runner = load_runner(options.get("runner"), model, options.get("onnx"), options["checkpoint"], options.get("threads"))
     return create_app(model, ServerConfig(**options["config"]), options.get("policy_name"),
-                      options.get("threshold"), options.get("patience"), api_key=key)
+                      options.get("threshold"), options.get("patience"), api_key=key, runner=runner)
 
 
 def app_from_env() -> FastAPI:
@@ -485,7 +488,7 @@ def app_from_env() -> FastAPI:
 def serve(checkpoint: str, host: str, port: int, policy_name: str | None = None, threshold: float | None = None,
           patience: int | None = None, config: ServerConfig | None = None, threads: int | None = None,
           api_key_file: str | None = None, allow_unauthenticated: bool = False, workers: int = 1,
-          drain_timeout_s: float = 30.0) -> None:
+          drain_timeout_s: float = 30.0, runner: str | None = None, onnx: str | None = None) -> None:
     """Run the server until SIGTERM/SIGINT. A host other than loopback needs ``api_key_file`` unless
     ``allow_unauthenticated`` says the network in front of it is trusted."""
     import uvicorn
@@ -494,7 +497,8 @@ def serve(checkpoint: str, host: str, port: int, policy_name: str | None = None,
         raise ValueError(f"--host {host} is reachable from other machines: give --api-key-file, or "
                          "--allow-unauthenticated if a proxy or firewall in front of it controls access")
     options = {"checkpoint": checkpoint, "policy_name": policy_name, "threshold": threshold, "patience": patience,
-               "config": asdict(config or ServerConfig()), "threads": threads, "api_key_file": api_key_file}
+               "config": asdict(config or ServerConfig()), "threads": threads, "api_key_file": api_key_file,
+               "runner": runner, "onnx": onnx}
     if api_key_file:
         read_api_key(api_key_file)  # a bad key file fails here, not in every worker
     settings = dict(host=host, port=port, log_level="warning", timeout_graceful_shutdown=drain_timeout_s)

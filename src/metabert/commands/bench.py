@@ -1,101 +1,183 @@
-"""``metabert bench``: the full model against early exit, in eager PyTorch and ONNX Runtime, batch-1
-latency and batch-32 throughput, on the same dev inputs in one process (see ``metabert.bench``)."""
+"""``metabert bench``: the full model against early exit for every runner (eager PyTorch and ONNX
+Runtime, fp32 and INT8), batch-1 latency and batch-B throughput, dev score, artifact size and peak
+memory, on the same dev inputs in one process (see ``metabert.bench`` and ``metabert.bench_report``).
+Each runner early-exits with its own γ: calibrated here (``--max-drop``/``--target-speedup``, on the
+held-out slice, with that runner's logits) or the one stored for it in the checkpoint."""
 
 from __future__ import annotations
 
+import argparse
+import datetime as dt
 import json
+import os
 import platform
-import tempfile
 from pathlib import Path
 
 import torch
 
+from metabert import bench_report
 from metabert import data as data_mod
-from metabert.batching import encode
+from metabert import metrics
+from metabert.batching import collate, encode, model_inputs
 from metabert.bench import format_table, run_bench, speedups, time_tokenizer, variants
-from metabert.calibration import calibration_set, choose
+from metabert.calibration import calibration_set, choose, evaluation_set
 from metabert.commands.common import add_data_options, add_policy_options, add_progress_option, resolve_policy
-from metabert.calibration import evaluation_set
-from metabert.evaluation import all_exit_logits
 from metabert.modeling import MultiExitBert
 from metabert.machine import hardware
+from metabert.options import comma_list
+from metabert.policy import resolve_name
+from metabert.runners import RUNNERS, all_exit_logits, export_for, load_runner
 
 
 def add_parser(sub, name):
-    p = sub.add_parser(name, help="measure speed: full vs early exit, eager vs ONNX Runtime", description=__doc__)
+    p = sub.add_parser(name, help="measure speed: full vs early exit, every runner", description=__doc__)
     p.add_argument("--checkpoint", required=True)
     add_data_options(p)
     p.add_argument("--split", default="dev")
     add_policy_options(p)
     goal = p.add_mutually_exclusive_group()
-    goal.add_argument("--target-speedup", type=float, help="calibrate (on held-out data) for this layer speed-up")
-    goal.add_argument("--max-drop", type=float, help="calibrate (on held-out data) for at most this score drop")
+    goal.add_argument("--target-speedup", type=float, help="calibrate each runner (held-out data) for this layer speed-up")
+    goal.add_argument("--max-drop", type=float, help="calibrate each runner (held-out data) for at most this score drop")
     p.add_argument("--calibration-data", help="file to calibrate on (default: the training slice held out)")
+    p.add_argument("--runners", type=comma_list, default=list(RUNNERS), help=f"comma-separated, of {', '.join(RUNNERS)}")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--max-examples", type=int, help="bench on the first N examples only")
     p.add_argument("--batch-size", type=int, default=32, help="batch size of the throughput test")
-    p.add_argument("--onnx", help="exported folder (default: export to a temporary folder)")
-    p.add_argument("--no-onnx", action="store_true", help="eager PyTorch only")
+    p.add_argument("--onnx", help="fp32 exported folder (default: export to a temporary folder)")
+    p.add_argument("--onnx-int8", help="INT8 exported folder (default: quantize the fp32 export, dynamic)")
+    p.add_argument("--no-onnx", action="store_true", help="PyTorch runners only")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="threads for PyTorch and ORT")
-    p.add_argument("--output", help="JSON file for the results")
+    p.add_argument("--profile-examples", type=int, default=100, help="examples for the ORT batch-1 profile (0: none)")
+    p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True, help="peak memory of each runner (fresh processes)")
+    p.add_argument("--output", help="JSON file for the results (a .png plot beside it)")
+    p.add_argument("--markdown", help="also write the benchmarks page (docs/BENCHMARKS.md) from this run")
     add_progress_option(p)
     p.set_defaults(run=run)
 
 
-def pick_policy(model: MultiExitBert, args):
-    from metabert.policy import resolve_name
-
-    name, patience, _ = resolve_name(args.policy, args.patience, model.config.exit_policy)
+def pick_policy(model: MultiExitBert, runner, args, held=None):
+    """The policy ``runner`` early-exits with: calibrated on the held-out slice with its own logits,
+    or the record stored for it (``metabert.policy.resolve``)."""
+    name, patience, _ = resolve_name(args.policy, args.patience, model.config.exit_policy, runner.name)
     if args.target_speedup is not None or args.max_drop is not None:
-        held, what = calibration_set(model, args.data_dir, args.calibration_data)
-        enc = encode(held, model.tokenizer, args.max_seq_length)
+        enc, what = held
         metric = data_mod.spec_from_dict(model.config.task).metric
-        choice = choose(all_exit_logits(model, enc), enc.labels, metric, name, patience,
+        logits = all_exit_logits(runner, enc, model.tokenizer.pad_token_id)
+        choice = choose(logits, enc.labels, metric, name, patience,
                         target_speedup=args.target_speedup, max_drop=args.max_drop)
         goal = f"target speed-up {args.target_speedup}x" if args.target_speedup else f"max drop {args.max_drop}"
-        return choice["policy"], f"calibrated for {goal} on {what}"
-    resolved = resolve_policy(args, model.config.exit_policy)
-    return resolved.policy, resolved.source
+        r = choice["result"]
+        note = (f"{choice['policy'].describe()}: calibration score {r['score']:.2f} (last exit {choice['full_score']:.2f}), "
+                f"layer speed-up {r['layer_speedup']:.2f}x")
+        return choice["policy"], f"calibrated per runner with its own logits for {goal} on {what}", note
+    resolved = resolve_policy(args, model.config.exit_policy, runner=runner.name)
+    return resolved.policy, resolved.source, resolved.source
 
 
 def run(args) -> int:
     torch.set_num_threads(args.threads)
+    load_start = os.getloadavg()[0]
     model = MultiExitBert.from_pretrained(args.checkpoint).eval()
     task, spec, dataset = evaluation_set(model, args.task, args.split, args.data_dir, args.dev_file)
     if args.max_examples:
         dataset = data_mod.Dataset(dataset.examples[: args.max_examples], dataset.label_names, dataset.source)
-    policy, source = pick_policy(model, args)
     encoded = encode(dataset, model.tokenizer, args.max_seq_length)
-    from metabert.modeling import EagerRunner
+    wanted = [r for r in args.runners if not (args.no_onnx and r.startswith("ort"))]
+    unknown = [r for r in wanted if r not in RUNNERS]
+    if unknown:
+        raise ValueError(f"unknown runner(s) {', '.join(unknown)}; choose from {', '.join(RUNNERS)}")
+    folders = {}
+    if "ort" in wanted or "ort-int8" in wanted:
+        folders["ort"] = args.onnx or export_for(model, args.checkpoint, "ort")
+    if "ort-int8" in wanted:
+        if args.onnx_int8:
+            folders["ort-int8"] = args.onnx_int8
+        else:
+            from metabert.quantize import quantize_export
+            import tempfile
 
-    runners = [EagerRunner(model)]
-    if not args.no_onnx:
-        from metabert.onnx_runtime import OrtMultiExit, check_export, export
-
-        folder = args.onnx or export(model, args.checkpoint, tempfile.mkdtemp(prefix="metabert-onnx-"))
-        runtime = OrtMultiExit(folder, threads=args.threads)
-        diff = check_export(model, runtime)
-        if diff > 1e-4:
-            raise ValueError(f"{folder}: ONNX graphs differ from the checkpoint by {diff:.2e}; export again")
-        runners.append(runtime)
-    results = run_bench(model, encoded, spec.metric, variants(runners, policy), args.repeats, args.warmup, args.batch_size,
-                        progress=args.progress)
-    ratios = speedups(results, args.batch_size)
+            folders["ort-int8"] = quantize_export(folders["ort"], tempfile.mkdtemp(prefix="metabert-onnx-int8-"))
+    runners = [load_runner(name, model, folders.get(name), args.checkpoint, args.threads) for name in wanted]
+    held = None
+    if args.target_speedup is not None or args.max_drop is not None:
+        data, what = calibration_set(model, args.data_dir, args.calibration_data)
+        held = (encode(data, model.tokenizer, args.max_seq_length), what)
+    policies, sources, calibration = {}, {}, {}
+    for runner in runners:
+        policies[runner.name], sources[runner.name], calibration[runner.name] = pick_policy(model, runner, args, held)
+    per_exit = {}
+    for runner in runners:
+        logits = all_exit_logits(runner, encoded, model.tokenizer.pad_token_id)
+        per_exit[runner.name] = [metrics.compute(spec.metric, logits[i].argmax(-1).tolist(), encoded.labels)["score"]
+                                 for i in range(runner.num_layers)]
+    results = run_bench(model, encoded, spec.metric, variants(runners, policies), args.repeats, args.warmup,
+                        args.batch_size, progress=args.progress)
+    profile = {}
+    if args.profile_examples:
+        singles = [model_inputs(collate(encoded, [i], model.tokenizer.pad_token_id)) for i in range(len(encoded))]
+        for runner in runners:
+            if runner.name.startswith("ort") and policies[runner.name].name in ("entropy", "norm-entropy", "max-prob"):
+                profile[runner.name] = bench_report.profile_ort(runner, singles, policies[runner.name], args.profile_examples)
+    artifacts = {r.name: bench_report.artifact_bytes(r, args.checkpoint) for r in runners}
+    memory, floor = {}, None
+    if args.memory:
+        texts = [e.text for e in dataset.examples]
+        floor = bench_report.peak_rss_mb("none", args.checkpoint, None, texts, args.batch_size, args.threads)
+        for r in runners:
+            memory[r.name] = bench_report.peak_rss_mb(r.name, args.checkpoint, folders.get(r.name), texts,
+                                                      args.batch_size, args.threads)
+    ratios = speedups(results, args.batch_size) if "eager_early" in results else {}
+    rows = bench_report.rows(results, args.batch_size, artifacts, memory)
     texts = [(e.text, e.text_pair) for e in dataset.examples]
+    source_line = "; ".join(f"{k}: {calibration[k]}" for k in policies)
+    one_source = sources[runners[0].name] if len(set(sources.values())) == 1 else "; ".join(f"{k}: {v}" for k, v in sources.items())
     report = {
-        "task": task, "split": args.split, "checkpoint": args.checkpoint, "num_examples": len(dataset),
-        "policy": policy.describe(), "policy_source": source, **ratios, "variants": results,
+        "task": task, "split": args.split, "checkpoint": Path(args.checkpoint).name, "num_examples": len(dataset),
+        "date": dt.date.today().isoformat(), "policy_source": one_source, "calibration": calibration,
+        "rows": rows, "targets": bench_report.targets(results, args.batch_size, artifacts),
+        **ratios, "variants": results, "per_exit": per_exit, "profile": profile, "rss_floor_mb": floor,
         "tokenization": time_tokenizer(model.tokenizer, texts, args.max_seq_length, args.batch_size),
-        "batch_size": args.batch_size, "repeats": args.repeats, "warmup": args.warmup, "threads": args.threads, "hardware": hardware(),
-        "python": platform.python_version(),
+        "batch_size": args.batch_size, "repeats": args.repeats, "warmup": args.warmup, "threads": args.threads,
+        "hardware": hardware(), "hardware_summary": f"{os.cpu_count()}-core {platform.machine()} CPU, no GPU",
+        "python": platform.python_version(), "load_average_start": load_start, "load_average_end": os.getloadavg()[0],
+        "json_name": Path(args.output).name if args.output else None,
     }
-    print(f"{task} {args.split}, {len(dataset)} examples, policy {policy.describe()} ({source})\n")
+    print(f"{task} {args.split}, {len(dataset)} examples, {args.threads} threads, load average "
+          f"{load_start:.2f} -> {report['load_average_end']:.2f}; policies: {source_line}\n")
     print(format_table(results, ratios, args.batch_size))
-    tok = report["tokenization"]
-    print(f"\ntokenisation (not included above): {tok['tokenize_b1_ms']:.3f} ms per example at batch 1")
+    print("\n| target | needed | measured | met |\n|---|---|---|---|")
+    for t in report["targets"]:
+        print(f"| {t['target']} | {t['needed']:.2f} | {t['measured']:.2f} | {'yes' if t['met'] else 'no'} |")
+    plot_name = None
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(report, indent=2))
-        print(f"report: {args.output}")
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2))
+        bench_report.plot(rows, out.with_suffix(".png"), f"{task} {args.split}: score against speed-up")
+        plot_name = out.with_suffix(".png").name
+        print(f"report: {out} (plot {plot_name})")
+    if args.markdown:
+        page = Path(args.markdown)
+        command = _command(args)
+        if plot_name and Path(args.output).parent.resolve() != page.parent.resolve():
+            import shutil
+
+            shutil.copy(Path(args.output).with_suffix(".png"), page.parent / plot_name)
+        page.write_text(bench_report.markdown(report, command, plot_name))
+        print(f"page: {page}")
     return 0
+
+
+def _command(args) -> str:
+    """The command line as docs show it: files by name, never a machine's path."""
+    parts = ["metabert bench", f"--checkpoint {Path(args.checkpoint).name}"]
+    for flag, value in (("--task", args.task), ("--split", args.split if args.split != "dev" else None),
+                        ("--max-drop", args.max_drop), ("--target-speedup", args.target_speedup),
+                        ("--runners", ",".join(args.runners)), ("--repeats", args.repeats), ("--warmup", args.warmup),
+                        ("--threads", args.threads), ("--max-examples", args.max_examples),
+                        ("--output", args.output and f"results/bench/{Path(args.output).name}"),
+                        ("--markdown", args.markdown and f"docs/{Path(args.markdown).name}")):
+        if value is not None:
+            parts.append(f"{flag} {value}")
+    return " ".join(parts)

@@ -69,8 +69,20 @@ def add_policy_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patience", type=int, help="t for the patience policies (default 2)")
 
 
-def resolve_policy(args, stored: dict | None, warn: bool = True):
-    """``metabert.policy.resolve`` with the options of ``add_policy_options``."""
+def resolve_policy(args, stored: dict | None, warn: bool = True, runner: str = "eager"):
+    """``metabert.policy.resolve`` with the options of ``add_policy_options``, for ``runner``'s
+    calibrated record."""
     from metabert.policy import resolve
 
-    return resolve(name=args.policy, threshold=args.threshold, patience=args.patience, stored=stored, warn=warn)
+    return resolve(name=args.policy, threshold=args.threshold, patience=args.patience, stored=stored, warn=warn,
+                   runner=runner)
+
+
+def add_runner_options(parser: argparse.ArgumentParser) -> None:
+    """``--runner`` and ``--onnx`` (see ``metabert.runners.load_runner``)."""
+    from metabert.runners import RUNNERS
+
+    parser.add_argument("--runner", choices=RUNNERS,
+                        help="backend and precision (default: as the --onnx folder is, else eager)")
+    parser.add_argument("--onnx", help="exported folder for the ort runners (`metabert export`; default: "
+                                       "export to a temporary folder)")

@@ -7,10 +7,11 @@ import sys
 from pathlib import Path
 
 from metabert.data import DataError
-from metabert.commands.common import add_inference_options, add_policy_options, resolve_policy
+from metabert.commands.common import add_inference_options, add_policy_options, add_runner_options, resolve_policy
 from metabert.modeling import MultiExitBert
 from metabert.options import comma_list
 from metabert.predict import predict_stream, read_rows
+from metabert.runners import load_runner
 
 FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}
 
@@ -24,13 +25,15 @@ def add_parser(sub, name):
     p.add_argument("--output", default="-", help="JSONL output file (default: stdout)")
     add_policy_options(p)
     add_inference_options(p)
+    add_runner_options(p)
     p.add_argument("--skip-bad", action="store_true", help="report bad rows on stderr and go on")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
     model = MultiExitBert.from_pretrained(args.checkpoint)
-    resolved = resolve_policy(args, model.config.exit_policy)
+    runner = load_runner(args.runner, model, args.onnx, args.checkpoint)
+    resolved = resolve_policy(args, model.config.exit_policy, runner=runner.name)
     policy = resolved.policy
     if args.text_columns:
         columns = list(args.text_columns)
@@ -46,7 +49,7 @@ def run(args) -> int:
     sink = sys.stdout if args.output == "-" else open(args.output, "w")
     try:
         counts = predict_stream(model, read_rows(source, fmt, columns, args.input), sink, policy, args.batch_size,
-                                args.max_seq_length, args.skip_bad, args.input)
+                                args.max_seq_length, args.skip_bad, args.input, runner=runner)
     finally:
         if source is not sys.stdin.buffer:
             source.close()
@@ -55,5 +58,5 @@ def run(args) -> int:
     lines = counts["skipped_lines"]
     print(f"{counts['predicted']} rows predicted, {counts['skipped']} skipped"
           + (f" (lines {', '.join(map(str, lines[:20]))}{' ...' if len(lines) > 20 else ''})" if lines else "")
-          + f"; exit policy {policy.describe()} ({resolved.source})", file=sys.stderr)
+          + f"; {runner.name}, exit policy {policy.describe()} ({resolved.source})", file=sys.stderr)
     return 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from metabert.commands.common import add_policy_options
+from metabert.commands.common import add_policy_options, add_runner_options
 
 
 def add_parser(sub, name):
@@ -18,6 +18,7 @@ def add_parser(sub, name):
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     add_policy_options(p)
+    add_runner_options(p)
     p.add_argument("--max-items", type=int, help="items per request (default 64)")
     p.add_argument("--max-batch", type=int, help="items per model call (default 32)")
     p.add_argument("--max-wait-ms", type=float, help="how long a micro-batch waits to fill (default 5)")
@@ -36,7 +37,7 @@ def add_parser(sub, name):
     p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes, each with its own model")
     p.add_argument("--drain-timeout", type=float, default=30.0,
                    help="on SIGTERM, seconds to finish accepted requests before exiting (default 30)")
-    p.add_argument("--threads", type=int, help="PyTorch threads (per worker)")
+    p.add_argument("--threads", type=int, help="PyTorch (and ONNX Runtime) threads, per worker")
     p.set_defaults(run=run)
 
 
@@ -51,5 +52,5 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--workers must be at least 1, got {args.workers}")
     serve(args.checkpoint, args.host, args.port, args.policy, args.threshold, args.patience, config, args.threads,
           api_key_file=args.api_key_file, allow_unauthenticated=args.allow_unauthenticated, workers=args.workers,
-          drain_timeout_s=args.drain_timeout)
+          drain_timeout_s=args.drain_timeout, runner=args.runner, onnx=args.onnx)
     return 0

@@ -1,0 +1,179 @@
+"""INT8 inference: the exported ONNX graphs quantized for ONNX Runtime, and the eager model with
+dynamically quantized Linear layers for PyTorch users.
+
+ONNX Runtime (``quantize_export``): every graph of an exported folder (embeddings, each layer with
+its exit, the full model) is quantized the same way, so that INT8 early exit is measured against
+INT8 full. *Dynamic* quantization (weights INT8 ahead of time, activations quantized per call from
+their observed range; ONNX Runtime's ``quantize_dynamic``, the one call its docs suggest for
+transformers) quantizes the MatMul and Gather (embedding) nodes; *static* quantization (QDQ, ranges
+fixed from calibration data) is the alternative. Exit heads are ``Gemm`` nodes, which dynamic
+quantization leaves in fp32. docs/BENCHMARKS.md records what each option does to speed and to each
+exit's accuracy.
+
+PyTorch (``quantize_eager``): ``torch.ao.quantization.quantize_dynamic`` on the encoder's
+``nn.Linear`` layers (INT8 weights, fbgemm/x86 kernels); exit heads stay fp32.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import shutil
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable
+
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+METHODS = ("dynamic", "static")
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """How the graphs are quantized.
+
+    method: ``dynamic`` (activations quantized at run time) or ``static`` (QDQ, activation ranges
+      from calibration inputs).
+    per_channel: one weight scale per output channel instead of one per tensor.
+    reduce_range: 7-bit weights (for CPUs without VNNI, where 8-bit products can saturate).
+    preprocess: ONNX Runtime's ``quant_pre_process`` (shape inference and graph optimisation) first.
+    """
+
+    method: str = "dynamic"
+    per_channel: bool = False
+    reduce_range: bool = False
+    preprocess: bool = False
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+
+
+class _NoPreprocessAdvice(logging.Filter):
+    """ONNX Runtime's quantizer logs advice to pre-process on the root logger for every graph; we
+    tried it (``QuantizeConfig.preprocess``), see docs/BENCHMARKS.md."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
+def _quantize_graph(source: Path, target: Path, config: QuantizeConfig, feeds: list[dict] | None) -> None:
+    quiet = _NoPreprocessAdvice()
+    logging.getLogger().addFilter(quiet)
+    try:
+        _quantize(source, target, config, feeds)
+    finally:
+        logging.getLogger().removeFilter(quiet)
+
+
+def _quantize(source: Path, target: Path, config: QuantizeConfig, feeds: list[dict] | None) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory(prefix="metabert-quant-") as tmp:
+        model_path = source
+        if config.preprocess:
+            from onnxruntime.quantization.shape_inference import quant_pre_process
+
+            model_path = Path(tmp) / source.name
+            quant_pre_process(str(source), str(model_path), skip_symbolic_shape=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if config.method == "dynamic":
+                quantize_dynamic(str(model_path), str(target), weight_type=QuantType.QInt8,
+                                 per_channel=config.per_channel, reduce_range=config.reduce_range)
+                return
+            from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+            if not feeds:
+                raise ValueError(f"static quantization of {source.name} needs calibration inputs")
+
+            class Reader(CalibrationDataReader):
+                def __init__(self):
+                    self.items = iter(feeds)
+
+                def get_next(self):
+                    return next(self.items, None)
+
+            quantize_static(str(model_path), str(target), Reader(), quant_format=QuantFormat.QDQ,
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            per_channel=config.per_channel, reduce_range=config.reduce_range,
+                            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+
+
+def calibration_feeds(runtime, batches: Iterable[dict]) -> dict[str, list[dict]]:
+    """Inputs of every graph of an fp32 ``OrtMultiExit`` for the given padded batches (for static
+    quantization): {graph file name: [feeds]}."""
+    out: dict[str, list[dict]] = {name: [] for name in runtime.meta["graphs"]}
+    for inputs in batches:
+        feeds = runtime._feeds(inputs)
+        out["embeddings.onnx"].append(feeds)
+        out["full.onnx"].append(feeds)
+        state = runtime.start(inputs)
+        for i in range(runtime.num_layers):
+            hidden, mask, att = state
+            out[f"layer_{i + 1}.onnx"].append({"hidden": hidden, "mask": mask, "attention_mask": att})
+            state, _ = runtime.step(i, state)
+    return out
+
+
+def quantize_export(source: str | Path, output: str | Path, config: QuantizeConfig | None = None,
+                    calibration_batches: Iterable[dict] | None = None) -> Path:
+    """An INT8 copy of the exported folder ``source`` (``metabert.onnx_runtime.export``) in
+    ``output``: every graph quantized by ``config``, the tokenizer and config copied, and
+    ``onnx_meta.json`` recording ``precision: int8`` and the settings (the runner's name, ``ort-int8``,
+    comes from it). Static quantization needs ``calibration_batches`` (padded model inputs)."""
+    from metabert.onnx_runtime import META_NAME, OrtMultiExit
+
+    config = config or QuantizeConfig()
+    source, output = Path(source), Path(output)
+    if source.resolve() == output.resolve():
+        raise ValueError("quantize into a new folder, not over the fp32 export")
+    if not (source / META_NAME).is_file():
+        raise FileNotFoundError(f"{source} is not an exported metabert ONNX folder (no {META_NAME})")
+    meta = json.loads((source / META_NAME).read_text())
+    if meta.get("precision", "fp32") != "fp32":
+        raise ValueError(f"{source} is already {meta['precision']}")
+    feeds = None
+    if config.method == "static":
+        if calibration_batches is None:
+            raise ValueError("static quantization needs calibration batches")
+        feeds = calibration_feeds(OrtMultiExit(source), calibration_batches)
+    output.mkdir(parents=True, exist_ok=True)
+    for item in source.iterdir():
+        if item.suffix != ".onnx" and item.name != META_NAME and item.is_file():
+            shutil.copy(item, output / item.name)
+    jobs = [(source / name, output / name, config, feeds and feeds[name]) for name in meta["graphs"]]
+    if config.method == "static":
+        # the static calibrator opens ONNX Runtime sessions of its own, which a process that set up
+        # our shared thread pool (onnx_runtime._shared_thread_pool) refuses: a fresh process does it
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            list(pool.map(_quantize_graph, *zip(*jobs)))
+    else:
+        for job in jobs:
+            _quantize_graph(*job)
+    log.info("quantized %d graphs of %s (%s)", len(jobs), source, config.method)
+    meta = {**meta, "precision": "int8", "quantization": asdict(config)}
+    (output / META_NAME).write_text(json.dumps(meta, indent=2))
+    return output
+
+
+def quantize_eager(model: nn.Module) -> nn.Module:
+    """A copy of a ``MultiExitBert`` whose encoder Linear layers are dynamically quantized to INT8
+    (``torch.ao.quantization.quantize_dynamic``); the exit heads stay fp32 (their fast inference
+    path reads the fp32 weights, and they are a few percent of the work)."""
+    import torch
+    from torch.ao.quantization import quantize_dynamic
+
+    quantized = copy.deepcopy(model).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao
+        quantized.encoder = quantize_dynamic(quantized.encoder, {nn.Linear}, dtype=torch.qint8)
+    return quantized
