@@ -68,8 +68,8 @@ def pick_policy(model: MultiExitBert, runner, args, held=None):
                         target_speedup=args.target_speedup, max_drop=args.max_drop)
         goal = f"target speed-up {args.target_speedup}x" if args.target_speedup else f"max drop {args.max_drop}"
         r = choice["result"]
-        note = (f"{choice['policy'].describe()}: calibration score {r['score']:.2f} (last exit {choice['full_score']:.2f}), "
-                f"layer speed-up {r['layer_speedup']:.2f}x")
+        note = (f"{choice['policy'].describe()}: calibration score {r.score:.2f} (last exit {choice['full_score']:.2f}), "
+                f"layer speed-up {r.layer_speedup:.2f}x")
         return choice["policy"], f"calibrated per runner with its own logits for {goal} on {what}", note
     resolved = resolve_policy(args, model.config.exit_policy, runner=runner.name)
     return resolved.policy, resolved.source, resolved.source
