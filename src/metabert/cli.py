@@ -7,10 +7,10 @@ import logging
 import shlex
 import sys
 
-from metabert.commands import bench, calibrate, curves, download_glue, evaluate, export, loadtest, predict, report, reproduce, serve, train
+from metabert.commands import bench, calibrate, curves, download_glue, evaluate, export, loadtest, predict, report, reproduce, serve, train, validate_calibration
 from metabert.data import DataError
 
-COMMANDS = {"train": train, "evaluate": evaluate, "calibrate": calibrate, "export": export, "bench": bench, "curves": curves, "predict": predict, "serve": serve, "loadtest": loadtest, "reproduce": reproduce, "report": report, "download-glue": download_glue}
+COMMANDS = {"train": train, "evaluate": evaluate, "calibrate": calibrate, "export": export, "bench": bench, "curves": curves, "predict": predict, "serve": serve, "loadtest": loadtest, "reproduce": reproduce, "report": report, "download-glue": download_glue, "validate-calibration": validate_calibration}
 
 
 def build_parser() -> argparse.ArgumentParser:
