@@ -120,7 +120,7 @@ def test_label_free_consistency_bounds_disagreement_without_labels(pool):
     assert (chosen > 0).mean() > 0.9
     sample = rng.integers(0, loss.shape[1], n)
     choice = risk.choose_guaranteed(logits[:, sample], None, consistency=0.97, delta=DELTA)
-    assert choice["loss"] == "early exit disagrees with the full model"
+    assert choice["loss"] == "the early exit disagrees with the full model"
     assert choice["index"] == risk.certify(loss[:, sample], 0.03, DELTA)["index"]
     measured = risk.measured(logits, choice["policy"])
     assert measured["agreement"] == pytest.approx(1 - true_disagreement[choice["index"]])

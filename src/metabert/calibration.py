@@ -167,7 +167,7 @@ def guaranteed_record(logits: torch.Tensor, labels: list[int] | None, metric: st
             "kind": "max_drop" if max_drop is not None else "consistency",
             "max_drop": max_drop, "consistency": consistency, "delta": delta, "confidence": 1 - delta,
             "metric": metric if max_drop is not None else None,
-            "bounded": f"rate of examples where the {choice['loss']} ≤ {choice['alpha']:g}",
+            "bounded": f"rate of examples where {choice['loss']} ≤ {choice['alpha']:g}",
             "decomposable": max_drop is None or metric == "accuracy",
             "calibration_size": choice["n"], "runner": runner, "certified": choice["certified"],
             "p_value": choice["p_value"], "calibration_loss_rate": choice["loss_rate"],

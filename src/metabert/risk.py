@@ -174,11 +174,11 @@ def choose_guaranteed(logits: torch.Tensor, labels=None, policy: str = "entropy"
             raise ValueError("max_drop needs labels (use consistency for unlabelled data)")
         if not 0 < max_drop < 100:
             raise ValueError(f"max drop must be in (0, 100) points, got {max_drop}")
-        alpha, loss_name = max_drop / 100, "early exit wrong where the full model is right"
+        alpha, loss_name = max_drop / 100, "the early exit is wrong where the full model is right"
     else:
         if not 0 < consistency < 1:
             raise ValueError(f"consistency must be in (0, 1), got {consistency}")
-        alpha, loss_name, labels = 1 - consistency, "early exit disagrees with the full model", None
+        alpha, loss_name, labels = 1 - consistency, "the early exit disagrees with the full model", None
     grid = candidate_grid(policy, logits.shape[0], logits.shape[-1], patience)
     result = outcomes(logits, grid)
     verdict = certify(losses(result, labels), alpha, delta)

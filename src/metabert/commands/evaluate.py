@@ -44,7 +44,8 @@ def run(args) -> int:
     else:
         resolved = resolve_policy(args, model.config.exit_policy, warn=False)
         policy = None if resolved.default else resolved.policy  # uncalibrated: the per-exit scores say it all
-        if policy is not None and resolved.calibrated and model.config.exit_policy.get("promise"):
+        as_stored = args.policy is None and args.threshold is None and args.patience is None
+        if policy is not None and as_stored and model.config.exit_policy.get("promise"):
             logits = all_exit_logits(model, encoded, args.batch_size, args.progress)  # for the promise check
     report = evaluate(model, encoded, spec.metric, policy=policy, sweep=sweep, batch_size=args.batch_size,
                       progress=args.progress, logits=logits)
