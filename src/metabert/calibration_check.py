@@ -182,14 +182,14 @@ def markdown(records: list[dict], plot_name: str | None = None, command: str = "
         "gets wrong and the full model right, binomial p-values, confidence 1-δ); *point*: the rule of "
         "`calibrate --max-drop D --no-guarantee` (the fastest γ within D on the calibration set), on the same "
         "candidate grid, so that the two differ only in the rule. *Cost* is the point estimate's mean layer "
-        "speed-up minus the guaranteed one's; *full model chosen* is how often too few examples certified no "
+        "speed-up minus the guaranteed one's; *nothing certified* is how often the calibration set certified no "
         "early exit at all. Violation rates "
         "are given with their exact 95% interval over the splits; *bounded loss* is how often the bounded "
         "per-example rate itself exceeded D/100 on the test set. The test sets are finite, so part of a "
         "violation rate is the test set's own sampling noise.",
         "",
         "| task | metric | pool (calibration / test) | splits | D (points) | guaranteed: violations | bounded loss "
-        "violations | point: violations | guaranteed speed-up | point speed-up | cost | full model chosen |",
+        "violations | point: violations | guaranteed speed-up | point speed-up | cost | nothing certified |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
@@ -234,7 +234,7 @@ def plot(records: list[dict], path: str | Path) -> None:
         color = f"C{i}"
         budgets = [b["max_drop"] for b in r["budgets"]]
         for rule, style in (("guaranteed", "-o"), ("point_estimate", "--x")):
-            label = f"{r['task']} {'guaranteed' if rule == 'guaranteed' else 'point estimate'}"
+            label = f"{r['task']} n={r['calibration_size']} {'guaranteed' if rule == 'guaranteed' else 'point'}"
             left.plot(budgets, [100 * b[rule]["violation_rate"] for b in r["budgets"]], style, color=color, label=label)
             right.plot(budgets, [b[rule]["mean_speedup"] for b in r["budgets"]], style, color=color, label=label)
     left.axhline(100 * records[0]["delta"], color="grey", lw=1, label="δ")

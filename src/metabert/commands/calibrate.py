@@ -61,7 +61,7 @@ def run(args) -> int:
     else:
         labels = None if args.consistency is not None else encoded.labels
         record = guaranteed_record(logits, labels, metric, name, patience, max_drop=args.max_drop,
-                                   consistency=args.consistency, delta=1 - args.confidence, chosen_on=what,
+                                   consistency=args.consistency, delta=round(1 - args.confidence, 12), chosen_on=what,
                                    runner="eager")
     print(summary(record, metric))
     if args.dry_run:

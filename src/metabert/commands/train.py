@@ -60,7 +60,7 @@ def run(args) -> int:
         summary = train(config, progress=not args.no_progress)
     code = report(summary)
     if not args.no_calibrate and not summary.get("rank") and summary.get("best"):
-        calibrated(calibrate_checkpoint(summary["output"], args.calibrate_max_drop, 1 - args.calibrate_confidence,
+        calibrated(calibrate_checkpoint(summary["output"], args.calibrate_max_drop, round(1 - args.calibrate_confidence, 12),
                                         config.data_dir, config.eval_batch_size, config.max_seq_length))
     return code
 

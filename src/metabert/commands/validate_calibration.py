@@ -35,8 +35,9 @@ def add_parser(sub, name):
     p.add_argument("--max-drop", type=numbers, default=[1.0, 2.0], help="budgets D in points (default 1,2)")
     p.add_argument("--confidence", type=float, default=0.95, help="1-δ (default 0.95)")
     p.add_argument("--splits", type=int, default=200, help="resampled calibration/test splits (default 200)")
-    p.add_argument("--calibration-size", type=int,
-                   help="examples per calibration split (default: the size of the held-out slice)")
+    p.add_argument("--calibration-size", type=float,
+                   help="examples per calibration split, or a fraction of the pool if below 1 "
+                        "(default: the size of the held-out slice)")
     p.add_argument("--policy", choices=sorted(POLICIES), help="exit policy (default: the stored one, else entropy)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", help="GLUE folder, if it moved since training")
@@ -61,8 +62,10 @@ def run(args) -> int:
     logits, labels, held = pool_logits(model, args)
     metric = spec_from_dict(model.config.task).metric
     name, patience, _ = resolve_name(args.policy, None, model.config.exit_policy)
-    delta = 1 - args.confidence
-    report = calibration_check.validate(logits, labels, metric, args.max_drop, args.calibration_size or held,
+    delta = round(1 - args.confidence, 12)
+    size = args.calibration_size or held
+    size = int(round(size * len(labels))) if size < 1 else int(size)
+    report = calibration_check.validate(logits, labels, metric, args.max_drop, size,
                                         args.splits, delta, name, patience, args.seed)
     deploy = [calibration_check.deployment(logits[:, :held], labels[:held], logits[:, held:], labels[held:], metric,
                                            d, delta, name, patience) for d in args.max_drop]
@@ -109,7 +112,7 @@ def summarise(args) -> int:
         except (OSError, json.JSONDecodeError) as err:
             raise DataError(f"{name}: cannot read validation results ({err})") from None
     order = {"sst2": 0, "mrpc": 1, "rte": 2}
-    records.sort(key=lambda r: (order.get(r["task"], 9), r["task"]))
+    records.sort(key=lambda r: (order.get(r["task"], 9), r["task"], r["calibration_size"]))
     calibration_check.plot(records, args.plot)
     page = calibration_check.markdown(records, Path(args.plot).name, args.command_line)
     Path(args.markdown).write_text(page)
