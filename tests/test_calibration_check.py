@@ -36,7 +36,7 @@ def test_guarantee_holds_on_resampled_splits_where_the_point_estimate_does_not()
     report = calibration_check.validate(logits, labels, "accuracy", [1.0, 2.0], calibration_size=1500, splits=100)
     for budget in report["budgets"]:
         g, p = budget["guaranteed"], budget["point_estimate"]
-        assert g["ci95"][0] <= 0.05 and budget["within_delta"]
+        assert g["ci95"][0] <= 0.05 and budget["within_delta"] and g["pool_loss_violation_rate"] <= 0.05 + 3 * (0.05 * 0.95 / 100) ** 0.5
         assert p["violation_rate"] > 0.15 > g["violation_rate"]  # the point estimate breaks it often
         assert p["mean_speedup"] >= g["mean_speedup"] and budget["speedup_cost"] >= 0
         assert g["mean_speedup"] > 1.0

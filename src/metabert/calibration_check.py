@@ -75,6 +75,7 @@ def validate(logits: torch.Tensor, labels: list[int], metric: str, max_drops: li
     grid = risk.candidate_grid(policy, logits.shape[0], logits.shape[-1], patience)
     pool = risk.outcomes(logits, grid)
     loss = risk.losses(pool, labels_np)
+    pool_rate = loss.mean(axis=1)  # each candidate's bounded rate over the whole pool
     rng = np.random.default_rng(seed)
     rows = {d: [] for d in max_drops}
     for _ in range(splits):
@@ -90,6 +91,7 @@ def validate(logits: torch.Tensor, labels: list[int], metric: str, max_drops: li
             rows[budget].append({
                 "guaranteed_drop": float(test_scores[0] - test_scores[k]),
                 "guaranteed_loss": float(loss[k, test].mean()),
+                "guaranteed_pool_loss": float(pool_rate[k]),
                 "guaranteed_speedup": float(test_speedups[k]),
                 "guaranteed_full_model": k == 0,
                 "point_drop": float(test_scores[0] - test_scores[point]),
@@ -116,6 +118,7 @@ def summarise_budget(budget: float, delta: float, rows: list[dict]) -> dict:
     guaranteed = {
         **_rate([r["guaranteed_drop"] > budget + eps for r in rows]),
         "loss_violation_rate": float(np.mean([r["guaranteed_loss"] > budget / 100 + eps for r in rows])),
+        "pool_loss_violation_rate": float(np.mean([r["guaranteed_pool_loss"] > budget / 100 + eps for r in rows])),
         "mean_drop": float(np.mean([r["guaranteed_drop"] for r in rows])),
         "mean_speedup": float(np.mean([r["guaranteed_speedup"] for r in rows])),
         "full_model_share": float(np.mean([r["guaranteed_full_model"] for r in rows])),
@@ -184,12 +187,14 @@ def markdown(records: list[dict], plot_name: str | None = None, command: str = "
         "candidate grid, so that the two differ only in the rule. *Cost* is the point estimate's mean layer "
         "speed-up minus the guaranteed one's; *nothing certified* is how often the calibration set certified no "
         "early exit at all. Violation rates "
-        "are given with their exact 95% interval over the splits; *bounded loss* is how often the bounded "
-        "per-example rate itself exceeded D/100 on the test set. The test sets are finite, so part of a "
+        "are given with their exact 95% interval over the splits; *bounded rate > D/100* is how often the bounded "
+        "per-example rate of the chosen γ exceeded D/100 on the test split, and over the whole pool (the "
+        "distribution the splits are drawn from, so the closest check of the guarantee itself; on the test "
+        "split alone, a γ whose true rate sits just under D/100 crosses it often). The test sets are finite, so part of a "
         "violation rate is the test set's own sampling noise.",
         "",
-        "| task | metric | pool (calibration / test) | splits | D (points) | guaranteed: violations | bounded loss "
-        "violations | point: violations | guaranteed speed-up | point speed-up | cost | nothing certified |",
+        "| task | metric | pool (calibration / test) | splits | D (points) | guaranteed: violations | bounded rate "
+        "> D/100 (test / pool) | point: violations | guaranteed speed-up | point speed-up | cost | nothing certified |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
@@ -197,7 +202,8 @@ def markdown(records: list[dict], plot_name: str | None = None, command: str = "
             g, p = b["guaranteed"], b["point_estimate"]
             lines.append(
                 f"| {r['task']} | {r['metric']} | {r['pool_size']} ({r['calibration_size']} / {r['test_size']}) "
-                f"| {r['splits']} | {b['max_drop']:g} | {_fmt_rate(g)} | {100 * g['loss_violation_rate']:.1f}% "
+                f"| {r['splits']} | {b['max_drop']:g} | {_fmt_rate(g)} | {100 * g['loss_violation_rate']:.1f}% / "
+                f"{100 * g['pool_loss_violation_rate']:.1f}% "
                 f"| {_fmt_rate(p)} | {g['mean_speedup']:.2f}x | {p['mean_speedup']:.2f}x | "
                 f"{b['speedup_cost']:.2f}x | {100 * g['full_model_share']:.0f}% |")
     lines += [
