@@ -72,3 +72,59 @@ def test_calibrate_command_stores_policy_used_by_evaluate(tmp_path, capsys):
                  "--calibration-data", str(dev)]) == 0
     stored = json.loads((ckpt / "metabert_config.json").read_text())["exit_policy"]
     assert stored["name"] == "patience" and "--calibration-data" in stored["chosen_on"]
+
+
+def test_calibrate_max_drop_is_guaranteed_and_stores_the_promise(tmp_path, capsys):
+    ckpt, dev = train_tiny(tmp_path, "--calibration-fraction", "0.25", "--no-calibrate")
+    assert "exit_policy" not in json.loads((ckpt / "metabert_config.json").read_text()) or not \
+        json.loads((ckpt / "metabert_config.json").read_text())["exit_policy"]
+    assert main(["calibrate", "--checkpoint", str(ckpt), "--max-drop", "2", "--confidence", "0.9"]) == 0
+    stored = json.loads((ckpt / "metabert_config.json").read_text())["exit_policy"]
+    promise = stored["promise"]
+    assert promise["kind"] == "max_drop" and promise["max_drop"] == 2 and promise["delta"] == pytest.approx(0.1)
+    assert promise["calibration_size"] == 9 and promise["runner"] == "eager" and promise["metric"] == "accuracy"
+    assert not promise["certified"] and stored["threshold"] == 0.0  # 9 examples cannot certify 2 points
+    assert "too few calibration examples" in capsys.readouterr().out
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--task", "custom", "--dev-file", str(dev)]) == 0
+    out = capsys.readouterr().out
+    assert "promised at calibration: accuracy drop ≤ 2 points with confidence 0.9 (9 calibration examples" in out
+    assert "measured here: drop 0.00 points" in out
+    # the point estimate, as before
+    assert main(["calibrate", "--checkpoint", str(ckpt), "--max-drop", "2", "--no-guarantee"]) == 0
+    stored = json.loads((ckpt / "metabert_config.json").read_text())["exit_policy"]
+    assert "promise" not in stored and "no guarantee" in stored["goal"]
+
+
+def test_consistency_calibrates_on_unlabelled_texts(tmp_path, capsys):
+    ckpt, _ = train_tiny(tmp_path, "--no-calibrate")
+    texts = tmp_path / "traffic.txt"
+    texts.write_text("".join(f"review number {i} was {'great' if i % 2 else 'dull'}\n" for i in range(400)))
+    assert main(["calibrate", "--checkpoint", str(ckpt), "--consistency", "0.95", "--texts", str(texts)]) == 0
+    stored = json.loads((ckpt / "metabert_config.json").read_text())["exit_policy"]
+    promise = stored["promise"]
+    assert promise["kind"] == "consistency" and promise["consistency"] == 0.95 and promise["metric"] is None
+    assert promise["calibration_size"] == 400 and "disagrees with the full model" in promise["bounded"]
+    assert "traffic.txt (400 unlabelled texts" in stored["chosen_on"]
+    assert "calibration_score" not in stored  # no labels, no score
+    texts.write_text("one\n\nthree\n")
+    assert main(["calibrate", "--checkpoint", str(ckpt), "--consistency", "0.95", "--texts", str(texts)]) == 2
+    assert "traffic.txt:2: empty line" in capsys.readouterr().err
+    assert main(["calibrate", "--checkpoint", str(ckpt), "--max-drop", "1", "--texts", str(texts)]) == 2
+    assert "goes with --consistency" in capsys.readouterr().err
+
+
+def test_train_then_predict_needs_no_other_step(tmp_path, glue_dir, capsys):
+    ckpt = tmp_path / "sst2"
+    assert main(["train", "--task", "sst2", "--data-dir", str(glue_dir), "--model", "tiny", "--epochs", "1",
+                 "--max-train-samples", "64", "--output", str(ckpt), "--no-progress"]) == 0
+    assert "calibrated on the held-out 5% of SST-2/train.tsv" in capsys.readouterr().out
+    promise = json.loads((ckpt / "metabert_config.json").read_text())["exit_policy"]["promise"]
+    assert promise["max_drop"] == 1.0 and promise["delta"] == pytest.approx(0.05)
+    assert promise["calibration_size"] == 3367
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text('{"text": "a gorgeous, witty film"}\n{"text": "tedious and overlong"}\n')
+    assert main(["predict", "--checkpoint", str(ckpt), "--input", str(src), "--output", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["line"] for r in rows] == [1, 2] and {r["label"] for r in rows} <= {"0", "1"}
+    err = capsys.readouterr().err
+    assert "calibrated for eager, stored in the checkpoint" in err and "no calibrated" not in err

@@ -95,3 +95,34 @@ def test_module_entry_point_runs():
 
     done = subprocess.run([sys.executable, "-m", "metabert", "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "evaluate" in done.stdout
+
+
+def test_custom_columns_found_by_name_and_labels_kept_as_names(tmp_path, capsys):
+    train = tmp_path / "reviews.tsv"
+    rows = [("loved it", "positive"), ("hated it", "negative"), ("it was fine", "neutral")] * 8
+    train.write_text("Text\tLabel\n" + "".join(f"{t}\t{l}\n" for t, l in rows))
+    ckpt = tmp_path / "ckpt"
+    assert main(["train", "--task", "custom", "--train-file", str(train), "--dev-file", str(train), "--model", "tiny",
+                 "--epochs", "1", "--output", str(ckpt), "--no-progress"]) == 0
+    model = MultiExitBert.from_pretrained(ckpt)
+    assert model.config.task["text_columns"] == ["Text"] and model.config.task["label_column"] == "Label"
+    assert model.config.label_names == ("negative", "neutral", "positive")
+    src, out = tmp_path / "in.tsv", tmp_path / "out.jsonl"
+    src.write_text("Text\nwhat a film\n")
+    assert main(["predict", "--checkpoint", str(ckpt), "--input", str(src), "--output", str(out)]) == 0
+    row = json.loads(out.read_text())
+    assert row["label"] in model.config.label_names and set(row["probabilities"]) == set(model.config.label_names)
+
+
+def test_custom_header_without_a_usable_column_names_file_columns_and_flag(tmp_path, capsys):
+    train = tmp_path / "reviews.tsv"
+    train.write_text("review\tsentiment\ngood\tpos\nbad\tneg\n")
+    argv = ["train", "--task", "custom", "--train-file", str(train), "--dev-file", str(train), "--model", "tiny",
+            "--epochs", "1", "--output", str(tmp_path / "ckpt"), "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{train}:1: no text column found among the columns ['review', 'sentiment']" in err
+    assert "--text-columns" in err
+    assert main([*argv, "--text-columns", "review"]) == 2  # the flag overrides; the label is still missing
+    err = capsys.readouterr().err
+    assert "no label column found" in err and "--label-column" in err

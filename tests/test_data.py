@@ -159,3 +159,22 @@ def test_download_writer_round_trips(tmp_path):
     cola = {"train": [{"sentence": "ok .", "label": 1}, {"sentence": "bad .", "label": 0}], "dev": []}
     write_task("cola", cola, ["0", "1"], tmp_path)
     assert [e.label for e in D.load_glue("cola", "train", str(tmp_path)).examples] == [1, 0]
+
+
+def test_detect_columns_by_name(tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"id": 1, "Sentence1": "a", "sentence2": "b", "label": "x"}\n')
+    assert D.detect_columns(pairs) == (("Sentence1", "sentence2"), "label")
+    single = tmp_path / "single.csv"
+    single.write_text("idx,sentence,text,label\n1,a,b,0\n")
+    assert D.detect_columns(single) == (("text",), "label")  # text before sentence
+    assert D.detect_columns(single, ["sentence"], "idx") == (("sentence",), "idx")  # flags override
+    bare = tmp_path / "bare.tsv"
+    bare.write_text("a\tb\n")
+    with pytest.raises(D.DataError, match=r"bare.tsv:1: no text column found among the columns \['a', 'b'\]"):
+        D.detect_columns(bare)
+
+
+def test_label_order_is_stable_and_numeric_where_labels_are_numbers():
+    assert D.label_order(["2", "10", "1", "2"]) == ["1", "2", "10"]
+    assert D.label_order(["pos", "neg", "neutral"]) == D.label_order(["neutral", "pos", "neg"]) == ["neg", "neutral", "pos"]

@@ -107,16 +107,20 @@ def test_int8_export_calibrates_predicts_and_serves(tmp_path, capsys):
     from metabert.server import create_app
 
     ckpt, dev = train_tiny(tmp_path, "--calibration-fraction", "0.25")
+    eager = dict(MultiExitBert.from_pretrained(ckpt).config.exit_policy)  # train calibrated it
     out = tmp_path / "int8"
     assert main(["export", "--checkpoint", str(ckpt), "--output", str(out), "--quantize", "int8"]) == 0
-    assert "ort-int8" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "calibrated for ort-int8" in said and f"--onnx {out}" in said
+    auto = MultiExitBert.from_pretrained(ckpt).config.exit_policy["runners"]["ort-int8"]
+    assert auto["runner"] == "ort-int8" and auto["promise"]["runner"] == "ort-int8"
     assert main(["calibrate", "--checkpoint", str(ckpt), "--onnx", str(out), "--target-speedup", "1.2",
                  "--no-progress"]) == 0
     assert "with ort-int8 logits" in capsys.readouterr().out
     model = MultiExitBert.from_pretrained(ckpt)
     record = model.config.exit_policy["runners"]["ort-int8"]
     assert record["runner"] == "ort-int8" and record["calibration_layer_speedup"] >= 1.2
-    assert not {k for k in model.config.exit_policy if k != "runners"}  # the eager record untouched (none)
+    assert {k: v for k, v in model.config.exit_policy.items() if k != "runners"} == eager  # eager untouched
 
     preds = tmp_path / "preds.jsonl"
     assert main(["predict", "--checkpoint", str(ckpt), "--onnx", str(out), "--input", str(dev),

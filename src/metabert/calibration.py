@@ -7,13 +7,18 @@ file that ``metabert train`` held out (recorded in the checkpoint), or a file th
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
 
 from metabert import data as data_mod
-from metabert import metrics
+from metabert import metrics, risk
+from metabert.batching import Encoded, encode, tokenize
 from metabert.evaluation import candidate_policies, simulate
+from metabert.exits import policy_to_dict
+
+log = logging.getLogger(__name__)
 
 
 def evaluation_set(model, task: str | None = None, split: str = "dev", data_dir: str | None = None,
@@ -102,3 +107,105 @@ def choose(logits: torch.Tensor, labels: list[int], metric: str, policy: str = "
         ok = [c for c in candidates if c[1].score >= full - max_drop - 1e-9]
         chosen = max(ok, key=lambda c: (c[1].layer_speedup, c[1].score))
     return {"policy": chosen[0], "result": chosen[1], "full_score": full}
+
+
+def unlabelled_set(model, file: str | Path, max_length: int = 128) -> tuple[Encoded, str]:
+    """Texts without labels for ``--consistency`` (e.g. real traffic): a .txt file holds one text
+    per line (single-text tasks); TSV/CSV/JSONL files are read with the checkpoint's text columns.
+    Returns (encoded texts, a sentence saying what they are)."""
+    from metabert.predict import read_rows
+
+    path = Path(file)
+    if not path.is_file():
+        raise data_mod.DataError(f"{path}: file not found")
+    columns = [c for c in model.config.task.get("text_columns", []) if isinstance(c, str)] or ["text"]
+    texts, pairs = [], []
+    if path.suffix.lower() == ".txt":
+        if len(model.config.task.get("text_columns", ())) == 2:
+            raise data_mod.DataError(f"{path}: a .txt file holds one text per line, but this checkpoint's task "
+                                     "takes sentence pairs; give a TSV, CSV or JSONL file with its two text columns")
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                raise data_mod.DataError(f"{path}:{number}: empty line")
+            texts.append(line)
+    else:
+        fmt = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}.get(path.suffix.lower())
+        if fmt is None:
+            raise data_mod.DataError(f"{path}: unlabelled texts must be .txt, .tsv, .csv or .jsonl")
+        with open(path, "rb") as stream:
+            for row in read_rows(stream, fmt, columns, str(path)):
+                if row.error:
+                    raise data_mod.DataError(f"{path}:{row.line}: {row.error}")
+                texts.append(row.text)
+                pairs.append(row.pair)
+    if not texts:
+        raise data_mod.DataError(f"{path}: no texts")
+    pairs = pairs if pairs and all(p is not None for p in pairs) else None
+    encoded = tokenize(model.tokenizer, texts, pairs, max_length).encoded
+    return encoded, f"{path.name} ({len(texts)} unlabelled texts, given with --texts)"
+
+
+def guaranteed_record(logits: torch.Tensor, labels: list[int] | None, metric: str, policy: str = "entropy",
+                      patience: int = 2, max_drop: float | None = None, consistency: float | None = None,
+                      delta: float = risk.DEFAULT_DELTA, chosen_on: str = "", runner: str = "eager") -> dict:
+    """The checkpoint's ``exit_policy`` record for a risk-controlled choice (``risk.choose_guaranteed``)
+    from all-exit logits of any runner: the policy, and under ``promise`` what was promised (budget,
+    δ, metric, what is bounded, calibration size, runner) and the certificate (p-value, loss rate)."""
+    choice = risk.choose_guaranteed(logits, labels, policy, patience, max_drop=max_drop,
+                                    consistency=consistency, delta=delta)
+    chosen = choice["policy"]
+    if max_drop is not None:
+        goal = f"at most {max_drop:g} points below the full model with confidence {1 - delta:g}"
+    else:
+        goal = f"agreeing with the full model on at least {100 * consistency:g}% of inputs with confidence {1 - delta:g}"
+    record = {
+        **policy_to_dict(chosen),
+        "runner": runner,
+        "chosen_on": chosen_on,
+        "goal": goal,
+        "calibration_layer_speedup": choice["layer_speedup"],
+        "promise": {
+            "kind": "max_drop" if max_drop is not None else "consistency",
+            "max_drop": max_drop, "consistency": consistency, "delta": delta, "confidence": 1 - delta,
+            "metric": metric if max_drop is not None else None,
+            "bounded": f"rate of examples where {choice['loss']} ≤ {choice['alpha']:g}",
+            "decomposable": max_drop is None or metric == "accuracy",
+            "calibration_size": choice["n"], "runner": runner, "certified": choice["certified"],
+            "p_value": choice["p_value"], "calibration_loss_rate": choice["loss_rate"],
+        },
+    }
+    if labels is not None:
+        result = simulate(logits, labels, metric, chosen)
+        record["calibration_score"] = result.score
+        record["calibration_last_exit_score"] = metrics.compute(metric, logits[-1].argmax(-1).tolist(), labels)["score"]
+    return record
+
+
+def calibrate_checkpoint(directory: str | Path, max_drop: float = 1.0, delta: float = risk.DEFAULT_DELTA,
+                         data_dir: str | None = None, batch_size: int = 64, max_length: int = 128,
+                         runner: str = "eager", onnx: str | Path | None = None) -> dict | None:
+    """Risk-controlled calibration of a saved checkpoint on the slice held out at training, with
+    ``runner``'s own logits (``onnx``: its export folder), stored in it as that runner's record (what
+    ``metabert train`` does last for eager, and ``metabert export --quantize int8`` for ort-int8).
+    None, with a warning, when there is no slice."""
+    from metabert.modeling import MultiExitBert
+    from metabert.policy import resolve_name, store_record
+    from metabert.runners import all_exit_logits as runner_logits
+    from metabert.runners import load_runner
+
+    model = MultiExitBert.from_pretrained(directory)
+    if not (model.config.calibration or {}).get("count"):
+        log.warning("%s: no held-out calibration slice (--calibration-fraction 0): not calibrated; predict will "
+                    "run the full model until `metabert calibrate` is run", directory)
+        return None
+    dataset, what = calibration_set(model, data_dir)
+    encoded = encode(dataset, model.tokenizer, max_length)
+    backend = load_runner(runner, model, onnx, directory)
+    logits = runner_logits(backend, encoded, model.tokenizer.pad_token_id, batch_size)
+    metric = data_mod.spec_from_dict(model.config.task).metric
+    name, patience, _ = resolve_name(None, None, model.config.exit_policy, backend.name)
+    record = guaranteed_record(logits, encoded.labels, metric, name, patience, max_drop=max_drop, delta=delta,
+                               chosen_on=what, runner=backend.name)
+    model.with_config(exit_policy=store_record(model.config.exit_policy, backend.name, record))
+    model.save_config(directory)
+    return record

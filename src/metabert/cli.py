@@ -7,10 +7,14 @@ import logging
 import shlex
 import sys
 
-from metabert.commands import bench, calibrate, curves, download_glue, evaluate, export, fuzz_server, loadtest, predict, report, reproduce, serve, train
+from metabert.commands import (bench, calibrate, curves, download_glue, evaluate, export, fuzz_server, loadtest,
+                               predict, report, reproduce, serve, train, validate_calibration)
 from metabert.data import DataError
 
-COMMANDS = {"train": train, "evaluate": evaluate, "calibrate": calibrate, "export": export, "bench": bench, "curves": curves, "predict": predict, "serve": serve, "fuzz-server": fuzz_server, "loadtest": loadtest, "reproduce": reproduce, "report": report, "download-glue": download_glue}
+COMMANDS = {"train": train, "evaluate": evaluate, "calibrate": calibrate, "validate-calibration": validate_calibration,
+            "export": export, "bench": bench, "curves": curves, "predict": predict, "serve": serve,
+            "fuzz-server": fuzz_server, "loadtest": loadtest, "reproduce": reproduce, "report": report,
+            "download-glue": download_glue}
 
 
 def build_parser() -> argparse.ArgumentParser:

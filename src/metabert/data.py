@@ -238,12 +238,51 @@ def read_file(path: Path, spec: TaskSpec, label_names: tuple[str, ...] | None = 
 def custom_spec(path: str | Path, text_columns: list[str], label_column: str, fmt: str | None = None) -> TaskSpec:
     """A task for a user's file; the format comes from the extension unless given."""
     path = Path(path)
-    fmt = fmt or {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}.get(path.suffix.lower())
-    if fmt is None:
-        raise DataError(f"{path}: cannot tell the format from the extension; pass --format tsv|csv|jsonl")
+    fmt = fmt or file_format(path)
     if not 1 <= len(text_columns) <= 2:
         raise DataError(f"--text-columns takes one or two column names, got {text_columns}")
     return TaskSpec("custom", "", tuple(text_columns), label_column, header=True, format=fmt)
+
+
+TEXT_COLUMN_NAMES = (("sentence1", "sentence2"), ("text",), ("sentence",))  # first match wins
+LABEL_COLUMN_NAMES = ("label",)
+
+
+def file_format(path: str | Path) -> str:
+    path = Path(path)
+    fmt = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}.get(path.suffix.lower())
+    if fmt is None:
+        raise DataError(f"{path}: cannot tell the format from the extension; pass --format tsv|csv|jsonl")
+    return fmt
+
+
+def detect_columns(path: str | Path, text_columns=(), label_column: str | None = None) -> tuple[tuple[str, ...], str]:
+    """The text and label columns of a user's file, found by name in its header (TSV/CSV) or first
+    object (JSONL) where not given: ``sentence1`` + ``sentence2`` (a pair), else ``text``, else
+    ``sentence``; ``label``. Names match case-insensitively and are returned as the file spells
+    them. A header without one is an error naming the file, the columns found and the flag."""
+    path = Path(path)
+    try:
+        _, first = next(iter_rows(path, file_format(path)))
+    except StopIteration:
+        raise DataError(f"{path}: empty file (expected a header line)") from None
+    columns = list(first) if isinstance(first, dict) else first
+    by_lower = {str(c).strip().lower(): c for c in columns}
+    texts = tuple(text_columns)
+    if not texts:
+        found = next((names for names in TEXT_COLUMN_NAMES if all(n in by_lower for n in names)), None)
+        if found is None:
+            raise DataError(f"{path}:1: no text column found among the columns {columns}; name one 'text' or "
+                            "'sentence' (or two 'sentence1' and 'sentence2'), or pass --text-columns NAME[,NAME]")
+        texts = tuple(by_lower[n] for n in found)
+    label = label_column
+    if label is None:
+        found = next((n for n in LABEL_COLUMN_NAMES if n in by_lower), None)
+        if found is None:
+            raise DataError(f"{path}:1: no label column found among the columns {columns}; name it 'label' or "
+                            "pass --label-column NAME")
+        label = by_lower[found]
+    return texts, label
 
 
 def for_file(spec: TaskSpec, path: str | Path) -> TaskSpec:
@@ -252,9 +291,20 @@ def for_file(spec: TaskSpec, path: str | Path) -> TaskSpec:
     return TaskSpec(**{**asdict(spec), "format": fmt})
 
 
+def label_order(labels) -> list[str]:
+    """A stable class order that does not depend on the rows' order: numerically when every label
+    is an integer (so "10" comes after "2"), else alphabetically."""
+    labels = set(labels)
+    try:
+        return sorted(labels, key=int)
+    except ValueError:
+        return sorted(labels)
+
+
 def infer_labels(path: Path, spec: TaskSpec) -> tuple[str, ...]:
-    """The sorted set of labels in a training file (stored in the checkpoint)."""
-    labels = sorted({label for *_, label in read_rows(path, spec)})
+    """The labels of a training file in ``label_order`` (stored in the checkpoint as its label
+    names: class i is the i-th, and ``predict`` writes these names)."""
+    labels = label_order(label for *_, label in read_rows(path, spec))
     if len(labels) < 2:
         raise DataError(f"{path}: found {len(labels)} distinct label(s) {labels}; need at least 2")
     return tuple(labels)

@@ -1,5 +1,7 @@
-"""``metabert calibrate``: choose the exit threshold (or patience) for a target speed-up or a maximum
-score drop, on data held out from training, and store it in the checkpoint."""
+"""``metabert calibrate``: choose the exit threshold (or patience) for a target speed-up, a maximum
+score drop or an agreement with the full model, on data held out from training, and store it in the
+checkpoint. ``--max-drop`` and ``--consistency`` hold with confidence 1-δ on new data from the same
+distribution (``metabert.risk``); ``--no-guarantee`` takes the point estimate on the slice instead."""
 
 from __future__ import annotations
 
@@ -7,9 +9,9 @@ import json
 
 from metabert import data as data_mod
 from metabert.batching import encode
-from metabert.calibration import calibration_set, choose
+from metabert.calibration import calibration_set, choose, guaranteed_record, unlabelled_set
 from metabert.commands.common import add_inference_options, add_runner_options
-from metabert.exits import POLICIES, policy_to_dict
+from metabert.exits import POLICIES, policy_from_dict, policy_to_dict
 from metabert.modeling import MultiExitBert
 from metabert.policy import resolve_name, store_record
 from metabert.runners import all_exit_logits, load_runner
@@ -22,6 +24,15 @@ def add_parser(sub, name):
     goal = p.add_mutually_exclusive_group(required=True)
     goal.add_argument("--target-speedup", type=float, help="required layer speed-up S (L / mean exit layer)")
     goal.add_argument("--max-drop", type=float, help="largest allowed score drop, in points, against the last exit")
+    goal.add_argument("--consistency", type=float,
+                      help="least agreement with the full model's predictions, e.g. 0.99 (no labels needed)")
+    p.add_argument("--confidence", type=float, default=0.95,
+                   help="1-δ: the promise of --max-drop/--consistency holds with this probability (default 0.95)")
+    p.add_argument("--no-guarantee", action="store_true",
+                   help="--max-drop: the fastest setting within the budget on the calibration data (a point "
+                        "estimate that new data breaks about half the time)")
+    p.add_argument("--texts", help="--consistency: unlabelled texts (.txt one per line, or TSV/CSV/JSONL with the "
+                                   "checkpoint's text columns); default: the held-out slice, labels unused")
     p.add_argument("--policy", choices=sorted(POLICIES), help="exit policy (default: the stored one, else entropy)")
     p.add_argument("--patience", type=int, help="t for patience-entropy (patience itself is tuned; default 2)")
     p.add_argument("--calibration-data", help="file to calibrate on (default: the slice held out at training)")
@@ -37,29 +48,25 @@ def run(args) -> int:
     stored_task = model.config.task.get("name")
     if args.task and stored_task and args.task != stored_task:
         raise ValueError(f"the checkpoint was trained on {stored_task}, not {args.task}")
-    dataset, what = calibration_set(model, args.data_dir, args.calibration_data)
-    encoded = encode(dataset, model.tokenizer, args.max_seq_length)
+    check_goal(args)
+    if args.texts:
+        encoded, what = unlabelled_set(model, args.texts, args.max_seq_length)
+    else:
+        dataset, what = calibration_set(model, args.data_dir, args.calibration_data)
+        encoded = encode(dataset, model.tokenizer, args.max_seq_length)
     runner = load_runner(args.runner, model, args.onnx, args.checkpoint)
     logits = all_exit_logits(runner, encoded, model.tokenizer.pad_token_id, args.batch_size)  # this runner's own
     metric = data_mod.spec_from_dict(model.config.task).metric
     name, patience, _ = resolve_name(args.policy, args.patience, model.config.exit_policy, runner.name)
-    choice = choose(logits, encoded.labels, metric, name, patience,
-                    target_speedup=args.target_speedup, max_drop=args.max_drop)
-    policy, result = choice["policy"], choice["result"]
-    goal = (f"target layer speed-up {args.target_speedup}x" if args.target_speedup is not None
-            else f"at most {args.max_drop} points below the last exit")
-    record = {
-        **policy_to_dict(policy),
-        "runner": runner.name,
-        "chosen_on": what,
-        "goal": goal,
-        "calibration_score": result.score,
-        "calibration_last_exit_score": choice["full_score"],
-        "calibration_layer_speedup": result.layer_speedup,
-    }
-    print(f"{policy.describe()} chosen for {goal} on {what}, with {runner.name} logits:")
-    print(f"  calibration {metric} {result.score:.2f} (last exit {choice['full_score']:.2f}), "
-          f"layer speed-up {result.layer_speedup:.2f}x, exits per layer {list(result.exit_counts)}")
+    if args.target_speedup is not None or args.no_guarantee:
+        record = point_record(logits, encoded.labels, metric, name, patience, args, what)
+        record["runner"] = runner.name
+    else:
+        labels = None if args.consistency is not None else encoded.labels
+        record = guaranteed_record(logits, labels, metric, name, patience, max_drop=args.max_drop,
+                                   consistency=args.consistency, delta=round(1 - args.confidence, 12), chosen_on=what,
+                                   runner=runner.name)
+    print(summary(record, metric) + f"\n  (with {runner.name} logits)")
     if args.dry_run:
         print(json.dumps(record, indent=2))
         return 0
@@ -67,3 +74,51 @@ def run(args) -> int:
     model.save_config(args.checkpoint)
     print(f"stored in {args.checkpoint} for {runner.name}: predict, serve and bench with that runner now use it by default")
     return 0
+
+
+def check_goal(args) -> None:
+    if not 0 < args.confidence < 1:
+        raise ValueError(f"--confidence must be between 0 and 1 (it is 1-δ), got {args.confidence}")
+    if args.no_guarantee and args.max_drop is None:
+        raise ValueError("--no-guarantee goes with --max-drop (--target-speedup has no guarantee to drop)")
+    if args.texts and args.consistency is None:
+        raise ValueError("--texts holds no labels: it goes with --consistency")
+    if args.texts and args.calibration_data:
+        raise ValueError("give --texts or --calibration-data, not both")
+
+
+def point_record(logits, labels, metric, name, patience, args, what) -> dict:
+    """The point estimate of ``calibration.choose`` (--target-speedup, --max-drop --no-guarantee)."""
+    choice = choose(logits, labels, metric, name, patience, target_speedup=args.target_speedup,
+                    max_drop=args.max_drop)
+    policy, result = choice["policy"], choice["result"]
+    goal = (f"target layer speed-up {args.target_speedup}x" if args.target_speedup is not None
+            else f"at most {args.max_drop} points below the last exit on the calibration data (no guarantee)")
+    return {
+        **policy_to_dict(policy),
+        "chosen_on": what,
+        "goal": goal,
+        "calibration_score": result.score,
+        "calibration_last_exit_score": choice["full_score"],
+        "calibration_layer_speedup": result.layer_speedup,
+    }
+
+
+def summary(record: dict, metric: str) -> str:
+    policy = policy_from_dict(record)
+    lines = [f"{policy.describe()} chosen for {record['goal']} on {record['chosen_on']}:"]
+    if "calibration_score" in record:
+        lines.append(f"  calibration {metric} {record['calibration_score']:.2f} (last exit "
+                     f"{record['calibration_last_exit_score']:.2f}), layer speed-up {record['calibration_layer_speedup']:.2f}x")
+    else:
+        lines.append(f"  layer speed-up {record['calibration_layer_speedup']:.2f}x on the calibration data")
+    promise = record.get("promise")
+    if promise:
+        lines.append(f"  bounded: {promise['bounded']} (p-value {promise['p_value']:.3g}, rate on the calibration "
+                     f"data {promise['calibration_loss_rate']:.4f}, {promise['calibration_size']} examples)")
+        if not promise["certified"]:
+            lines.append("  too few calibration examples to certify any early exit: the full model is kept")
+        if not promise["decomposable"]:
+            lines.append(f"  {metric} does not decompose over examples: the per-example rate above is what is "
+                         "bounded, not the metric's drop")
+    return "\n".join(lines)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
+from metabert.data import detect_columns
 from metabert.options import add_options, from_args
 from metabert.training import TrainConfig
+
+log = logging.getLogger(__name__)
 
 DATA_FIELDS = ("task", "data_dir", "dev_file", "max_seq_length")  # the data options every command shares
 
@@ -25,8 +29,16 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
 
 
 def config_fields(args: argparse.Namespace) -> dict:
-    """``TrainConfig``'s keyword arguments from the parsed options (``method`` joint when there is none)."""
-    return {"method": "joint", **from_args(TrainConfig, args)}
+    """``TrainConfig``'s keyword arguments from the parsed options (``method`` joint when there is
+    none); for ``--task custom``, the columns not given are found by name in the training file."""
+    values = {"method": "joint", **from_args(TrainConfig, args)}
+    if values.get("task") == "custom" and values.get("train_file") and not (
+            values.get("text_columns") and values.get("label_column")):
+        texts, label = detect_columns(values["train_file"], values.get("text_columns") or (),
+                                      values.get("label_column"))
+        log.info("columns of %s: text %s, label %s", values["train_file"], texts, label)
+        values.update(text_columns=tuple(texts), label_column=label)
+    return values
 
 
 INFERENCE_BATCH_SIZE = 64  # examples per model call for evaluation, calibration and prediction

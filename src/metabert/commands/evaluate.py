@@ -12,6 +12,8 @@ from metabert.commands.common import (
 from metabert.evaluation import all_exit_logits, evaluate, format_report, plot_report, sweep_policies, write_sweep_csv
 from metabert.calibration import data_name, evaluation_set
 from metabert.modeling import MultiExitBert
+from metabert import risk
+from metabert.reports import EarlyExitReport
 
 
 def add_parser(sub, name):
@@ -43,12 +45,19 @@ def run(args) -> int:
     else:
         resolved = resolve_policy(args, model.config.exit_policy, warn=False)
         policy = None if resolved.default else resolved.policy  # uncalibrated: the per-exit scores say it all
+        as_stored = args.policy is None and args.threshold is None and args.patience is None
+        if policy is not None and as_stored and model.config.exit_policy.get("promise"):
+            logits = all_exit_logits(model, encoded, args.batch_size, args.progress)  # for the promise check
     report = evaluate(model, encoded, spec.metric, policy=policy, sweep=sweep, batch_size=args.batch_size,
                       progress=args.progress, logits=logits)
+    context = {"policy_source": resolved.source} if policy is not None else {}
+    if logits is not None and policy is not None:
+        context["promise"] = promise_check(model.config.exit_policy["promise"], report, logits, encoded.labels, policy)
     report = report.with_context(task=task, split=args.split, data=data_name(dataset.source, task),
-                                 checkpoint=args.checkpoint,
-                                 **({"policy_source": resolved.source} if policy is not None else {}))
+                                 checkpoint=args.checkpoint, **context)
     print(format_report(report))
+    if "promise" in report.context:
+        print(format_promise(report.context["promise"]))
     stem = Path(args.output).with_suffix("") if args.output else Path(f"{task}_sweep")
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
@@ -60,3 +69,25 @@ def run(args) -> int:
         plot_report(report, plot, title=f"{task} ({Path(args.checkpoint).name})")
         print(f"sweep: {stem.with_suffix('.csv')}, plot: {plot}")
     return 0
+
+
+def promise_check(promise: dict, report: EarlyExitReport, logits, labels, policy) -> dict:
+    """What calibration promised beside what this data set measures."""
+    measured = risk.measured(logits, policy, labels)
+    measured["drop"] = report.per_exit[-1]["score"] - report.timed.score
+    return {"promised": promise, "measured": measured}
+
+
+def format_promise(check: dict) -> str:
+    promised, measured = check["promised"], check["measured"]
+    if promised["kind"] == "max_drop":
+        goal = f"{promised['metric']} drop ≤ {promised['max_drop']:g} points"
+        found = (f"drop {measured['drop']:.2f} points, early exit wrong where the full model is right on "
+                 f"{100 * measured['wrong_where_full_right']:.2f}% of examples")
+    else:
+        goal = f"agreement with the full model ≥ {100 * promised['consistency']:g}%"
+        found = f"agreement {100 * measured['agreement']:.2f}%"
+    note = "" if promised.get("decomposable", True) else " (the per-example rate is bounded, not the metric)"
+    return (f"promised at calibration: {goal} with confidence {promised['confidence']:g} "
+            f"({promised['calibration_size']} calibration examples, runner {promised['runner']}){note}\n"
+            f"measured here: {found}")

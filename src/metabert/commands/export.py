@@ -5,6 +5,7 @@ and the folder is the ``ort-int8`` runner's."""
 
 from __future__ import annotations
 
+from metabert.calibration import calibrate_checkpoint
 from metabert.modeling import MultiExitBert
 from metabert.onnx_runtime import OrtMultiExit, check_export
 from metabert.quantize import METHODS, QuantizeConfig
@@ -22,6 +23,8 @@ def add_parser(sub, name):
                         "from the checkpoint's calibration slice)")
     p.add_argument("--per-channel", action="store_true", help="one weight scale per output channel")
     p.add_argument("--static-examples", type=int, default=256, help="calibration examples for --quantize-method static")
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="--quantize int8: do not calibrate the INT8 runner's γ on the held-out slice")
     p.set_defaults(run=run)
 
 
@@ -44,7 +47,13 @@ def run(args) -> int:
     print(f"exported {model.num_layers} layers with their exits to {out} (the {runner} runner); "
           f"max |PyTorch - ONNX Runtime| over every exit's logits: {diff:.2e}")
     if args.quantize:
-        print(f"INT8 ({config.method}{', per channel' if config.per_channel else ''}) logits differ by design: "
-              f"calibrate γ on them with `metabert calibrate --checkpoint {args.checkpoint} --runner ort-int8 "
-              f"--onnx {out} --max-drop 1`")
+        print(f"INT8 ({config.method}{', per channel' if config.per_channel else ''}) logits differ by design "
+              "from the fp32 ones, so the INT8 runner gets its own γ")
+        record = None if args.no_calibrate else calibrate_checkpoint(args.checkpoint, runner=runner, onnx=out)
+        if record is None:
+            print(f"not calibrated: `metabert calibrate --checkpoint {args.checkpoint} --onnx {out} --max-drop 1`")
+        else:
+            print(f"calibrated for {runner} on {record['chosen_on']}: {record['name']} γ={record['threshold']:g} "
+                  f"for {record['goal']}, layer speed-up {record['calibration_layer_speedup']:.2f}x; serve it with "
+                  f"`metabert serve --checkpoint {args.checkpoint} --onnx {out}`")
     return 0
