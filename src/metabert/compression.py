@@ -31,10 +31,86 @@ import torch.nn.functional as F
 from torch import nn
 
 from metabert.modeling import MultiExitBert
+from metabert.options import option
 
 INITS = ("alternate", "first", "spread")
 SCHEDULES = ("constant", "linear")
 STATES = ("cls", "pooled")
+
+
+# ------------------------------------------------------------------------------ options
+def _check(config, rules: dict[str, bool]) -> None:
+    for name, ok in rules.items():
+        if not ok:
+            raise ValueError(f"invalid {type(config).__name__}.{name}: {getattr(config, name)!r}")
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    """How a static system's student is made from the fine-tuned teacher (``--teacher``)."""
+
+    layers: int = option(0, help="student depth (0: half the teacher's, the papers' 2x compression)")
+    init: str | None = option(None, choices=INITS, help="which teacher layers the student starts from "
+                              "(default: the system's own, alternate for DistilBERT, first for PKD and Theseus)")
+
+    def __post_init__(self):
+        _check(self, {"layers": self.layers >= 0, "init": self.init is None or self.init in INITS})
+
+    def depth(self, teacher_layers: int) -> int:
+        return self.layers or max(1, teacher_layers // 2)
+
+
+@dataclass(frozen=True)
+class DistilConfig:
+    """``--method distilbert`` (Sanh et al. 2019): (1 - α) CE + α T² KL(teacher || student) + w_cos L_cos."""
+
+    temperature: float = option(2.0, help="T of the softened predictions (DistilBERT's own 2)")
+    alpha: float = option(0.5, help="weight of the distillation loss; the labels' CE weighs 1 - alpha")
+    cosine: float = option(0.0, help="weight of the cosine loss between the last hidden states (0: off)")
+
+    def __post_init__(self):
+        _check(self, {"temperature": self.temperature > 0, "alpha": 0 <= self.alpha <= 1, "cosine": self.cosine >= 0})
+
+
+@dataclass(frozen=True)
+class PKDConfig:
+    """``--method pkd`` (Sun et al. 2019, PKD-Skip): (1 - α) CE + α L_DS + β L_PT (Eq. 4)."""
+
+    temperature: float = option(10.0, help="T of the soft targets (the paper searches 5, 10, 20)")
+    alpha: float = option(0.5, help="weight of L_DS; the labels' CE weighs 1 - alpha (paper: 0.2, 0.5, 0.7)")
+    beta: float = option(100.0, help="weight of the patient loss L_PT (paper: 10 to 1000)")
+    state: str = option("cls", choices=STATES, help="the layer state compared: [CLS] (the paper) or the exits' pooling")
+
+    def __post_init__(self):
+        _check(self, {"temperature": self.temperature > 0, "alpha": 0 <= self.alpha <= 1, "beta": self.beta >= 0,
+                      "state": self.state in STATES})
+
+
+@dataclass(frozen=True)
+class TheseusConfig:
+    """``--method theseus`` (Xu et al. 2020): the replacement schedule (see ``ReplacementSchedule``)."""
+
+    schedule: str = option("linear", choices=SCHEDULES, help="replacement rate: constant, or the linear curriculum")
+    rate: float = option(0.3, help="constant rate p, or the curriculum's base rate b")
+    until: float = option(0.5, help="fraction of training that replaces modules (constant) or at which the "
+                                    "curriculum reaches 1; the rest fine-tunes the successor alone")
+
+    def replacement(self) -> "ReplacementSchedule":
+        return ReplacementSchedule(self.schedule, self.rate, self.until)
+
+    def __post_init__(self):
+        self.replacement()  # the schedule's own checks name the field
+
+
+@dataclass(frozen=True)
+class LayerDropConfig:
+    """``--method layerdrop`` (Fan et al. 2019): drop rate in training, every-other pruning after."""
+
+    rate: float = option(0.5, help="probability that a layer is skipped in a training step")
+    prune: float = option(0.5, help="pruning rate p of the every-other rule (0.5: 6 -> 3 layers)")
+
+    def __post_init__(self):
+        _check(self, {"rate": 0 <= self.rate < 1, "prune": 0 < self.prune <= 0.5})
 
 
 # ------------------------------------------------------------------------------ student layers
