@@ -60,8 +60,9 @@ class StaticMethod(Method):
     def build(self, model: MultiExitBert) -> MultiExitBert:
         """The model training starts from: here the student made of the teacher's layers."""
         teacher = self._teacher()
-        if teacher.config.num_labels != model.config.num_labels:
-            raise ValueError(f"--teacher has {teacher.config.num_labels} classes, the task {model.config.num_labels}")
+        if tuple(teacher.config.label_names) != tuple(model.config.label_names):
+            raise ValueError(f"--teacher was trained on classes {list(teacher.config.label_names)}, this task has "
+                             f"{list(model.config.label_names)}")
         student = comp.select_layers(teacher, self.student_layers(teacher.num_layers))
         student.with_config(task=model.config.task, calibration=model.config.calibration)
         for p in student.parameters():  # the teacher's copies are frozen
@@ -244,3 +245,29 @@ class Gaml(Method):
 
 
 PEER_METHODS = (DistilBert, PatientKD, Theseus, LayerDrop, ShallowDeep, Gaml)
+
+
+def make(name: str, epochs: int, config=None, teacher: MultiExitBert | None = None, total_steps: int = 1):
+    """The Table I method ``name`` with its options from ``config`` (a ``training.TrainConfig``;
+    None: every default) and, for the static systems that learn from one, the fine-tuned ``teacher``."""
+    cls = {m.name: m for m in PEER_METHODS}[name]
+    student = getattr(config, "student", None)
+    if cls is ShallowDeep:
+        return ShallowDeep(epochs)
+    if cls is Gaml:
+        return Gaml(epochs, getattr(config, "gaml", None))
+    section = {DistilBert: "distil", PatientKD: "pkd", Theseus: "theseus", LayerDrop: "layerdrop"}[cls]
+    extra = {"total_steps": total_steps} if cls is Theseus else {}
+    return cls(epochs, getattr(config, section, None), student=student, teacher=teacher, **extra)
+
+
+def load_teacher(path: str | None, name: str) -> MultiExitBert | None:
+    """The ``--teacher`` checkpoint for method ``name`` (None where the method needs none); a clear
+    error where it needs one and none (or no checkpoint) is given."""
+    cls = {m.name: m for m in PEER_METHODS}.get(name)
+    if cls is None or not getattr(cls, "needs_teacher", False):
+        return None
+    if not path:
+        raise ValueError(f"--method {name} learns from a fine-tuned model: give it with --teacher DIR "
+                         "(e.g. the checkpoint of --method last at full depth, same seed)")
+    return MultiExitBert.from_pretrained(path)
