@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from metabert import compression as comp
 from metabert import exit_peers as peers
 from metabert.batching import model_inputs
-from metabert.methods import Method
+from metabert.methods_base import Method
 from metabert.modeling import MultiExitBert, exit_losses
 
 
@@ -242,6 +242,13 @@ class Gaml(Method):
         for name, g in zip(grads.names, step_grad):
             params[name].grad = g
         return {"batch_loss": grads.ce_loss + self.config.kd_weight * grads.kd_loss, "gaml_cosine": cosine}
+
+    def summarise(self, diagnostics: list[dict]) -> tuple[str, dict]:
+        """The epoch's record of the alignment: mean cosine of g_kd and g_ce, and the steps where they
+        conflicted (the steps GA changed)."""
+        cosines = [d["gaml_cosine"] for d in diagnostics if "gaml_cosine" in d]
+        return "gaml", {"cosine_kd_ce": sum(cosines) / len(cosines) if cosines else None,
+                        "conflicting_steps": sum(c < 0 for c in cosines), "steps": len(cosines)}
 
 
 PEER_METHODS = (DistilBert, PatientKD, Theseus, LayerDrop, ShallowDeep, Gaml)
