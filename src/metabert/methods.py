@@ -16,7 +16,7 @@ from metabert.batching import model_inputs
 from metabert.methods_base import Method, TrainingMethod
 from metabert.modeling import exit_losses
 
-__all__ = ["METHODS", "Method", "TrainingMethod", "get_method"]
+__all__ = ["METHODS", "Method", "TrainingMethod", "get_method", "is_static_method"]
 
 
 def _is_exit(name: str, layers: range) -> bool:
@@ -239,6 +239,12 @@ METHODS: dict[str, type] = {m.name: m for m in (Joint, Weighted, LastExit, TwoSt
 from metabert import peer_methods  # noqa: E402  (MetaBERT's Table I systems; they subclass methods_base.Method)
 
 METHODS.update({m.name: m for m in peer_methods.PEER_METHODS})
+
+
+def is_static_method(name: str) -> bool:
+    """Whether method ``name`` makes a model of one depth trained on its last exit alone (``last``, and
+    the static Table I systems: distilbert, pkd, theseus, layerdrop), whose other exits no rule may use."""
+    return name == "last" or bool(getattr(METHODS.get(name), "static", False))
 
 
 def get_method(name: str, epochs: int = 1, meta_config=None, config=None, teacher=None,
