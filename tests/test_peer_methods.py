@@ -18,13 +18,13 @@ def grads(model):
 
 def test_static_methods_refuse_to_run_without_a_teacher():
     with pytest.raises(ValueError, match="--teacher DIR"):
-        pm.DistilBert(2).build(make_tiny())
+        pm.DistilBert(2).build(make_tiny(("a", "b")))
 
 
 def test_distilbert_builds_the_alternate_student_and_its_loss():
     teacher = tiny_teacher(6)
     method = pm.DistilBert(2, comp.DistilConfig(alpha=0.0), teacher=teacher)
-    student = method.build(make_tiny())
+    student = method.build(make_tiny(("a", "b")))
     assert student.num_layers == 3
     assert torch.equal(student.encoder.encoder.layer[1].output.dense.weight,
                        teacher.encoder.encoder.layer[2].output.dense.weight)  # layers 0, 2, 4
@@ -44,7 +44,7 @@ def test_pkd_loss_adds_the_patient_term_at_the_skipped_layers():
     teacher = tiny_teacher(6)
     plain = pm.PatientKD(2, comp.PKDConfig(beta=0.0), teacher=teacher)
     patient = pm.PatientKD(2, comp.PKDConfig(beta=10.0), teacher=teacher)
-    student = plain.build(make_tiny())
+    student = plain.build(make_tiny(("a", "b")))
     assert [l.output.dense.weight for l in student.encoder.encoder.layer][0] is not None
     assert torch.equal(student.encoder.encoder.layer[1].output.dense.weight,
                        teacher.encoder.encoder.layer[1].output.dense.weight)  # the first k layers
@@ -61,7 +61,7 @@ def test_theseus_replaces_at_the_scheduled_rate_and_trains_only_successor_layers
     teacher = tiny_teacher(6)
     method = pm.Theseus(2, comp.TheseusConfig("linear", rate=0.2, until=0.5), teacher=teacher, total_steps=10)
     assert [round(method.rate(s), 2) for s in range(0, 10, 2)] == [0.2, 0.52, 0.84, 1.0, 1.0]
-    student = method.build(make_tiny()).train()
+    student = method.build(make_tiny(("a", "b"))).train()
     batch = batch_for(teacher)
     for seed in range(3):  # draws with and without replaced modules
         torch.manual_seed(seed)
@@ -86,7 +86,7 @@ def test_theseus_replaces_at_the_scheduled_rate_and_trains_only_successor_layers
 def test_theseus_draws_modules_at_the_rate():
     teacher = tiny_teacher(6)
     method = pm.Theseus(1, comp.TheseusConfig("constant", rate=0.5, until=1.0), teacher=teacher, total_steps=10)
-    student = method.build(make_tiny()).eval()
+    student = method.build(make_tiny(("a", "b"))).eval()
     batch = batch_for(teacher)
     seen = set()
     torch.manual_seed(0)
@@ -140,3 +140,59 @@ def test_gaml_step_gradient_never_opposes_the_ce_gradient():
     plain = {n: p.grad.clone() for n, p in model.named_parameters()}
     if info["gaml_cosine"] < 0:  # the alignment changed the step
         assert any(not torch.allclose(plain[n], step[n]) for n in step)
+
+
+class Cut(Exception):
+    """Stands for a run killed right after a mid-epoch state save."""
+
+
+@pytest.fixture(scope="module")
+def run_options(tmp_path_factory):
+    """A small custom task and the tiny full-depth teacher trained on it (``--method last``)."""
+    from metabert.training import TrainConfig, train
+
+    folder = tmp_path_factory.mktemp("peers")
+    rows = [(f"sentence number {i} " + "word " * (i % 7), "pos" if i % 3 else "neg") for i in range(48)]
+    data = folder / "train.tsv"
+    data.write_text("text\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in rows))
+    options = {"task": "custom", "train_file": str(data), "dev_file": str(data), "text_columns": ("text",),
+               "label_column": "label", "model": "tiny", "epochs": 2, "batch_size": 8, "learning_rate": 1e-3,
+               "seed": 3}
+    train(TrainConfig(**options, output=str(folder / "teacher"), method="last"), progress=False)
+    return folder, options
+
+
+@pytest.mark.parametrize("name", [m.name for m in pm.PEER_METHODS])
+def test_each_system_saves_loads_and_resumes_exactly(name, run_options, tmp_path, monkeypatch):
+    import metabert.trainer as trainer
+    from safetensors.torch import load_file
+
+    from metabert.modeling import MultiExitBert
+    from metabert.training import TrainConfig, train
+
+    folder, options = run_options
+    cls = {m.name: m for m in pm.PEER_METHODS}[name]
+    teacher = {"teacher": str(folder / "teacher")} if getattr(cls, "needs_teacher", False) else {}
+
+    def config(out):
+        return TrainConfig(**options, **teacher, method=name, output=str(tmp_path / out), save_every=2)
+
+    torch.set_num_threads(1)
+    straight = train(config("straight"), progress=False)
+    original = trainer.save_state
+
+    def save_then_die(directory, cfg, model, optimizers, scheduler, run):
+        original(directory, cfg, model, optimizers, scheduler, run)
+        if run.epoch == 1 and run.batch > 0:
+            raise Cut
+
+    monkeypatch.setattr(trainer, "save_state", save_then_die)
+    with pytest.raises(Cut):
+        train(config("cut"), progress=False)
+    monkeypatch.setattr(trainer, "save_state", original)
+    train(config("cut"), progress=False, resume=True)
+    a, b = load_file(tmp_path / "straight" / "model.safetensors"), load_file(tmp_path / "cut" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    model = MultiExitBert.from_pretrained(straight["output"])  # the saved model loads at its own depth
+    assert model.num_layers == (3 if name in ("shallow-deep", "gaml") else 2 if name == "layerdrop" else 1)
+    assert len(straight["best"]["dev_per_exit"]) == model.num_layers
