@@ -7,17 +7,26 @@
 # The DeeBERT and MetaBERT rows train exactly as Table II's two-stage and meta rows: cells finished
 # there (REUSE, default results/table2) are taken instead of trained again. `pabee-entropy` trains as PABEE
 # does and exits by entropy, which tells the training apart from the exit rule.
+# The static Table I systems (distilbert, pkd, theseus) learn from the bert-6l row's checkpoint of the
+# same task and seed (teacher_row), so bert-6l comes first; layerdrop prunes its own 6-layer model to 3;
+# shallow-deep exits by max-prob, gaml by entropy (docs/METHODS_TABLE1.md has every reading).
 # PAIRS: rows compared seed by seed (clear it when METHODS leaves out a row).
 set -euo pipefail
 OUT=${1:-results/table1}
 PAGE=${PAGE:-docs/TABLE1.md}
-PAIRS=${PAIRS-meta=pabee-entropy meta=berxit meta=deebert pabee-entropy=deebert}
+PAIRS=${PAIRS-meta=gaml meta=pabee-entropy meta=berxit meta=deebert pabee-entropy=deebert}
 METABERT=${METABERT:-metabert}
 $METABERT reproduce --tasks "${TASKS:-mrpc,sst2}" --seeds "${SEEDS:-3}" --model minilm-l6 --epochs 5 \
   --task-epochs sst2=2 --learning-rate 5e-5 --task-learning-rate sst2=1e-4 --batch-size 32 --warmup 0.1 --max-seq-length 128 \
   --pooling mean --speedups 1.5,2 --save-every 500 \
-  --methods "${METHODS:-bert-6l,bert-3l,deebert,pabee,pabee-entropy,fastbert,berxit,meta}" \
+  --methods "${METHODS:-bert-6l,bert-3l,distilbert,layerdrop,pkd,theseus,gaml,shallow-deep,deebert,pabee,pabee-entropy,fastbert,berxit,meta}" \
   --variant "bert-6l=method=last" \
+  --variant "distilbert=method=distilbert,teacher_row=bert-6l" \
+  --variant "pkd=method=pkd,teacher_row=bert-6l" \
+  --variant "theseus=method=theseus,teacher_row=bert-6l" \
+  --variant "layerdrop=method=layerdrop" \
+  --variant "gaml=method=gaml,policy=entropy" \
+  --variant "shallow-deep=method=shallow-deep,policy=max-prob" \
   --variant "bert-3l=method=last,num_layers=3" \
   --variant "deebert=method=two-stage,policy=entropy" \
   --variant "pabee=method=weighted,policy=patience" \

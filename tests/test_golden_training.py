@@ -36,7 +36,13 @@ CASES.update({
     "meta-warmstart": {"method": "meta", "meta_schedule": "warmstart"},  # epoch 1: meta-updates only
     "joint-matched-warmstart": {"method": "joint-matched", "meta_schedule": "warmstart"},
     "joint-no-buckets": {"method": "joint", "bucket_pool": 1, "head": "linear", "pooling": "cls"},
+    "pkd-patient": {"method": "pkd", "student_layers": 3},  # tiny's 3 layers: a student deep enough for L_PT
+    "gaml-unaligned": {"method": "gaml", "gaml_align": False},
 })
+
+
+def needs_teacher(case: str) -> bool:
+    return getattr(METHODS[CASES[case]["method"]], "needs_teacher", False)
 
 
 def write_files(folder: Path) -> tuple[Path, Path]:
@@ -54,7 +60,8 @@ def options(case: str, folder: Path) -> dict:
     return {"task": "custom", "output": str(folder / "ckpt"), "model": "tiny", "train_file": str(train_file),
             "dev_file": str(dev_file), "text_columns": ["text"], "label_column": "label", "epochs": 2,
             "batch_size": 4, "max_train_samples": 12, "learning_rate": 1e-3, "seed": 7, "save_every": 0,
-            "meta_support_size": 1, "meta_diagnose_every": 2, **CASES[case]}
+            "meta_support_size": 1, "meta_diagnose_every": 2,
+            **({"teacher": str(folder / "teacher")} if needs_teacher(case) else {}), **CASES[case]}
 
 
 def fingerprint(weights: dict[str, torch.Tensor]) -> dict[str, list[float]]:
@@ -69,6 +76,9 @@ def run_case(case: str, folder: Path) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the same reductions whatever the machine
     try:
+        if needs_teacher(case):  # the fine-tuned full-depth model the student learns from, trained here first
+            teacher = {**options(case, folder), "method": "last", "output": str(folder / "teacher")}
+            train(TrainConfig.from_dict({k: v for k, v in teacher.items() if k != "student_layers"}), progress=False)
         summary = train(TrainConfig.from_dict(options(case, folder)), progress=False)
     finally:
         torch.set_num_threads(threads)

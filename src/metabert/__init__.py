@@ -16,6 +16,7 @@ from metabert.evaluation import (all_exit_logits, evaluate, per_exit_scores, plo
 from metabert.exits import POLICIES, ExitPolicy, get_policy, simulate_exits
 from metabert.machine import hardware
 from metabert.meta import MetaConfig
+from metabert.methods import METHODS, is_static_method
 from metabert.modeling import EagerRunner, MultiExitBert, MultiExitConfig
 from metabert.policy import Resolved, resolve
 from metabert.reports import EarlyExitReport, ExitRun, Timing
@@ -29,7 +30,7 @@ __all__ = [
     # data
     "Dataset", "TaskSpec", "Encoded", "get_task", "load_glue", "encode", "source_num_layers",
     # training
-    "TrainConfig", "MetaConfig", "train", "Trainer", "TrainState", "Callback", "read_log", "state_file",
+    "TrainConfig", "MetaConfig", "METHODS", "is_static_method", "train", "Trainer", "TrainState", "Callback", "read_log", "state_file",
     "RESUME_FREE",
     # evaluation, calibration and results
     "evaluate", "all_exit_logits", "per_exit_scores", "simulate", "EarlyExitReport", "ExitRun", "Timing",

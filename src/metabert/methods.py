@@ -8,34 +8,15 @@ the trainer freezes the others for that epoch.
 from __future__ import annotations
 
 import math
-from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
 from metabert.batching import model_inputs
-from metabert.modeling import MultiExitBert, exit_losses
+from metabert.methods_base import Method, TrainingMethod
+from metabert.modeling import exit_losses
 
-
-class TrainingMethod(Protocol):
-    """``epoch`` and ``step`` (training batches so far) are 0-based; ``epochs`` (the run's total) is
-    given to the constructor. Methods keep no state between calls: what they do depends only on
-    their arguments, so a resumed run continues exactly."""
-
-    name: str
-
-    def loss(self, model: MultiExitBert, batch: dict[str, torch.Tensor], epoch: int, step: int = 0) -> torch.Tensor:
-        ...
-
-    def trainable(self, name: str, epoch: int, num_layers: int) -> bool:
-        """Whether parameter ``name`` trains in ``epoch`` (default: all of them)."""
-        ...
-
-    def updates_per_batch(self, epoch: int) -> int:
-        ...
-
-    def update_batches(self, batch: dict[str, torch.Tensor], epoch: int) -> list[dict[str, torch.Tensor]]:
-        ...
+__all__ = ["METHODS", "Method", "TrainingMethod", "get_method", "is_static_method"]
 
 
 def _is_exit(name: str, layers: range) -> bool:
@@ -44,30 +25,6 @@ def _is_exit(name: str, layers: range) -> bool:
 
 def _logits(model, batch):
     return model(**model_inputs(batch))  # (L, B, C)
-
-
-class Method:
-    name = ""
-
-    def __init__(self, epochs: int = 1):
-        self.epochs = epochs
-        self.first_selectable_epoch = 0  # epochs before it are never kept as the best checkpoint
-
-    def trainable(self, name: str, epoch: int, num_layers: int) -> bool:
-        return True
-
-    def updates_per_batch(self, epoch: int) -> int:
-        """Optimizer (Adam) steps per batch in ``epoch``: sizes the learning-rate schedule."""
-        return 1
-
-    def make_optimizer(self, model):
-        """A stateful optimiser of the method's own beside AdamW (saved and resumed with it), or None."""
-        return None
-
-    def update_batches(self, batch: dict, epoch: int) -> list[dict | None]:
-        """The batches this epoch's optimizer steps take for one training batch, in order. None: a
-        step whose gradients the method's ``before_step`` has already left in the parameters' ``.grad``."""
-        return [batch] if self.updates_per_batch(epoch) else []
 
 
 class Joint(Method):
@@ -279,10 +236,25 @@ class Meta(Method):
 METHODS: dict[str, type] = {m.name: m for m in (Joint, Weighted, LastExit, TwoStage, Alternating, AlternatingStep,
                                                  Distill, Meta, JointMatched)}
 
+from metabert import peer_methods  # noqa: E402  (MetaBERT's Table I systems; they subclass methods_base.Method)
 
-def get_method(name: str, epochs: int = 1, meta_config=None) -> TrainingMethod:
+METHODS.update({m.name: m for m in peer_methods.PEER_METHODS})
+
+
+def is_static_method(name: str) -> bool:
+    """Whether method ``name`` makes a model of one depth trained on its last exit alone (``last``, and
+    the static Table I systems: distilbert, pkd, theseus, layerdrop), whose other exits no rule may use."""
+    return name == "last" or bool(getattr(METHODS.get(name), "static", False))
+
+
+def get_method(name: str, epochs: int = 1, meta_config=None, config=None, teacher=None,
+               total_steps: int = 1) -> TrainingMethod:
+    """Method ``name`` for a run of ``epochs``; ``meta_config`` for meta and joint-matched, ``config``
+    (a ``TrainConfig``: its sections), ``teacher`` and ``total_steps`` for the Table I systems."""
     try:
         cls = METHODS[name]
     except KeyError:
         raise ValueError(f"unknown training method {name!r}; choose one of: {', '.join(METHODS)}") from None
+    if cls in peer_methods.PEER_METHODS:
+        return peer_methods.make(name, epochs, config, teacher, total_steps)
     return cls(epochs, meta_config) if name in ("meta", "joint-matched") else cls(epochs)

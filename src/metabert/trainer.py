@@ -32,6 +32,7 @@ from metabert.batching import encode, iterate, train_batches
 from metabert.evaluation import all_exit_logits, per_exit_scores
 from metabert.methods import get_method
 from metabert.modeling import MultiExitBert
+from metabert.peer_methods import load_teacher
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class BestCheckpoint(Callback):
 
     def on_evaluate(self, trainer, record):
         if record["saved"]:
-            trainer.model.save_pretrained(trainer.output, {
+            trainer.evaluated.save_pretrained(trainer.output, {
                 "train_config.json": json.dumps(trainer.config.to_dict(), indent=2)})
         write_log(trainer.output / "log.jsonl", trainer.state.records)
 
@@ -176,9 +177,15 @@ class Trainer:
         })
         self.train_enc = encode(self.train_set, self.model.tokenizer, config.max_seq_length)
         self.dev_enc = encode(dev_set, self.model.tokenizer, config.max_seq_length)
-        self.method = get_method(config.method, config.epochs, config.meta)
+        steps_per_epoch = -(-len(self.train_enc) // config.batch_size)
+        self.method = get_method(config.method, config.epochs, config.meta, config=config,
+                                 teacher=load_teacher(config.teacher, config.method),
+                                 total_steps=steps_per_epoch * config.epochs)
         if config.num_layers:
             self.model.truncate(config.num_layers)
+        if (build := getattr(self.method, "build", None)) is not None:  # a student made from --teacher
+            self.model = build(self.model)
+        self.evaluated = self.model  # the model the last evaluation scored (and BestCheckpoint saves)
 
         named = list(self.model.named_parameters())
         self.optimizer = torch.optim.AdamW([
@@ -188,7 +195,6 @@ class Trainer:
         self.optimizers = {"optimizer": self.optimizer}
         if (meta_opt := self.method.make_optimizer(self.model)) is not None:
             self.optimizers["meta_optimizer"] = meta_opt  # stateful meta-optimiser (Adam): saved and resumed too
-        steps_per_epoch = -(-len(self.train_enc) // config.batch_size)
         total = steps_per_epoch * sum(self.method.updates_per_batch(e) for e in range(config.epochs))
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, int(config.warmup * total), total)
 
@@ -311,7 +317,9 @@ class Trainer:
 
     def _evaluate(self, epoch: int) -> None:
         config, state = self.config, self.state
-        logits = all_exit_logits(self.model, self.dev_enc, config.eval_batch_size)
+        export = getattr(self.method, "export", None)  # LayerDrop: the pruned model is the one scored and kept
+        self.evaluated = export(self.model) if export is not None else self.model
+        logits = all_exit_logits(self.evaluated, self.dev_enc, config.eval_batch_size)
         per_exit = per_exit_scores(logits, self.dev_enc.labels, self.spec.metric)
         scores = [e["score"] for e in per_exit]
         mean = sum(scores) / len(scores)
@@ -324,8 +332,10 @@ class Trainer:
             "resumed_at_batch": self._resumed_at, "dev_per_exit": per_exit, "dev_last_exit": scores[-1],
             "dev_mean_over_exits": mean, "elapsed_seconds": time.perf_counter() - self._started,
         }
-        if state.epoch_diagnostics:
-            record["meta"] = summarise_meta(state.epoch_diagnostics)
+        if state.epoch_diagnostics:  # meta-learning's checks (GAML: its gradients' cosines)
+            summarise = getattr(self.method, "summarise", None)
+            key, summary = summarise(state.epoch_diagnostics) if summarise else ("meta", summarise_meta(state.epoch_diagnostics))
+            record[key] = summary
         # staged methods: only a model whose every exit has trained may be kept
         improved = epoch >= self.method.first_selectable_epoch and chosen > state.best
         record["saved"] = improved

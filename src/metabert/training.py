@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 
 from metabert import data as data_mod
+from metabert.compression import DistilConfig, LayerDropConfig, PKDConfig, StudentConfig, TheseusConfig
+from metabert.exit_peers import GamlConfig
 from metabert.meta import MetaConfig
 from metabert.methods import METHODS, get_method
 from metabert.modeling import HEAD_INITS, HEADS, POOLINGS
@@ -64,6 +66,15 @@ class TrainConfig:
         50, help="batches per length-sorted pool when bucketing by length (1: random batches)")
     early_stopping: int = option(0, help="stop after N epochs without a better dev score (0: never)")
     meta: MetaConfig = section(MetaConfig, "meta_", META_TITLE)
+    # MetaBERT's Table I systems (metabert.peer_methods; their readings in docs/METHODS_TABLE1.md)
+    teacher: str | None = option(None, help="--method distilbert, pkd or theseus: the fine-tuned full-depth "
+                                            "checkpoint (e.g. of --method last, same seed) the student learns from")
+    student: StudentConfig = section(StudentConfig, "student_", "the static systems' student (distilbert, pkd, theseus)")
+    distil: DistilConfig = section(DistilConfig, "distil_", "--method distilbert (Sanh et al. 2019)")
+    pkd: PKDConfig = section(PKDConfig, "pkd_", "--method pkd (BERT-PKD, PKD-Skip; Sun et al. 2019)")
+    theseus: TheseusConfig = section(TheseusConfig, "theseus_", "--method theseus (BERT-of-Theseus; Xu et al. 2020)")
+    layerdrop: LayerDropConfig = section(LayerDropConfig, "layerdrop_", "--method layerdrop (Fan et al. 2019)")
+    gaml: GamlConfig = section(GamlConfig, "gaml_", "--method gaml (GAML-BERT; Zhu et al. 2021)")
 
     def to_dict(self) -> dict:
         """The flat JSON form stored in ``train_config.json``, training states and result files (the
@@ -103,7 +114,10 @@ class TrainConfig:
                 raise ValueError(f"invalid {name}: {getattr(self, name)!r}")
         if self.method not in METHODS:
             raise ValueError(f"invalid method {self.method!r}; choose one of: {', '.join(METHODS)}")
-        get_method(self.method, self.epochs, self.meta)  # a method may refuse the epoch count
+        get_method(self.method, self.epochs, self.meta, config=self)  # a method may refuse the epoch count
+        if self.num_layers and getattr(METHODS[self.method], "static", False) and self.method != "last":
+            raise ValueError(f"--method {self.method} sets its own depth (--student-layers, --layerdrop-prune); "
+                             "leave --num-layers out")
         if self.num_layers is not None and self.num_layers < 1:
             raise ValueError(f"invalid num_layers: {self.num_layers}")
         if self.pooling not in POOLINGS:

@@ -8,6 +8,7 @@ from pathlib import Path
 from metabert.commands.common import add_training_options, config_fields
 from metabert.data import GLUE_TASKS
 from metabert.exits import POLICIES
+from metabert.methods import METHODS
 from metabert.options import flat_types
 from metabert.recipes.reproduce import reproduce, split_row
 from metabert.training import TrainConfig
@@ -60,7 +61,13 @@ def run(args) -> int:
     for t in tasks:  # fail before hours of training, not after
         for m in methods:
             options, _ = split_row(variants.get(m))
-            base.replace(**{"task": t, **task_options.get(t, {}), "method": m, **options})
+            config = base.replace(**{"task": t, **task_options.get(t, {}), "method": m, **options})
+            row = (variants.get(m) or {}).get("teacher_row")
+            if getattr(METHODS[config.method], "needs_teacher", False) and not (row or config.teacher):
+                raise ValueError(f"row {m} (--method {config.method}) needs a teacher: add teacher_row=ROW to its "
+                                 "--variant (a full-depth row earlier in --methods, e.g. bert-6l=method=last)")
+            if row is not None and (row not in methods or methods.index(row) > methods.index(m)):
+                raise ValueError(f"row {m}: teacher_row {row} must be a row of --methods before it")
     path = reproduce(base, tasks, methods, args.seeds, args.output, [float(s) for s in args.speedups.split(",")],
                      command=args.command_line, progress=args.progress,
                      task_options=task_options, variants={m: variants[m] for m in methods if m in variants},
@@ -111,6 +118,9 @@ def parse_variant(text: str) -> tuple[str, dict]:
     for item in filter(None, (i.strip() for i in rest.split(","))):
         key, sep, value = item.partition("=")
         key = key.strip().replace("-", "_")
+        if key == "teacher_row":  # the row whose same-seed checkpoint is this row's --teacher
+            out[key] = value.strip()
+            continue
         if key == "policy":  # the row's exit rule, used to reach each speed-up
             if value.strip() not in POLICIES:
                 raise ValueError(f"--variant {name}: unknown policy {value.strip()!r}; choose one of: "

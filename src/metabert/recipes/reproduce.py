@@ -16,7 +16,7 @@ import logging
 import statistics
 from pathlib import Path
 
-from metabert import (RESUME_FREE, MultiExitBert, TrainConfig, all_exit_logits, calibration_set, choose, encode,
+from metabert import (RESUME_FREE, MultiExitBert, is_static_method, TrainConfig, all_exit_logits, calibration_set, choose, encode,
                       get_task, hardware, load_glue, per_exit_scores, pyplot, read_log, simulate, source_num_layers,
                       state_file, train)
 
@@ -30,15 +30,36 @@ def paper_tables() -> dict[str, tuple[str, dict[str, dict[str, float]]]]:
 
 
 def split_row(overrides: dict | None) -> tuple[dict, str]:
-    """A row's options -> (TrainConfig overrides, its exit rule: ``policy``, entropy by default)."""
+    """A row's options -> (TrainConfig overrides, its exit rule: ``policy``, entropy by default). The
+    row's ``teacher_row`` (``teacher_row_of``) is not a training option either and is left out."""
     options = dict(overrides or {})
+    options.pop("teacher_row", None)
     return options, options.pop("policy", "entropy")
+
+
+def teacher_row_of(overrides: dict | None) -> str | None:
+    """The row whose checkpoint of the same task and seed is this row's ``--teacher`` (the static
+    Table I systems: ``distilbert=method=distilbert,teacher_row=bert-6l``), or None."""
+    return (overrides or {}).get("teacher_row")
+
+
+def find_teacher(root: Path, task: str, row: str, seed: int, reuse: list[Path] = ()) -> Path | None:
+    """The checkpoint of row ``row``'s finished cell (task, seed) in ``root`` (or a ``reuse`` folder), or None."""
+    for folder in (root, *reuse):
+        result = Path(folder) / task / row / f"seed{seed}" / "result.json"
+        if not result.is_file():
+            continue
+        done = json.loads(result.read_text())
+        for checkpoint in (Path(done.get("trained_by") or done["config"]["output"]), result.parent / "checkpoint"):
+            if (checkpoint / "metabert_config.json").is_file():
+                return checkpoint
+    return None
 
 
 def _changed(wanted: dict, done: dict, task: str) -> list[str]:
     """The options (and exit rule) in which a finished cell ``done`` differs from ``wanted``."""
-    stored = {**done["config"], "policy": done.get("policy", "entropy")}
-    free = (*RESUME_FREE, "data_dir", "output")  # where files are read from and written to may move
+    stored = {**done["config"], "policy": done.get("policy", "entropy"), "teacher_row": done.get("teacher_row")}
+    free = (*RESUME_FREE, "data_dir", "output", "teacher")  # where files are read from and written to may move
     # an option added after the cell was made counts as its default (what the cell ran with)
     defaults = TrainConfig(task=task, output="").to_dict()
     return sorted(k for k in wanted if k not in free and wanted[k] != stored.get(k, defaults.get(k)))
@@ -57,10 +78,17 @@ def run_cell(base: TrainConfig, task: str, method: str, seed: int, root: Path, s
     trained (the result names it in ``trained_by``)."""
     cell = root / task / method / f"seed{seed}"
     result_file = cell / "result.json"
+    teacher_row = teacher_row_of(overrides)
     overrides, policy = split_row(overrides)  # the row's exit rule (PABEE: patience, ...) is not a training option
+    if teacher_row is not None:  # the same task and seed's checkpoint of that row (trained first, --methods order)
+        teacher = find_teacher(root, task, teacher_row, seed, reuse)
+        if teacher is None and train_missing and not result_file.exists():
+            raise ValueError(f"row {method} learns from row {teacher_row}'s {task} seed {seed}, which has not "
+                             f"finished: put {teacher_row} before {method} in --methods")
+        overrides = {**overrides, "teacher": str(teacher) if teacher else None}
     config = base.replace(task=task, seed=seed, output=str(cell / "checkpoint"),
                               **{**(task_options or {}), "method": method, **overrides})
-    wanted = {**config.to_dict(), "policy": policy}
+    wanted = {**config.to_dict(), "policy": policy, "teacher_row": teacher_row}
     if result_file.exists():
         done = json.loads(result_file.read_text())
         if changed := _changed(wanted, done, task):
@@ -122,6 +150,8 @@ def run_cell(base: TrainConfig, task: str, method: str, seed: int, root: Path, s
            "calibrated_on": what, "train_seconds": sum(r["train_seconds"] for r in records),
            "final_epoch": final_epoch(records), "resumed": resumed,
            "epochs": config.epochs, "train_examples": train_examples, "config": config.to_dict()}
+    if teacher_row is not None:
+        out["teacher_row"] = teacher_row
     if trained_by is not None:
         out["trained_by"] = str(trained_by)
         cell.mkdir(parents=True, exist_ok=True)
@@ -152,8 +182,9 @@ def final_epoch(records: list[dict]) -> dict:
 
 def is_static(config: dict) -> bool:
     """Whether a row's model has one depth only: truncated to k layers (``num_layers``), or trained on
-    its last exit alone (method ``last``), whose other exits are untrained heads that no exit rule may use."""
-    return config.get("method") == "last" or bool(config.get("num_layers"))
+    its last exit alone (method ``last`` and the static Table I systems), whose other exits are
+    untrained heads that no exit rule may use."""
+    return is_static_method(config.get("method", "")) or bool(config.get("num_layers"))
 
 
 def measure(run: dict, key: str) -> float | None:
