@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
-import platform
 from pathlib import Path
 
 import numpy as np
@@ -23,22 +21,9 @@ from scipy.stats import binomtest
 from metabert import metrics, risk
 from metabert.calibration import choose
 from metabert.evaluation import simulate
+from metabert.machine import hardware_summary
 
 log = logging.getLogger(__name__)
-
-
-def hardware() -> str:
-    """``<cores>-core <CPU model>, <GPU or no GPU>`` of this machine."""
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{os.cpu_count()}-core {model}, {gpu}"
 
 
 def candidate_scores(metric: str, predictions: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -151,7 +136,7 @@ def deployment(logits_cal: torch.Tensor, labels_cal: list[int], logits_dev: torc
 
 def run_record(task: str, checkpoint: str, command: str, report: dict, deploy: list[dict]) -> dict:
     """The JSON written under results/calibration/: what ran, where, when, and the figures."""
-    return {"task": task, "checkpoint": Path(checkpoint).name, "command": command, "hardware": hardware(),
+    return {"task": task, "checkpoint": Path(checkpoint).name, "command": command, "hardware": hardware_summary(),
             "date": dt.date.today().isoformat(), **report, "deployment": deploy}
 
 

@@ -9,15 +9,24 @@ from pathlib import Path
 import torch
 
 
-def hardware() -> str:
-    """CPU model, core count, torch version and threads, Python version."""
+def cpu_model() -> str:
     model = platform.processor() or "unknown CPU"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return (f"{model}, {os.cpu_count()} cores, torch {torch.__version__} "
+    return model
+
+
+def hardware() -> str:
+    """CPU model, core count, torch version and threads, Python version."""
+    return (f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} "
             f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
+
+
+def hardware_summary() -> str:
+    """``<cores>-core <CPU model>, <GPU or no GPU>``."""
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{os.cpu_count()}-core {cpu_model()}, {gpu}"

@@ -23,7 +23,7 @@ from metabert.bench import format_table, run_bench, speedups, time_tokenizer, va
 from metabert.calibration import calibration_set, choose, evaluation_set
 from metabert.commands.common import add_data_options, add_policy_options, add_progress_option, resolve_policy
 from metabert.modeling import MultiExitBert
-from metabert.machine import hardware
+from metabert.machine import hardware, hardware_summary
 from metabert.options import comma_list
 from metabert.policy import resolve_name
 from metabert.runners import RUNNERS, all_exit_logits, export_for, load_runner
@@ -139,7 +139,7 @@ def run(args) -> int:
         **ratios, "variants": results, "per_exit": per_exit, "profile": profile, "rss_floor_mb": floor,
         "tokenization": time_tokenizer(model.tokenizer, texts, args.max_seq_length, args.batch_size),
         "batch_size": args.batch_size, "repeats": args.repeats, "warmup": args.warmup, "threads": args.threads,
-        "hardware": hardware(), "hardware_summary": f"{os.cpu_count()}-core {platform.machine()} CPU, no GPU",
+        "hardware": hardware(), "hardware_summary": hardware_summary(),
         "python": platform.python_version(), "load_average_start": load_start, "load_average_end": os.getloadavg()[0],
         "json_name": Path(args.output).name if args.output else None,
     }
