@@ -10,7 +10,7 @@ import json
 from metabert import data as data_mod
 from metabert.batching import encode
 from metabert.calibration import calibration_set, choose, guaranteed_record, unlabelled_set
-from metabert.commands.common import add_inference_options, add_runner_options
+from metabert.commands.common import add_inference_options
 from metabert.exits import POLICIES, policy_from_dict, policy_to_dict
 from metabert.modeling import MultiExitBert
 from metabert.policy import resolve_name, store_record
@@ -37,8 +37,7 @@ def add_parser(sub, name):
     p.add_argument("--patience", type=int, help="t for patience-entropy (patience itself is tuned; default 2)")
     p.add_argument("--calibration-data", help="file to calibrate on (default: the slice held out at training)")
     p.add_argument("--data-dir", help="GLUE folder, if it moved since training")
-    add_inference_options(p)
-    add_runner_options(p)
+    add_inference_options(p, runner=True)
     p.add_argument("--dry-run", action="store_true", help="print the choice without storing it")
     p.set_defaults(run=run)
 

@@ -50,13 +50,16 @@ def add_progress_option(parser: argparse.ArgumentParser) -> None:
                         help="progress bars on stderr")
 
 
-def add_inference_options(parser: argparse.ArgumentParser) -> None:
-    """Batch size and sequence length of inference work, with one default each."""
+def add_inference_options(parser: argparse.ArgumentParser, runner: bool = False) -> None:
+    """Batch size and sequence length of inference work, with one default each; with ``runner``,
+    the backend too (``add_runner_options``)."""
     if not any(a.dest == "max_seq_length" for a in parser._actions):
         add_options(parser, TrainConfig, only=("max_seq_length",))
     parser.add_argument("--batch-size", type=int, default=INFERENCE_BATCH_SIZE,
                         help=f"examples per model call (default {INFERENCE_BATCH_SIZE})")
     add_progress_option(parser)
+    if runner:
+        add_runner_options(parser)
 
 
 def float_list(text: str) -> list[float] | str:

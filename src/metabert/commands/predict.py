@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from metabert.data import DataError
-from metabert.commands.common import add_inference_options, add_policy_options, add_runner_options, resolve_policy
+from metabert.commands.common import add_inference_options, add_policy_options, resolve_policy
 from metabert.modeling import MultiExitBert
 from metabert.options import comma_list
 from metabert.predict import predict_stream, read_rows
@@ -24,8 +24,7 @@ def add_parser(sub, name):
     p.add_argument("--text-columns", type=comma_list, help="one or two columns/fields (default: the checkpoint's, else 'text')")
     p.add_argument("--output", default="-", help="JSONL output file (default: stdout)")
     add_policy_options(p)
-    add_inference_options(p)
-    add_runner_options(p)
+    add_inference_options(p, runner=True)
     p.add_argument("--skip-bad", action="store_true", help="report bad rows on stderr and go on")
     p.set_defaults(run=run)
 
