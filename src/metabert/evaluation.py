@@ -23,15 +23,25 @@ log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
+def over_dataset(data: Encoded, batch_size: int, pad_id: int, logits_of, progress: bool = False,
+                 shape: tuple[int, int] | None = None) -> torch.Tensor | None:
+    """``logits_of(batch)`` -> (L, B, C) over length-sorted padded batches, put back in the dataset's
+    order: (L, N, C). ``shape`` (L, C) allocates up front (an empty dataset then gives (L, 0, C))."""
+    out = torch.empty(shape[0], len(data), shape[1]) if shape else None
+    batches = eval_batches(data, batch_size)
+    for batch in tqdm(iterate(data, batches, pad_id), total=len(batches), desc="all exits", disable=not progress):
+        logits = logits_of(batch).float()
+        if out is None:
+            out = torch.empty(logits.shape[0], len(data), logits.shape[-1])
+        out[:, batch["index"]] = logits
+    return out
+
+
 def all_exit_logits(model: MultiExitBert, data: Encoded, batch_size: int = 64, progress: bool = False):
     """Every exit's logits for every example, in the dataset's order: (L, N, C)."""
     model.eval()
-    out = torch.empty(model.num_layers, len(data), model.config.num_labels)
-    pad = model.tokenizer.pad_token_id
-    batches = eval_batches(data, batch_size)
-    for batch in tqdm(iterate(data, batches, pad), total=len(batches), desc="all exits", disable=not progress):
-        out[:, batch["index"]] = model(**model_inputs(batch)).float()
-    return out
+    return over_dataset(data, batch_size, model.tokenizer.pad_token_id, lambda b: model(**model_inputs(b)),
+                        progress, shape=(model.num_layers, model.config.num_labels))
 
 
 def run_dataset(runner, data: Encoded, pad_id: int, policy: ExitPolicy | None,

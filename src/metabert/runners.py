@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from metabert.batching import Encoded, eval_batches, iterate, model_inputs
+from metabert.batching import Encoded, model_inputs
 from metabert.modeling import EagerRunner, MultiExitBert
 
 log = logging.getLogger(__name__)
@@ -98,15 +98,13 @@ def load_runner(name: str | None, model: MultiExitBert, onnx: str | Path | None 
 def all_exit_logits(runner, data: Encoded, pad_id: int, batch_size: int = 64) -> torch.Tensor:
     """Every exit's logits (L, N, C) for every example, in the dataset's order, through ``runner``'s
     own layer steps (what calibration chooses γ on)."""
-    out = None
-    for batch in iterate(data, eval_batches(data, batch_size), pad_id):
-        state = runner.start(model_inputs(batch))
-        logits = []
+    from metabert.evaluation import over_dataset
+
+    def every_exit(batch):
+        state, logits = runner.start(model_inputs(batch)), []
         for i in range(runner.num_layers):
             state, exit_logits = runner.step(i, state)
             logits.append(exit_logits.float())
-        stacked = torch.stack(logits)  # (L, B, C)
-        if out is None:
-            out = torch.empty(runner.num_layers, len(data), stacked.shape[-1])
-        out[:, batch["index"]] = stacked
-    return out
+        return torch.stack(logits)  # (L, B, C)
+
+    return over_dataset(data, batch_size, pad_id, every_exit)
