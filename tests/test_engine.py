@@ -110,3 +110,36 @@ def test_ort_batch1_threshold_policies_run_in_one_graph(model, runners, runner_n
         assert runner.early_exit_one(one, POLICIES[name](0.5)) is not None
         assert runner.early_exit_one(two, POLICIES[name](0.5)) is None
     assert runner.early_exit_one(one, POLICIES["patience"](patience=2)) is None
+
+
+@pytest.mark.parametrize("runner_name", RUNNERS)
+def test_engine_work_runs_at_the_runners_host_threads(model, runners, runner_name):
+    """ONNX Runtime runners ask for 1 torch thread around the engine's exit tests (torch's spinning
+    OpenMP workers slowed ORT's pool by 1.9x at batch 32); the caller's setting comes back after."""
+    if runner_name not in runners:
+        pytest.skip("onnxruntime is not installed")
+    runner = runners[runner_name]
+    inputs = pad_all(tokenize(model.tokenizer, TEXTS[:4], None, 64).encoded, model.tokenizer.pad_token_id)
+    seen = []
+
+    class Watching:  # the exit test records the threads it ran at
+        name = "entropy"
+
+        def __init__(self):
+            self.inner = POLICIES["entropy"](0.3)
+
+        def init_state(self, batch):
+            return self.inner.init_state(batch)
+
+        def step(self, logits, state):
+            seen.append(torch.get_num_threads())
+            return self.inner.step(logits, state)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        engine.run(runner, inputs, Watching())
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert seen and set(seen) == {1 if runner_name.startswith("ort") else 2}

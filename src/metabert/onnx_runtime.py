@@ -182,6 +182,7 @@ class OrtMultiExit:
         self.num_layers = self.meta["num_layers"]
         # the runner's name says its precision: calibrated policies are stored per name
         self.name = "ort-int8" if self.meta.get("precision") == "int8" else "ort"
+        self.host_threads = 1  # the engine's exit tests in torch leave the cores to ORT's pool (engine.host_threads)
 
     @staticmethod
     def _feeds(inputs) -> dict[str, np.ndarray]:
