@@ -28,9 +28,9 @@ from metabert.quantize import QuantizeConfig, quantize_export
 from metabert.runners import EagerInt8Runner, all_exit_logits, export_for
 
 OPTIONS = {
-    "ort dynamic (shipped default)": QuantizeConfig(),
-    "ort dynamic, per channel": QuantizeConfig(per_channel=True),
-    "ort static QDQ": QuantizeConfig(method="static"),
+    "ort dynamic, per tensor": QuantizeConfig(per_channel=False),
+    "ort dynamic, per channel (shipped default)": QuantizeConfig(),
+    "ort static QDQ": QuantizeConfig(method="static", per_channel=False),
     "ort static QDQ, per channel": QuantizeConfig(method="static", per_channel=True),
 }
 

@@ -97,3 +97,31 @@ def test_interpolated_score_at_speedup():
     assert at_speedup(rows, 1.5) == pytest.approx(85.0)
     assert at_speedup(rows, 2.5) == pytest.approx(70.0)
     assert at_speedup(rows, 4.0) is None
+
+
+def test_bench_calibrates_each_runner_with_the_guarantee_unless_told(tmp_path):
+    """``--max-drop`` in bench chooses γ as `metabert calibrate` stores it (risk-controlled at
+    ``--confidence``); ``--no-guarantee`` takes the point estimate."""
+    import argparse
+
+    from metabert.batching import encode
+    from metabert.calibration import calibration_set, choose, guaranteed_record
+    from metabert.commands.bench import pick_policy
+    from metabert.modeling import MultiExitBert
+    from metabert.runners import all_exit_logits
+
+    ckpt, _ = train_tiny(tmp_path, "--calibration-fraction", "0.25")
+    model = MultiExitBert.from_pretrained(ckpt).eval()
+    data, what = calibration_set(model)
+    held = (encode(data, model.tokenizer, 64), what)
+    runner = EagerRunner(model)
+    logits = all_exit_logits(runner, held[0], model.tokenizer.pad_token_id)
+    args = argparse.Namespace(policy="max-prob", patience=None, threshold=None, target_speedup=None, max_drop=30.0,
+                              confidence=0.9, no_guarantee=False)
+    policy, source, note = pick_policy(model, runner, args, held)
+    record = guaranteed_record(logits, held[0].labels, "accuracy", "max-prob", 2, max_drop=30.0, delta=0.1)
+    assert policy.threshold == record["threshold"] and "confidence 0.9" in source
+    args.no_guarantee = True
+    policy, source, _ = pick_policy(model, runner, args, held)
+    assert policy.threshold == choose(logits, held[0].labels, "accuracy", "max-prob", max_drop=30.0)["policy"].threshold
+    assert "no guarantee" in source

@@ -20,10 +20,11 @@ from metabert import data as data_mod
 from metabert import metrics
 from metabert.batching import collate, encode, model_inputs
 from metabert.bench import format_table, run_bench, speedups, time_tokenizer, variants
-from metabert.calibration import calibration_set, choose, evaluation_set
+from metabert.calibration import calibration_set, choose, evaluation_set, guaranteed_record
 from metabert.commands.common import add_data_options, add_policy_options, add_progress_option, resolve_policy
 from metabert.modeling import MultiExitBert
 from metabert.machine import hardware, hardware_summary
+from metabert.exits import policy_from_dict
 from metabert.options import comma_list
 from metabert.policy import resolve_name
 from metabert.runners import RUNNERS, all_exit_logits, export_for, load_runner
@@ -39,6 +40,10 @@ def add_parser(sub, name):
     goal.add_argument("--target-speedup", type=float, help="calibrate each runner (held-out data) for this layer speed-up")
     goal.add_argument("--max-drop", type=float, help="calibrate each runner (held-out data) for at most this score drop")
     p.add_argument("--calibration-data", help="file to calibrate on (default: the training slice held out)")
+    p.add_argument("--confidence", type=float, default=0.95,
+                   help="--max-drop holds on new data with this confidence, as `metabert calibrate` (default 0.95)")
+    p.add_argument("--no-guarantee", action="store_true",
+                   help="--max-drop by the point estimate on the calibration data (no guarantee)")
     p.add_argument("--runners", type=comma_list, default=list(RUNNERS), help=f"comma-separated, of {', '.join(RUNNERS)}")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=20)
@@ -64,9 +69,20 @@ def pick_policy(model: MultiExitBert, runner, args, held=None):
         enc, what = held
         metric = data_mod.spec_from_dict(model.config.task).metric
         logits = all_exit_logits(runner, enc, model.tokenizer.pad_token_id)
+        if args.max_drop is not None and not args.no_guarantee:  # what `metabert calibrate` stores
+            record = guaranteed_record(logits, enc.labels, metric, name, patience, max_drop=args.max_drop,
+                                       delta=round(1 - args.confidence, 12), chosen_on=what, runner=runner.name)
+            policy, promise = policy_from_dict(record), record["promise"]
+            goal = f"max drop {args.max_drop} with confidence {args.confidence:g}"
+            note = (f"{policy.describe()}: calibration score {record['calibration_score']:.2f} (last exit "
+                    f"{record['calibration_last_exit_score']:.2f}), layer speed-up "
+                    f"{record['calibration_layer_speedup']:.2f}x, "
+                    + (f"certified (p = {promise['p_value']:.3f})" if promise["certified"] else "nothing certified: the full model"))
+            return policy, f"calibrated per runner with its own logits for {goal} on {what}", note
         choice = choose(logits, enc.labels, metric, name, patience,
                         target_speedup=args.target_speedup, max_drop=args.max_drop)
-        goal = f"target speed-up {args.target_speedup}x" if args.target_speedup else f"max drop {args.max_drop}"
+        goal = (f"target speed-up {args.target_speedup}x" if args.target_speedup
+                else f"max drop {args.max_drop} (point estimate, no guarantee)")
         r = choice["result"]
         note = (f"{choice['policy'].describe()}: calibration score {r.score:.2f} (last exit {choice['full_score']:.2f}), "
                 f"layer speed-up {r.layer_speedup:.2f}x")
@@ -174,10 +190,14 @@ def _command(args) -> str:
     parts = ["metabert bench", f"--checkpoint {Path(args.checkpoint).name}"]
     for flag, value in (("--task", args.task), ("--split", args.split if args.split != "dev" else None),
                         ("--max-drop", args.max_drop), ("--target-speedup", args.target_speedup),
+                        ("--confidence", args.confidence if args.max_drop is not None and not args.no_guarantee
+                         and args.confidence != 0.95 else None),
                         ("--runners", ",".join(args.runners)), ("--repeats", args.repeats), ("--warmup", args.warmup),
                         ("--threads", args.threads), ("--max-examples", args.max_examples),
                         ("--output", args.output and f"results/bench/{Path(args.output).name}"),
                         ("--markdown", args.markdown and f"docs/{Path(args.markdown).name}")):
         if value is not None:
             parts.append(f"{flag} {value}")
+    if args.no_guarantee:
+        parts.append("--no-guarantee")
     return " ".join(parts)

@@ -5,6 +5,8 @@ and the folder is the ``ort-int8`` runner's."""
 
 from __future__ import annotations
 
+import argparse
+
 from metabert.calibration import calibrate_checkpoint
 from metabert.modeling import MultiExitBert
 from metabert.onnx_runtime import OrtMultiExit, check_export
@@ -21,7 +23,9 @@ def add_parser(sub, name):
     p.add_argument("--quantize-method", choices=METHODS, default="dynamic",
                    help="dynamic (default; activations quantized per call) or static (QDQ, activation ranges "
                         "from the checkpoint's calibration slice)")
-    p.add_argument("--per-channel", action="store_true", help="one weight scale per output channel")
+    p.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=True,
+                   help="one weight scale per output channel (default; --no-per-channel: one per tensor, about 5%% "
+                        "faster and less accurate, docs/INT8_OPTIONS.md)")
     p.add_argument("--static-examples", type=int, default=256, help="calibration examples for --quantize-method static")
     p.add_argument("--no-calibrate", action="store_true",
                    help="--quantize int8: do not calibrate the INT8 runner's γ on the held-out slice")
