@@ -69,9 +69,11 @@ def test_bench_command_end_to_end(tmp_path, capsys):
     assert {t["target"].split(" ")[0] for t in report["targets"]} >= {"ORT", "eager", "ort", "ort-int8", "eager-int8"}
     assert set(report["per_exit"]) == {"eager", "eager-int8", "ort", "ort-int8"}
     assert report["profile"]["ort-int8"]["fused_early_exit_call_us"] > 0
+    assert report["profile"]["eager"]["early_exit_us"] > 0 and report["profile"]["eager-int8"]["exit_head_us"] > 0
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
     page = (tmp_path / "BENCHMARKS.md").read_text()
     assert "## Targets" in page and "| ort-int8 | early | 1 |" in page and str(tmp_path) not in page
+    assert "## Batch 1: layer speed-up, its wall-clock ceiling" in page and "## Profile: eager at batch 1" in page
 
 
 def test_curves_command(tmp_path, capsys):
@@ -125,3 +127,20 @@ def test_bench_calibrates_each_runner_with_the_guarantee_unless_told(tmp_path):
     policy, source, _ = pick_policy(model, runner, args, held)
     assert policy.threshold == choose(logits, held[0].labels, "accuracy", "max-prob", max_drop=30.0)["policy"].threshold
     assert "no guarantee" in source
+
+
+@pytest.mark.parametrize("interleave", ["pass", "example"])
+def test_batch1_latencies_time_every_example_of_every_variant(interleave):
+    from metabert.batching import pad_all, tokenize
+    from metabert.bench import Variant, batch1_latencies
+
+    model = make_tiny(("a", "b")).eval()
+    singles = [pad_all(tokenize(model.tokenizer, [t], None, 64).encoded, model.tokenizer.pad_token_id) for t in TEXTS[:5]]
+    runner = EagerRunner(model)
+    group = [Variant(runner, None), Variant(runner, POLICIES["entropy"](0.5))]
+    times, outputs = batch1_latencies(group, singles, repeats=3, warmup=1, interleave=interleave)
+    assert set(times) == {"eager_full", "eager_early"}
+    assert all(t.shape == (3, 5) and (t > 0).all() for t in times.values())
+    assert all(len(o) == 5 and all(x is not None for x in o) for o in outputs.values())
+    with pytest.raises(ValueError, match="interleave"):
+        batch1_latencies(group, singles, repeats=1, warmup=0, interleave="sometimes")

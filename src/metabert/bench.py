@@ -2,8 +2,12 @@
 and ONNX Runtime, fp32 and INT8), on the same inputs, in one process.
 
 Method: per library (PyTorch runners, then ONNX Runtime ones; see ``backends``), warm-up, then
-``repeats`` rounds; in every round each example is run by every variant of that library in turn
-(the order rotating between rounds), so that all see the same machine conditions.
+``repeats`` rounds, the variants' order rotating between rounds, so that all see the same machine
+conditions. ``interleave="pass"`` (the default): in a round each variant runs the whole dev set in
+turn, as a server runs one path for many requests in a row; ``"example"``: each example is run by
+every variant in turn, which also evicts one variant's weights from the CPU caches with another's
+(``scripts/interleave_check.py`` on SST-2 dev, ORT fp32 batch 1, two rounds: early exit 27% slower
+that way, the full model 7-9%).
 An example's latency is the median of its rounds; a variant's latency is the mean over examples.
 Speed-ups are ratios of those means (total time), not of medians, because the median of a bimodal
 exit distribution flatters early exit. Throughput at batch B runs batches in file order (mixed
@@ -100,11 +104,18 @@ def backends(variants: list[Variant]) -> list[list[Variant]]:
     return list(groups.values())
 
 
+INTERLEAVE = ("pass", "example")
+
+
 def batch1_latencies(group: list[Variant], singles: list[dict], repeats: int, warmup: int,
-                     bar=None) -> tuple[dict[str, np.ndarray], dict[str, list[ExitResult]]]:
-    """The one batch-1 timing loop: after ``warmup`` examples, ``repeats`` rounds in which every
-    example is run by each variant in turn (the order rotating between rounds, so that all see the
-    same machine conditions). Returns seconds (repeats, N) and the last round's results per variant."""
+                     bar=None, interleave: str = "pass") -> tuple[dict[str, np.ndarray], dict[str, list[ExitResult]]]:
+    """The one batch-1 timing loop: after ``warmup`` examples, ``repeats`` rounds (the variants'
+    order rotating between rounds, so that all see the same machine conditions) in which each
+    variant runs every example in turn (``interleave="pass"``), or every example is run by each
+    variant in turn (``"example"``). Returns seconds (repeats, N) and the last round's results per
+    variant."""
+    if interleave not in INTERLEAVE:
+        raise ValueError(f"interleave must be one of {INTERLEAVE}, got {interleave!r}")
     for v in group:
         for inputs in singles[:warmup]:
             v.run(inputs)
@@ -112,6 +123,16 @@ def batch1_latencies(group: list[Variant], singles: list[dict], repeats: int, wa
     outputs = {v.name: [None] * len(singles) for v in group}
     for r in range(repeats):
         order = group[r % len(group):] + group[: r % len(group)]
+        if interleave == "pass":
+            for v in order:
+                for i, inputs in enumerate(singles):
+                    start = time.perf_counter()
+                    out = v.run(inputs)
+                    times[v.name][r, i] = time.perf_counter() - start
+                    outputs[v.name][i] = out
+                if bar is not None:
+                    bar.update(len(singles))
+            continue
         for i, inputs in enumerate(singles):
             for v in order:
                 start = time.perf_counter()
@@ -124,7 +145,7 @@ def batch1_latencies(group: list[Variant], singles: list[dict], repeats: int, wa
 
 
 def run_bench(model: MultiExitBert, data: Encoded, metric: str, variants: list[Variant], repeats: int = 5,
-              warmup: int = 20, batch_size: int = 32, progress: bool = True) -> dict:
+              warmup: int = 20, batch_size: int = 32, progress: bool = True, interleave: str = "pass") -> dict:
     """Latency at batch 1 and throughput at ``batch_size`` of every variant (see module docstring)."""
     pad = model.tokenizer.pad_token_id
     singles = [model_inputs(collate(data, [i], pad)) for i in range(len(data))]
@@ -138,7 +159,7 @@ def run_bench(model: MultiExitBert, data: Encoded, metric: str, variants: list[V
     batches = [model_inputs(collate(data, list(range(s, min(s + batch_size, n))), pad)) for s in range(0, n, batch_size)]
     bar = tqdm(total=repeats * n * len(variants), desc="batch-1 latency", disable=not progress, unit="run")
     for group in backends(variants):
-        times, outputs = batch1_latencies(group, singles, repeats, warmup, bar)
+        times, outputs = batch1_latencies(group, singles, repeats, warmup, bar, interleave)
         for v in group:
             lat[v.name] = times[v.name]
             preds[v.name] = np.array([int(o.predictions[0]) for o in outputs[v.name]])

@@ -181,6 +181,36 @@ def profile_ort(runner, singles: list[dict], policy, count: int = 100, repeats: 
     return out
 
 
+def profile_eager(runner, singles: list[dict], policy, count: int = 100, repeats: int = 20) -> dict:
+    """Where eager PyTorch's batch-1 time goes, in µs per example over the first ``count`` examples:
+    the full model; the early-exit path's pieces (``start``: embeddings and masks; one layer alone;
+    its exit head; the exit test; a whole step, layer and head); and the early exit itself. The
+    pieces a full model pays once (start, one head) and the early exit pays per layer (a head and a
+    test) are what the layer speed-up does not count."""
+    sample = singles[:count]
+    out = {"examples": len(sample), "tokens_mean": float(np.mean([int(s["input_ids"].shape[1]) for s in sample]))}
+    sums: dict[str, float] = {}
+    model = runner.model
+    with torch.inference_mode():
+        for inputs in sample:
+            hidden, layer_inputs = runner.start(inputs)
+            state = policy.init_state(1)
+            logits = model.exit_logits(1, hidden, layer_inputs, train=False)
+            pieces = {
+                "full_model": lambda: runner.full(inputs),
+                "start": lambda: runner.start(inputs),
+                "layer": lambda: model.run_layer(1, hidden, layer_inputs),
+                "exit_head": lambda: model.exit_logits(1, hidden, layer_inputs, train=False),
+                "exit_test": lambda: bool(policy.step(logits, state)[0][0]),
+                "step_layer_and_head": lambda: runner.step(1, (hidden, layer_inputs)),
+                "early_exit": lambda: engine.run(runner, inputs, policy),
+            }
+            for name, fn in pieces.items():
+                sums[name] = sums.get(name, 0.0) + _per_call_us(fn, repeats)
+    out.update({k + "_us": v / len(sample) for k, v in sums.items()})
+    return out
+
+
 def _stepped(runner, inputs, policy):
     fused, runner.fused = runner.fused, False
     try:
@@ -222,7 +252,11 @@ def markdown(report: dict, command: str, plot_name: str | None) -> str:
            f"{report['load_average_end']:.2f} at the end (the 2 cores are shared with other jobs).", "",
            f"{report['task']} {report['split']}, {report['num_examples']} examples; checkpoint `{report['checkpoint']}`; "
            f"{report['repeats']} interleaved rounds after {report['warmup']} warm-up examples, PyTorch runners in "
-           "one phase and ONNX Runtime runners in another, all variants of a phase interleaved. Each runner's "
+           "one phase and ONNX Runtime runners in another, all variants of a phase interleaved ("
+           + ("at batch 1 each variant runs the whole dev set in turn in every round, as a server runs one path"
+              if report.get("interleave", "example") == "pass" else
+              "at batch 1 each example is run by every variant in turn")
+           + "; `metabert.bench` says why). Each runner's "
            f"γ: {report['policy_source']}.", "",
            "| runner | mode | batch | score | mean exit layer | layer speed-up | mean ms | p50 ms | p95 ms | "
            "ex/s | speed-up vs eager full | artifact MiB | peak RSS MiB | policy |",
@@ -247,6 +281,23 @@ def markdown(report: dict, command: str, plot_name: str | None) -> str:
         sign = "<=" if t.get("lower_is_better") else ">="
         out.append(f"| {t['target']} | {sign} {t['needed']:.2f}{unit} | {t['measured']:.2f}{unit} | "
                    f"{'yes' if t['met'] else '**no**'} |")
+    ceilings = [(name, v) for name, v in report.get("variants", {}).items() if "ideal_b1_speedup" in v]
+    if ceilings:
+        out += ["", "## Batch 1: layer speed-up, its wall-clock ceiling, and what was reached", "",
+                "The layer speed-up counts layers. Its wall-clock ceiling cuts each example's full-model time "
+                "pro rata to the layers that example ran (no overhead at all, but long inputs cost more per "
+                "layer and leave later, so the ceiling sits below the layer count). The gap from the ceiling "
+                "to the speed-up reached is the early-exit path's own cost: an exit head and an exit test per "
+                "layer run, and the fixed cost per call.", "",
+                "| runner | layer speed-up | ceiling (no overhead) | reached | reached / layer speed-up | reached / ceiling |",
+                "|---|---|---|---|---|---|"]
+        for name, v in ceilings:
+            full = report["variants"].get(name.split("_")[0] + "_full")
+            if not full:
+                continue
+            reached = full["b1_latency_ms_mean"] / v["b1_latency_ms_mean"]
+            out.append(f"| {v['runner']} | {v['layer_speedup']:.2f}x | {v['ideal_b1_speedup']:.2f}x | {reached:.2f}x | "
+                       f"{reached / v['layer_speedup']:.2f} | {reached / v['ideal_b1_speedup']:.2f} |")
     out += ["", "## Every exit's dev score, per runner", "",
             "| runner | " + " | ".join(f"exit {i + 1}" for i in range(len(next(iter(report["per_exit"].values()))))) + " |",
             "|---|" + "---|" * len(next(iter(report["per_exit"].values())))]

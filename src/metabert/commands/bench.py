@@ -19,7 +19,7 @@ from metabert import bench_report
 from metabert import data as data_mod
 from metabert import metrics
 from metabert.batching import collate, encode, model_inputs
-from metabert.bench import format_table, run_bench, speedups, time_tokenizer, variants
+from metabert.bench import INTERLEAVE, format_table, run_bench, speedups, time_tokenizer, variants
 from metabert.calibration import calibration_set, choose, evaluation_set, guaranteed_record
 from metabert.commands.common import add_data_options, add_policy_options, add_progress_option, resolve_policy
 from metabert.modeling import MultiExitBert
@@ -46,6 +46,9 @@ def add_parser(sub, name):
                    help="--max-drop by the point estimate on the calibration data (no guarantee)")
     p.add_argument("--runners", type=comma_list, default=list(RUNNERS), help=f"comma-separated, of {', '.join(RUNNERS)}")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--interleave", choices=INTERLEAVE, default="pass",
+                   help="batch 1: each variant runs the dev set in turn in every round (pass, as served) or each "
+                        "example is run by every variant in turn (example; evicts each other's weights from the caches)")
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--max-examples", type=int, help="bench on the first N examples only")
     p.add_argument("--batch-size", type=int, default=32, help="batch size of the throughput test")
@@ -53,7 +56,7 @@ def add_parser(sub, name):
     p.add_argument("--onnx-int8", help="INT8 exported folder (default: quantize the fp32 export, dynamic)")
     p.add_argument("--no-onnx", action="store_true", help="PyTorch runners only")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="threads for PyTorch and ORT")
-    p.add_argument("--profile-examples", type=int, default=100, help="examples for the ORT batch-1 profile (0: none)")
+    p.add_argument("--profile-examples", type=int, default=100, help="examples for the batch-1 profiles (0: none)")
     p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True, help="peak memory of each runner (fresh processes)")
     p.add_argument("--output", help="JSON file for the results (a .png plot beside it)")
     p.add_argument("--markdown", help="also write the benchmarks page (docs/BENCHMARKS.md) from this run")
@@ -128,13 +131,16 @@ def run(args) -> int:
         per_exit[runner.name] = [metrics.compute(spec.metric, logits[i].argmax(-1).tolist(), encoded.labels)["score"]
                                  for i in range(runner.num_layers)]
     results = run_bench(model, encoded, spec.metric, variants(runners, policies), args.repeats, args.warmup,
-                        args.batch_size, progress=args.progress)
+                        args.batch_size, progress=args.progress, interleave=args.interleave)
     profile = {}
     if args.profile_examples:
         singles = [model_inputs(collate(encoded, [i], model.tokenizer.pad_token_id)) for i in range(len(encoded))]
         for runner in runners:
             if runner.name.startswith("ort") and policies[runner.name].name in ("entropy", "norm-entropy", "max-prob"):
                 profile[runner.name] = bench_report.profile_ort(runner, singles, policies[runner.name], args.profile_examples)
+            elif runner.name.startswith("eager"):
+                profile[runner.name] = bench_report.profile_eager(runner, singles, policies[runner.name],
+                                                                  args.profile_examples)
     artifacts = {r.name: bench_report.artifact_bytes(r, args.checkpoint) for r in runners}
     memory, floor = {}, None
     if args.memory:
@@ -154,7 +160,7 @@ def run(args) -> int:
         "rows": rows, "targets": bench_report.targets(results, args.batch_size, artifacts),
         **ratios, "variants": results, "per_exit": per_exit, "profile": profile, "rss_floor_mb": floor,
         "tokenization": time_tokenizer(model.tokenizer, texts, args.max_seq_length, args.batch_size),
-        "batch_size": args.batch_size, "repeats": args.repeats, "warmup": args.warmup, "threads": args.threads,
+        "batch_size": args.batch_size, "repeats": args.repeats, "interleave": args.interleave, "warmup": args.warmup, "threads": args.threads,
         "hardware": hardware(), "hardware_summary": hardware_summary(),
         "python": platform.python_version(), "load_average_start": load_start, "load_average_end": os.getloadavg()[0],
         "json_name": Path(args.output).name if args.output else None,
@@ -192,7 +198,8 @@ def _command(args) -> str:
                         ("--max-drop", args.max_drop), ("--target-speedup", args.target_speedup),
                         ("--confidence", args.confidence if args.max_drop is not None and not args.no_guarantee
                          and args.confidence != 0.95 else None),
-                        ("--runners", ",".join(args.runners)), ("--repeats", args.repeats), ("--warmup", args.warmup),
+                        ("--runners", ",".join(args.runners)), ("--repeats", args.repeats),
+                        ("--interleave", args.interleave if args.interleave != "pass" else None), ("--warmup", args.warmup),
                         ("--threads", args.threads), ("--max-examples", args.max_examples),
                         ("--output", args.output and f"results/bench/{Path(args.output).name}"),
                         ("--markdown", args.markdown and f"docs/{Path(args.markdown).name}")):
