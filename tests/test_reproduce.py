@@ -68,6 +68,7 @@ def test_reproduce_writes_table_and_figures_and_resumes(tmp_path, glue_dir, caps
 def test_reproduce_rejects_bad_task_epochs(tmp_path, capsys):
     base = ["reproduce", "--tasks", "rte,mrpc", "--model", "tiny", "--output", str(tmp_path / "x")]
     for extra, message in [(["--task-epochs", "rte:2"], "TASK=N"),
+                           (["--task-seeds", "rte=0"], "--task-seeds: expected TASK=N"),
                            (["--task-epochs", "sst3=2"], "unknown task 'sst3'"),
                            (["--task-learning-rate", "rte=-1e-4"], "--task-learning-rate: expected TASK=VALUE"),
                            (["--task-learning-rate", "rte=fast"], "--task-learning-rate: expected TASK=VALUE"),
@@ -84,6 +85,14 @@ def test_reproduce_rejects_bad_task_epochs(tmp_path, capsys):
         assert main(base + extra) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()  # refused before any training
+
+
+def test_task_seeds_set_each_tasks_cells(tmp_path, capsys):
+    out = tmp_path / "x"
+    assert main(["reproduce", "--tasks", "rte,mrpc", "--methods", "joint", "--seeds", "2", "--task-seeds", "mrpc=1",
+                 "--model", "tiny", "--no-train", "--no-progress", "--output", str(out)]) == 0
+    text = (out / "table2.md").read_text()
+    assert "Not yet run: rte/joint/seed0, rte/joint/seed1, mrpc/joint/seed0." in text
 
 
 def test_table_one_rows_exit_rules_and_a_static_model(tmp_path, glue_dir):

@@ -21,6 +21,8 @@ def add_parser(sub, name):
     p.add_argument("--tasks", default="cola,rte,mrpc,sst2")
     p.add_argument("--methods", default="joint,two-stage,alternating,meta")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--task-seeds", default="", metavar="TASK=N,...",
+                   help="seeds per task where it differs from --seeds, e.g. sst2=1 (the table says how many each cell has)")
     p.add_argument("--task-epochs", default="", metavar="TASK=N,...",
                    help="epochs per task where it differs from --epochs, e.g. sst2=2,cola=3")
     p.add_argument("--task-learning-rate", default="", metavar="TASK=LR,...",
@@ -55,6 +57,7 @@ def run(args) -> int:
                                     ("learning_rate", args.task_learning_rate, "--task-learning-rate", float)]:
         for task, value in parse_per_task(text, tasks, flag, kind).items():
             task_options.setdefault(task, {})[field] = value
+    task_seeds = {t: args.seeds for t in tasks} | parse_per_task(args.task_seeds, tasks, "--task-seeds", int)
     variants = dict(parse_variant(v) for v in args.variant)
     pairs = [parse_pair(text, methods) for text in args.pair]
     base = TrainConfig(**{**config_fields(args), "task": tasks[0], "method": "joint"})
@@ -68,7 +71,7 @@ def run(args) -> int:
                                  "--variant (a full-depth row earlier in --methods, e.g. bert-6l=method=last)")
             if row is not None and (row not in methods or methods.index(row) > methods.index(m)):
                 raise ValueError(f"row {m}: teacher_row {row} must be a row of --methods before it")
-    path = reproduce(base, tasks, methods, args.seeds, args.output, [float(s) for s in args.speedups.split(",")],
+    path = reproduce(base, tasks, methods, task_seeds, args.output, [float(s) for s in args.speedups.split(",")],
                      command=args.command_line, progress=args.progress,
                      task_options=task_options, variants={m: variants[m] for m in methods if m in variants},
                      train_missing=not args.no_train, reuse=[Path(d) for d in args.reuse], title=args.title,

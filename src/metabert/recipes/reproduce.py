@@ -347,6 +347,10 @@ def render(table: dict, tasks: list[str], speedups: list[float], command: str, v
         for method, row in rows.items():
             out.append(f"| {method} | " + " | ".join(f"{row[t]:.1f}" if t in row else "n/a" for t in tasks) + " |")
         out.append("")
+    out += ["## Seeds finished per cell", "", "| method | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+    for method, cells in table.items():
+        out.append(f"| {method} | " + " | ".join(str(cells[t]["seeds"]) if t in cells else "0" for t in tasks) + " |")
+    out.append("")
     out += ["## Training wall time per run (mean over seeds)", "", "| method | " + " | ".join(tasks) + " |",
             "|---|" + "---|" * len(tasks)]
     for method, cells in table.items():
@@ -373,12 +377,13 @@ def plot_fig2(table: dict, task: str, path: Path) -> None:
     plt.close(fig)
 
 
-def reproduce(base: TrainConfig, tasks: list[str], methods: list[str], seeds: int, root: str | Path,
+def reproduce(base: TrainConfig, tasks: list[str], methods: list[str], seeds: int | dict[str, int], root: str | Path,
               speedups: list[float], command: str, progress: bool = False,
               task_options: dict[str, dict] | None = None, variants: dict[str, dict] | None = None,
               train_missing: bool = True, reuse: list[Path] = (), title: str = "Table II reproduction",
               paper: str = "table2", pairs: list[tuple[str, str]] = ()) -> Path:
-    """``task_options``: task -> TrainConfig overrides for that task (epochs, learning rate).
+    """``seeds``: seeds 0..N-1 of every task, or task -> N.
+    ``task_options``: task -> TrainConfig overrides for that task (epochs, learning rate).
     ``variants``: row name -> TrainConfig overrides (with ``method``), for rows that are not a
     plain method with the base options (e.g. MetaBERT with other meta options); they win over the
     task's options. ``reuse``: other results folders whose cells with the same options stand in for
@@ -390,7 +395,8 @@ def reproduce(base: TrainConfig, tasks: list[str], methods: list[str], seeds: in
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     # seed by seed within a task, so that a run cut short leaves every method compared on the same seeds
-    cells = [(t, m, k) for t in tasks for k in range(seeds) for m in methods]
+    per_task = seeds if isinstance(seeds, dict) else dict.fromkeys(tasks, seeds)
+    cells = [(t, m, k) for t in tasks for k in range(per_task[t]) for m in methods]
     results: dict[tuple, dict] = {}
     for task, method, seed in cells:  # finished cells first, so the tables show them from the start
         done = run_cell(base, task, method, seed, root, speedups, progress, task_options.get(task),
