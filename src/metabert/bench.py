@@ -123,24 +123,15 @@ def batch1_latencies(group: list[Variant], singles: list[dict], repeats: int, wa
     outputs = {v.name: [None] * len(singles) for v in group}
     for r in range(repeats):
         order = group[r % len(group):] + group[: r % len(group)]
-        if interleave == "pass":
-            for v in order:
-                for i, inputs in enumerate(singles):
-                    start = time.perf_counter()
-                    out = v.run(inputs)
-                    times[v.name][r, i] = time.perf_counter() - start
-                    outputs[v.name][i] = out
-                if bar is not None:
-                    bar.update(len(singles))
-            continue
-        for i, inputs in enumerate(singles):
-            for v in order:
-                start = time.perf_counter()
-                out = v.run(inputs)
-                times[v.name][r, i] = time.perf_counter() - start
-                outputs[v.name][i] = out
+        schedule = ([(v, i) for v in order for i in range(len(singles))] if interleave == "pass"
+                    else [(v, i) for i in range(len(singles)) for v in order])
+        for v, i in schedule:
+            start = time.perf_counter()
+            out = v.run(singles[i])
+            times[v.name][r, i] = time.perf_counter() - start
+            outputs[v.name][i] = out
             if bar is not None:
-                bar.update(len(order))
+                bar.update(1)
     return times, outputs
 
 
