@@ -143,3 +143,24 @@ def test_engine_work_runs_at_the_runners_host_threads(model, runners, runner_nam
     finally:
         torch.set_num_threads(before)
     assert seen and set(seen) == {1 if runner_name.startswith("ort") else 2}
+
+
+@pytest.mark.parametrize("runner_name", RUNNERS)
+def test_select_drops_the_padding_only_the_rows_that_left_needed(model, runners, runner_name):
+    """When the longest row leaves, the others go on without its padding, and the next layer's
+    exit logits are those of the untrimmed rows."""
+    if runner_name not in runners:
+        pytest.skip("onnxruntime is not installed")
+    runner = runners[runner_name]
+    texts = [TEXTS[2], TEXTS[0], TEXTS[5]]  # the long review first
+    encoded = tokenize(model.tokenizer, texts, None, 64).encoded
+    inputs = pad_all(encoded, model.tokenizer.pad_token_id)
+    state, _ = runner.step(0, runner.start(inputs))
+    keep = torch.tensor([False, True, True])
+    trimmed = runner.select(state, keep)
+    hidden = trimmed[0]
+    assert hidden.shape[1] == max(len(encoded.input_ids[i]) for i in (1, 2)) < inputs["input_ids"].shape[1]
+    _, logits = runner.step(1, trimmed)
+    _, untrimmed = runner.step(1, state)
+    tol = BATCHED_TOL[runner_name] * (untrimmed.abs().max().item() if "int8" in runner_name else 1)
+    assert torch.allclose(logits, untrimmed[keep], atol=tol)

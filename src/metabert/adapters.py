@@ -55,6 +55,24 @@ class LayerInputs:
         return LayerInputs(_rows(self.mask, keep), _rows(self.pool_mask, keep), rows, self.shared)
 
 
+def trim_padding(hidden: torch.Tensor, inputs: LayerInputs) -> tuple[torch.Tensor, LayerInputs]:
+    """Cut the trailing positions that are padding in every row still running (after the longest
+    rows left the batch, the others need not carry their padding through the next layers). Only
+    where nothing but the masks is sized by the sequence (no per-row or shared position state):
+    the masks are the only inputs to cut, and the cut positions were masked out, so the layers
+    compute the same values for the rest."""
+    if inputs.pool_mask is None or inputs.rows or inputs.shared:
+        return hidden, inputs
+    used = inputs.pool_mask.any(0).nonzero()
+    length = int(used.max()) + 1 if len(used) else hidden.shape[1]
+    if length == hidden.shape[1]:
+        return hidden, inputs
+    mask = inputs.mask
+    if mask is not None:
+        mask = mask[..., :length, :length] if mask.shape[-2] == hidden.shape[1] else mask[..., :length]
+    return hidden[:, :length].contiguous(), LayerInputs(mask, inputs.pool_mask[:, :length])
+
+
 class EncoderAdapter(Protocol):
     """One family's layer-by-layer access to a transformers encoder model."""
 

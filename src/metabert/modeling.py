@@ -341,8 +341,11 @@ class EagerRunner:
             return (hidden, layer_inputs), self.model.exit_logits(index, hidden, layer_inputs, train=False)
 
     def select(self, state, keep):
+        """The kept rows, without the padding that only the rows that left needed."""
+        from metabert.adapters import trim_padding
+
         hidden, layer_inputs = state
-        return hidden[keep], layer_inputs.select(keep)
+        return trim_padding(hidden[keep], layer_inputs.select(keep))
 
     def full(self, inputs):
         with torch.inference_mode():

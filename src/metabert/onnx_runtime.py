@@ -203,8 +203,17 @@ class OrtMultiExit:
         return (hidden, mask, att), torch.from_numpy(logits)
 
     def select(self, state, keep):
-        keep = keep.numpy()
-        return tuple(part[keep] for part in state)
+        """The kept rows, without the trailing positions that are padding in all of them (as
+        ``adapters.trim_padding`` does for the eager runner)."""
+        rows = keep.numpy()
+        hidden, mask, att = state
+        att = att[rows]
+        used = np.flatnonzero(att.any(0))
+        length = int(used[-1]) + 1 if used.size else att.shape[1]
+        if length == att.shape[1]:
+            return hidden[rows], mask[rows], att
+        return (hidden[rows, :length], np.ascontiguousarray(mask[rows][..., :length]),
+                np.ascontiguousarray(att[:, :length]))
 
     def full(self, inputs) -> torch.Tensor:
         return torch.from_numpy(self.full_session.run(None, self._feeds(inputs))[0])
