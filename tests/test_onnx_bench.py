@@ -129,7 +129,7 @@ def test_bench_calibrates_each_runner_with_the_guarantee_unless_told(tmp_path):
     assert "no guarantee" in source
 
 
-@pytest.mark.parametrize("interleave", ["pass", "example"])
+@pytest.mark.parametrize("interleave", ["block", "example"])
 def test_batch1_latencies_time_every_example_of_every_variant(interleave):
     from metabert.batching import pad_all, tokenize
     from metabert.bench import Variant, batch1_latencies

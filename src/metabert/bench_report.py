@@ -253,8 +253,8 @@ def markdown(report: dict, command: str, plot_name: str | None) -> str:
            f"{report['task']} {report['split']}, {report['num_examples']} examples; checkpoint `{report['checkpoint']}`; "
            f"{report['repeats']} interleaved rounds after {report['warmup']} warm-up examples, PyTorch runners in "
            "one phase and ONNX Runtime runners in another, all variants of a phase interleaved ("
-           + ("at batch 1 each variant runs the whole dev set in turn in every round, as a server runs one path"
-              if report.get("interleave", "example") == "pass" else
+           + ("at batch 1 each variant runs 50 consecutive examples in turn, block after block, as a server runs "
+              "one path" if report.get("interleave", "example") == "block" else
               "at batch 1 each example is run by every variant in turn")
            + "; `metabert.bench` says why). Each runner's "
            f"γ: {report['policy_source']}.", "",

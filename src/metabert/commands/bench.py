@@ -46,9 +46,10 @@ def add_parser(sub, name):
                    help="--max-drop by the point estimate on the calibration data (no guarantee)")
     p.add_argument("--runners", type=comma_list, default=list(RUNNERS), help=f"comma-separated, of {', '.join(RUNNERS)}")
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--interleave", choices=INTERLEAVE, default="pass",
-                   help="batch 1: each variant runs the dev set in turn in every round (pass, as served) or each "
-                        "example is run by every variant in turn (example; evicts each other's weights from the caches)")
+    p.add_argument("--interleave", choices=INTERLEAVE, default="block",
+                   help="batch 1: each variant runs 50 consecutive examples in turn, block after block (block, as "
+                        "served) or each example is run by every variant in turn (example; evicts each other's "
+                        "weights from the caches)")
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--max-examples", type=int, help="bench on the first N examples only")
     p.add_argument("--batch-size", type=int, default=32, help="batch size of the throughput test")
@@ -199,7 +200,7 @@ def _command(args) -> str:
                         ("--confidence", args.confidence if args.max_drop is not None and not args.no_guarantee
                          and args.confidence != 0.95 else None),
                         ("--runners", ",".join(args.runners)), ("--repeats", args.repeats),
-                        ("--interleave", args.interleave if args.interleave != "pass" else None), ("--warmup", args.warmup),
+                        ("--interleave", args.interleave if args.interleave != "block" else None), ("--warmup", args.warmup),
                         ("--threads", args.threads), ("--max-examples", args.max_examples),
                         ("--output", args.output and f"results/bench/{Path(args.output).name}"),
                         ("--markdown", args.markdown and f"docs/{Path(args.markdown).name}")):
