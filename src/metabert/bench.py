@@ -10,8 +10,9 @@ passes over the dev set, tried first, let one variant meet a quiet minute the ot
 such run ORT INT8 full measured 1.04 ms per example, against 2.37 and 2.59 ms in the runs before and
 after it); ``"example"``: each example is run by
 every variant in turn, which also evicts one variant's weights from the CPU caches with another's
-(``scripts/interleave_check.py`` on SST-2 dev, ORT fp32 batch 1, two rounds: early exit 27% slower
-that way, the full model 7-9%).
+(``scripts/interleave_check.py`` times ORT full and early exit both ways; on this shared 2-core
+machine early exit ran 27% slower alternating than alone in one check and within the noise of two
+rounds in another, results/bench/interleave_check.txt).
 An example's latency is the median of its rounds; a variant's latency is the mean over examples.
 Speed-ups are ratios of those means (total time), not of medians, because the median of a bimodal
 exit distribution flatters early exit. Throughput at batch B runs batches in file order (mixed
