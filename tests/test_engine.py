@@ -115,7 +115,7 @@ def test_ort_batch1_threshold_policies_run_in_one_graph(model, runners, runner_n
 @pytest.mark.parametrize("runner_name", RUNNERS)
 def test_engine_work_runs_at_the_runners_host_threads(model, runners, runner_name):
     """ONNX Runtime runners ask for 1 torch thread around the engine's exit tests (torch's spinning
-    OpenMP workers slowed ORT's pool by 1.9x at batch 32); the caller's setting comes back after."""
+    OpenMP workers slowed ORT's batch-32 early exit by 1.75x); the caller's setting comes back after."""
     if runner_name not in runners:
         pytest.skip("onnxruntime is not installed")
     runner = runners[runner_name]

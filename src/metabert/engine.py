@@ -77,8 +77,9 @@ class Runner(Protocol):
 def host_threads(runner):
     """PyTorch at ``runner.host_threads`` threads for the engine's own tensor work, then as before.
     A backend with its own thread pool (ONNX Runtime) wants 1: torch's OpenMP workers spin after
-    each parallel region and take the cores from that pool's next call (measured at batch 32 on
-    SST-2 dev: early exit 1.9x slower with torch at 2 threads than at 1). Setting it costs < 1 µs."""
+    each parallel region and take the cores from that pool's next call (SST-2 dev at batch 32:
+    early exit 1.75x slower with torch at 2 threads than at 1, results/bench/ort_batch_profile.txt
+    from scripts/ort_batch_profile.py). Setting it costs < 1 µs."""
     wanted = getattr(runner, "host_threads", None)
     before = torch.get_num_threads()
     if wanted is None or wanted == before:
