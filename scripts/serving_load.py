@@ -26,28 +26,13 @@ from pathlib import Path
 import httpx
 
 from metabert import hardware, load_glue
-from metabert.loadtest import run_load
+from metabert.loadtest import run_load, start_server
 
-PORTS = iter(range(18431, 18500))
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def start(checkpoint: str, *flags: str) -> tuple[subprocess.Popen, str]:
-    port = next(PORTS)
-    cmd = [sys.executable, "-m", "metabert", "serve", "--checkpoint", checkpoint, "--port", str(port),
-           "--threads", "1", *flags]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
-        time.sleep(0.5)
-    raise RuntimeError("server did not start")
+    return start_server(checkpoint, "--threads", "1", *flags)
 
 
 def stop(proc: subprocess.Popen) -> None:

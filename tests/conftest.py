@@ -1,4 +1,5 @@
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -52,3 +53,12 @@ def diversify(model: MultiExitBert, seed: int = 0, scale: float = 3.0) -> MultiE
             for linear in (head.dense, head.classifier):
                 linear.weight.copy_(torch.randn(linear.weight.shape, generator=gen) * scale)
     return model
+
+
+def wait_until(condition, what: str, limit_s: float = 60.0) -> None:
+    """Poll ``condition`` until it holds (a state to reach, not a time to measure)."""
+    stop = time.monotonic() + limit_s
+    while not condition():
+        if time.monotonic() > stop:
+            raise AssertionError(f"never reached: {what}")
+        time.sleep(0.02)

@@ -1,22 +1,13 @@
 """A real server process on loopback, a real HTTP client."""
 
 import concurrent.futures
-import socket
-import subprocess
-import sys
-import time
 from types import SimpleNamespace
 
 import httpx
 import pytest
 from conftest import make_tiny
+from metabert.loadtest import start_server
 from metabert.modeling import MultiExitBert
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -25,22 +16,7 @@ def server(tmp_path_factory):
     model = make_tiny()
     model.with_config(exit_policy={"name": "entropy", "threshold": 0.5, "patience": 2, "chosen_on": "a test"})
     model.save_pretrained(ckpt)  # calibrated: the server takes its γ, requests may override it
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "metabert", "serve", "--checkpoint", str(ckpt), "--port", str(port),
-                             "--max-items", "8", "--max-seq-length", "32"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-        if proc.poll() is not None:
-            raise RuntimeError(proc.stdout.read().decode())
-    else:
-        proc.kill()
-        raise RuntimeError("server did not start")
+    proc, url = start_server(ckpt, "--max-items", "8", "--max-seq-length", "32")
     yield SimpleNamespace(url=url, checkpoint=ckpt)
     proc.terminate()
     proc.wait(10)

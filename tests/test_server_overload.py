@@ -3,10 +3,9 @@ test lets it go, so "the queue is full" and "the request waited too long" are st
 
 import concurrent.futures
 import threading
-import time
 
 import pytest
-from conftest import make_tiny
+from conftest import make_tiny, wait_until
 from fastapi.testclient import TestClient
 
 from metabert.modeling import EagerRunner
@@ -24,15 +23,6 @@ class GatedRunner(EagerRunner):
         self.entered.set()
         assert self.release.wait(60), "the test never released the model call"
         return super().start(inputs)
-
-
-def wait_until(condition, what: str, limit_s: float = 60.0):
-    """Poll ``condition`` (a state to reach, not a time to measure)."""
-    stop = time.monotonic() + limit_s
-    while not condition():
-        if time.monotonic() > stop:
-            raise AssertionError(f"never reached: {what}")
-        time.sleep(0.02)
 
 
 @pytest.fixture

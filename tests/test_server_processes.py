@@ -2,14 +2,13 @@
 
 import concurrent.futures
 import signal
-import subprocess
-import sys
-import time
 
 import httpx
 import pytest
-from conftest import make_tiny
-from test_server import free_port
+from conftest import make_tiny, wait_until
+
+from metabert.loadtest import server_output
+from metabert.loadtest import start_server as start
 
 
 @pytest.fixture(scope="module")
@@ -19,31 +18,6 @@ def checkpoint(tmp_path_factory):
     model.with_config(exit_policy={"name": "entropy", "threshold": 0.5, "patience": 2, "chosen_on": "a test"})
     model.save_pretrained(ckpt)
     return ckpt
-
-
-def start(checkpoint, *options):
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "metabert", "serve", "--checkpoint", str(checkpoint),
-                             "--port", str(port), *options], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.1)
-        if proc.poll() is not None:
-            raise RuntimeError(proc.stdout.read().decode())
-    proc.kill()
-    raise RuntimeError("server did not start")
-
-
-def wait_until(condition, what: str, limit_s: float = 60.0):
-    stop = time.monotonic() + limit_s
-    while not condition():
-        if time.monotonic() > stop:
-            raise AssertionError(f"never reached: {what}")
-        time.sleep(0.05)
 
 
 def test_sigterm_answers_every_accepted_request_before_exit(checkpoint):
@@ -60,7 +34,7 @@ def test_sigterm_answers_every_accepted_request_before_exit(checkpoint):
     assert [a.status_code for a in answers] == [200] * n
     assert all(len(a.json()["results"]) == 1 for a in answers)
     assert proc.wait(60) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has shut down
-    log = proc.stdout.read().decode()
+    log = server_output(proc)
     assert f"draining {n} in-flight requests" in log and "Traceback" not in log, log
     with pytest.raises(httpx.ConnectError):  # gone: later requests are refused, not half-answered
         httpx.post(url + "/predict", json={"texts": ["too late"]}, timeout=5)

@@ -1,12 +1,58 @@
-"""Drive a running metabert server with N concurrent clients for a bounded time (loopback only)."""
+"""Drive a running metabert server with N concurrent clients for a bounded time (loopback only),
+and start one in a process of its own to drive (``start_server``)."""
 
 from __future__ import annotations
 
 import asyncio
 import random
+import socket
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def server_output(proc: subprocess.Popen) -> str:
+    """Everything a ``start_server`` process has written so far."""
+    proc.log.seek(0)
+    return proc.log.read().decode(errors="replace")
+
+
+def start_server(checkpoint: str | Path, *options: str, wait_s: float = 300.0) -> tuple[subprocess.Popen, str]:
+    """``metabert serve --checkpoint CHECKPOINT OPTIONS`` on a free loopback port, in a new process;
+    returns (process, base URL) once ``/healthz`` answers 200. Its output goes to a temporary file
+    (a pipe nobody reads would block a server that logs every request), quoted if it exits first
+    and read with ``server_output``."""
+    import httpx
+
+    port = free_port()
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen([sys.executable, "-m", "metabert", "serve", "--checkpoint", str(checkpoint),
+                             "--port", str(port), *options], stdout=log, stderr=subprocess.STDOUT)
+    proc.log = log
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited: {server_output(proc)[-2000:]}")
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"the server did not answer /healthz within {wait_s:g} s")
 
 
 async def _client(http, url, texts, batch, stop_at, latencies, statuses, rng):
