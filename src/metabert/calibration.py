@@ -145,6 +145,24 @@ def unlabelled_set(model, file: str | Path, max_length: int = 128) -> tuple[Enco
     return encoded, f"{path.name} ({len(texts)} unlabelled texts, given with --texts)"
 
 
+def point_record(logits: torch.Tensor, labels: list[int], metric: str, policy: str = "entropy", patience: int = 2,
+                 target_speedup: float | None = None, max_drop: float | None = None, chosen_on: str = "") -> dict:
+    """The checkpoint's ``exit_policy`` record for the point estimate of ``choose`` (a target
+    speed-up, or a drop budget with no guarantee)."""
+    choice = choose(logits, labels, metric, policy, patience, target_speedup=target_speedup, max_drop=max_drop)
+    result = choice["result"]
+    goal = (f"target layer speed-up {target_speedup}x" if target_speedup is not None
+            else f"at most {max_drop} points below the last exit on the calibration data (no guarantee)")
+    return {
+        **policy_to_dict(choice["policy"]),
+        "chosen_on": chosen_on,
+        "goal": goal,
+        "calibration_score": result.score,
+        "calibration_last_exit_score": choice["full_score"],
+        "calibration_layer_speedup": result.layer_speedup,
+    }
+
+
 def guaranteed_record(logits: torch.Tensor, labels: list[int] | None, metric: str, policy: str = "entropy",
                       patience: int = 2, max_drop: float | None = None, consistency: float | None = None,
                       delta: float = risk.DEFAULT_DELTA, chosen_on: str = "", runner: str = "eager") -> dict:

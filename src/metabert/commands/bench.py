@@ -20,7 +20,7 @@ from metabert import data as data_mod
 from metabert import metrics
 from metabert.batching import collate, encode, model_inputs
 from metabert.bench import INTERLEAVE, format_table, run_bench, speedups, time_tokenizer, variants
-from metabert.calibration import calibration_set, choose, evaluation_set, guaranteed_record
+from metabert.calibration import calibration_set, evaluation_set, guaranteed_record, point_record
 from metabert.commands.common import add_data_options, add_policy_options, add_progress_option, resolve_policy
 from metabert.modeling import MultiExitBert
 from metabert.machine import hardware, hardware_summary
@@ -76,21 +76,18 @@ def pick_policy(model: MultiExitBert, runner, args, held=None):
         if args.max_drop is not None and not args.no_guarantee:  # what `metabert calibrate` stores
             record = guaranteed_record(logits, enc.labels, metric, name, patience, max_drop=args.max_drop,
                                        delta=round(1 - args.confidence, 12), chosen_on=what, runner=runner.name)
-            policy, promise = policy_from_dict(record), record["promise"]
             goal = f"max drop {args.max_drop} with confidence {args.confidence:g}"
-            note = (f"{policy.describe()}: calibration score {record['calibration_score']:.2f} (last exit "
-                    f"{record['calibration_last_exit_score']:.2f}), layer speed-up "
-                    f"{record['calibration_layer_speedup']:.2f}x, "
-                    + (f"certified (p = {promise['p_value']:.3f})" if promise["certified"] else "nothing certified: the full model"))
-            return policy, f"calibrated per runner with its own logits for {goal} on {what}", note
-        choice = choose(logits, enc.labels, metric, name, patience,
-                        target_speedup=args.target_speedup, max_drop=args.max_drop)
-        goal = (f"target speed-up {args.target_speedup}x" if args.target_speedup
-                else f"max drop {args.max_drop} (point estimate, no guarantee)")
-        r = choice["result"]
-        note = (f"{choice['policy'].describe()}: calibration score {r.score:.2f} (last exit {choice['full_score']:.2f}), "
-                f"layer speed-up {r.layer_speedup:.2f}x")
-        return choice["policy"], f"calibrated per runner with its own logits for {goal} on {what}", note
+        else:
+            record = point_record(logits, enc.labels, metric, name, patience, target_speedup=args.target_speedup,
+                                  max_drop=args.max_drop, chosen_on=what)
+            goal = (f"target speed-up {args.target_speedup}x" if args.target_speedup
+                    else f"max drop {args.max_drop} (point estimate, no guarantee)")
+        policy, promise = policy_from_dict(record), record.get("promise")
+        note = (f"{policy.describe()}: calibration score {record['calibration_score']:.2f} (last exit "
+                f"{record['calibration_last_exit_score']:.2f}), layer speed-up {record['calibration_layer_speedup']:.2f}x"
+                + ("" if promise is None else ", " + (f"certified (p = {promise['p_value']:.3f})" if promise["certified"]
+                                                      else "nothing certified: the full model")))
+        return policy, f"calibrated per runner with its own logits for {goal} on {what}", note
     resolved = resolve_policy(args, model.config.exit_policy, runner=runner.name)
     return resolved.policy, resolved.source, resolved.source
 

@@ -9,9 +9,9 @@ import json
 
 from metabert import data as data_mod
 from metabert.batching import encode
-from metabert.calibration import calibration_set, choose, guaranteed_record, unlabelled_set
+from metabert.calibration import calibration_set, guaranteed_record, point_record, unlabelled_set
 from metabert.commands.common import add_inference_options
-from metabert.exits import POLICIES, policy_from_dict, policy_to_dict
+from metabert.exits import POLICIES, policy_from_dict
 from metabert.modeling import MultiExitBert
 from metabert.policy import resolve_name, store_record
 from metabert.runners import all_exit_logits, load_runner
@@ -58,7 +58,8 @@ def run(args) -> int:
     metric = data_mod.spec_from_dict(model.config.task).metric
     name, patience, _ = resolve_name(args.policy, args.patience, model.config.exit_policy, runner.name)
     if args.target_speedup is not None or args.no_guarantee:
-        record = point_record(logits, encoded.labels, metric, name, patience, args, what)
+        record = point_record(logits, encoded.labels, metric, name, patience, target_speedup=args.target_speedup,
+                              max_drop=args.max_drop, chosen_on=what)
         record["runner"] = runner.name
     else:
         labels = None if args.consistency is not None else encoded.labels
@@ -84,23 +85,6 @@ def check_goal(args) -> None:
         raise ValueError("--texts holds no labels: it goes with --consistency")
     if args.texts and args.calibration_data:
         raise ValueError("give --texts or --calibration-data, not both")
-
-
-def point_record(logits, labels, metric, name, patience, args, what) -> dict:
-    """The point estimate of ``calibration.choose`` (--target-speedup, --max-drop --no-guarantee)."""
-    choice = choose(logits, labels, metric, name, patience, target_speedup=args.target_speedup,
-                    max_drop=args.max_drop)
-    policy, result = choice["policy"], choice["result"]
-    goal = (f"target layer speed-up {args.target_speedup}x" if args.target_speedup is not None
-            else f"at most {args.max_drop} points below the last exit on the calibration data (no guarantee)")
-    return {
-        **policy_to_dict(policy),
-        "chosen_on": what,
-        "goal": goal,
-        "calibration_score": result.score,
-        "calibration_last_exit_score": choice["full_score"],
-        "calibration_layer_speedup": result.layer_speedup,
-    }
 
 
 def summary(record: dict, metric: str) -> str:
