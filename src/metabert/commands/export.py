@@ -24,7 +24,7 @@ def add_parser(sub, name):
                    help="dynamic (default; activations quantized per call) or static (QDQ, activation ranges "
                         "from the checkpoint's calibration slice)")
     p.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=True,
-                   help="one weight scale per output channel (default; --no-per-channel: one per tensor, about 5%% "
+                   help="one weight scale per output channel (default; --no-per-channel: one per tensor, about 7%% "
                         "faster and less accurate, docs/INT8_OPTIONS.md)")
     p.add_argument("--static-examples", type=int, default=256, help="calibration examples for --quantize-method static")
     p.add_argument("--no-calibrate", action="store_true",
