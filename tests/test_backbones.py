@@ -151,11 +151,11 @@ def test_layer_inputs_select_rows_keeps_shared_and_broadcast():
     from metabert.adapters import LayerInputs
 
     keep = torch.tensor([True, False, True])
-    inputs = LayerInputs(torch.zeros(3, 1, 1, 5), torch.ones(3, 5),
+    inputs = LayerInputs(torch.zeros(3, 1, 1, 5), torch.full((3, 5, 1), 0.2),
                          rows={"window": torch.zeros(3, 1, 5, 5), "broadcast": torch.zeros(1, 1, 5, 5), "none": None},
                          shared={"rotary": torch.zeros(1, 5, 8)})
     kept = inputs.select(keep)
-    assert kept.mask.shape[0] == 2 and kept.pool_mask.shape[0] == 2 and kept.rows["window"].shape[0] == 2
+    assert kept.mask.shape[0] == 2 and kept.pool_weights.shape[0] == 2 and kept.rows["window"].shape[0] == 2
     assert kept.rows["broadcast"].shape[0] == 1 and kept.rows["none"] is None
     assert kept.shared["rotary"] is inputs.shared["rotary"]
     assert LayerInputs(None, None).select(keep) == LayerInputs(None, None)

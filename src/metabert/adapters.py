@@ -24,6 +24,14 @@ def additive_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Ten
     return (1.0 - mask) * torch.finfo(dtype).min
 
 
+def pool_weights(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, T) 1/0 mask -> (B, T, 1) weights of the masked mean: 1/count on the attended positions,
+    0 on padding. Computed once per batch, so that every exit pools with one product and one sum
+    (the masked mean written out costs 7 graph nodes per exit in ONNX Runtime)."""
+    mask = attention_mask.unsqueeze(-1).to(dtype)  # (B, T, 1)
+    return mask / mask.sum(1, keepdim=True).clamp_min(1.0)
+
+
 def _rows(tensor, keep: torch.Tensor):
     """``tensor`` for the kept rows; None and batch-broadcast (size-1) tensors stay as they are."""
     if tensor is None or tensor.shape[0] != keep.shape[0]:
@@ -37,22 +45,22 @@ class LayerInputs:
 
     mask: the layers' attention mask in the family's form (BERT: additive (B, 1, 1, T)); None: no
       padding (inference) or the family needs none.
-    pool_mask: (B, T) 1/0 for pooling; None: no padding.
+    pool_weights: (B, T, 1) weights of the exits' mean pooling (``pool_weights``); None: no padding.
     rows: further per-row tensors (batch dimension first), e.g. ModernBERT's sliding-window mask.
     shared: state that is the same for every row (relative positions, rotary tables); never selected.
     """
 
     mask: torch.Tensor | None
-    pool_mask: torch.Tensor | None
+    pool_weights: torch.Tensor | None
     rows: dict = field(default_factory=dict)
     shared: dict = field(default_factory=dict)
 
     def select(self, keep: torch.Tensor) -> "LayerInputs":
         """The rows where ``keep`` (B,) is true."""
-        if self.mask is None and self.pool_mask is None and not self.rows:
+        if self.mask is None and self.pool_weights is None and not self.rows:
             return self
         rows = {name: _rows(value, keep) for name, value in self.rows.items()}
-        return LayerInputs(_rows(self.mask, keep), _rows(self.pool_mask, keep), rows, self.shared)
+        return LayerInputs(_rows(self.mask, keep), _rows(self.pool_weights, keep), rows, self.shared)
 
 
 def trim_padding(hidden: torch.Tensor, inputs: LayerInputs) -> tuple[torch.Tensor, LayerInputs]:
@@ -61,16 +69,16 @@ def trim_padding(hidden: torch.Tensor, inputs: LayerInputs) -> tuple[torch.Tenso
     where nothing but the masks is sized by the sequence (no per-row or shared position state):
     the masks are the only inputs to cut, and the cut positions were masked out, so the layers
     compute the same values for the rest."""
-    if inputs.pool_mask is None or inputs.rows or inputs.shared:
+    if inputs.pool_weights is None or inputs.rows or inputs.shared:
         return hidden, inputs
-    used = inputs.pool_mask.any(0).nonzero()
+    used = (inputs.pool_weights[..., 0] != 0).any(0).nonzero()
     length = int(used.max()) + 1 if len(used) else hidden.shape[1]
     if length == hidden.shape[1]:
         return hidden, inputs
     mask = inputs.mask
     if mask is not None:
         mask = mask[..., :length, :length] if mask.shape[-2] == hidden.shape[1] else mask[..., :length]
-    return hidden[:, :length].contiguous(), LayerInputs(mask, inputs.pool_mask[:, :length])
+    return hidden[:, :length].contiguous(), LayerInputs(mask, inputs.pool_weights[:, :length])
 
 
 class EncoderAdapter(Protocol):
@@ -90,8 +98,8 @@ class EncoderAdapter(Protocol):
         """What exits read of a layer's output (ModernBERT: its final norm); identity elsewhere."""
 
 
-def _pool_mask(attention_mask: torch.Tensor, inference: bool) -> torch.Tensor | None:
-    return None if inference and bool(attention_mask.all()) else attention_mask
+def _pool_weights(attention_mask: torch.Tensor, hidden: torch.Tensor, inference: bool) -> torch.Tensor | None:
+    return None if inference and bool(attention_mask.all()) else pool_weights(attention_mask, hidden.dtype)
 
 
 class BertLayout:
@@ -115,7 +123,7 @@ class BertLayout:
     def layer_inputs(self, encoder, hidden, attention_mask, inference):
         if inference and bool(attention_mask.all()):
             return LayerInputs(None, None)
-        return LayerInputs(additive_mask(attention_mask, hidden.dtype), attention_mask)
+        return LayerInputs(additive_mask(attention_mask, hidden.dtype), pool_weights(attention_mask, hidden.dtype))
 
     def run_layer(self, encoder, index, hidden, inputs):
         return encoder.encoder.layer[index](hidden, attention_mask=inputs.mask)
@@ -137,7 +145,7 @@ class DistilBertLayout:
 
     def layer_inputs(self, encoder, hidden, attention_mask, inference):
         mask = create_bidirectional_mask(config=encoder.config, inputs_embeds=hidden, attention_mask=attention_mask)
-        return LayerInputs(mask, _pool_mask(attention_mask, inference))
+        return LayerInputs(mask, _pool_weights(attention_mask, hidden, inference))
 
     def run_layer(self, encoder, index, hidden, inputs):
         return encoder.transformer.layer[index](hidden, attention_mask=inputs.mask)
@@ -163,7 +171,7 @@ class DebertaV2Layout:
     def layer_inputs(self, encoder, hidden, attention_mask, inference):
         blocks = encoder.encoder
         shared = {"relative_pos": blocks.get_rel_pos(hidden), "rel_embeddings": blocks.get_rel_embedding()}
-        return LayerInputs(blocks.get_attention_mask(attention_mask), _pool_mask(attention_mask, inference),
+        return LayerInputs(blocks.get_attention_mask(attention_mask), _pool_weights(attention_mask, hidden, inference),
                            rows={"input_mask": attention_mask}, shared=shared)
 
     def run_layer(self, encoder, index, hidden, inputs):
@@ -196,7 +204,7 @@ class ModernBertLayout:
                 "sliding_attention": create_bidirectional_sliding_window_mask(**kwargs)}
         positions = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)  # (1, T)
         shared = {kind: encoder.rotary_emb(hidden, positions, kind) for kind in set(encoder.config.layer_types)}
-        return LayerInputs(None, _pool_mask(attention_mask, inference), rows=rows, shared=shared)
+        return LayerInputs(None, _pool_weights(attention_mask, hidden, inference), rows=rows, shared=shared)
 
     def run_layer(self, encoder, index, hidden, inputs):
         layer = encoder.layers[index]

@@ -159,8 +159,8 @@ def profile_ort(runner, singles: list[dict], policy, count: int = 100, repeats: 
     sums: dict[str, float] = {}
     for inputs in sample:
         feeds = runner._feeds(inputs)
-        hidden, mask = runner.embeddings.run(None, feeds)
-        layer_feeds = {"hidden": hidden, "mask": mask, "attention_mask": feeds["attention_mask"]}
+        start = runner.start(inputs)
+        hidden, layer_feeds = start[0], runner.layer_feeds(1, start)
         logits = runner.layers[0].run(None, layer_feeds)[1]
         state = policy.init_state(1)
         values = {k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in layer_feeds.items()}

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from metabert.adapters import LayerInputs, adapter_for, truncated_config
+from metabert.adapters import LayerInputs, adapter_for, pool_weights, truncated_config
 from metabert.backbones import Backbone, encoder_from_config, load_backbone
 from metabert.exits import ExitPolicy
 
@@ -241,13 +241,18 @@ class MultiExitBert(nn.Module):
         return len(self.adapter.layers(self.encoder))
 
     def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        """(B, T, H) -> (B, H) by the configured pooling (``attention_mask`` None: no padding)."""
+        """(B, T, H) -> (B, H) by the configured pooling (``attention_mask`` (B, T) 1/0; None: no padding)."""
+        weights = None if attention_mask is None or self.config.pooling == "cls" else pool_weights(attention_mask, hidden.dtype)
+        return self.pool_weighted(hidden, weights)
+
+    def pool_weighted(self, hidden: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+        """``pool`` with the batch's mean-pooling weights computed already (``adapters.pool_weights``,
+        (B, T, 1); None: no padding)."""
         if self.config.pooling == "cls":
             return hidden[:, 0]
-        if attention_mask is None:
+        if weights is None:
             return hidden.mean(1)
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-        return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+        return (hidden * weights).sum(1)
 
     def embed(self, input_ids, token_type_ids=None, attention_mask=None) -> torch.Tensor:
         """(B, T) ids -> (B, T, H); ``attention_mask`` for families whose embeddings read it (DeBERTa)."""
@@ -273,7 +278,7 @@ class MultiExitBert(nn.Module):
         """Exit ``index`` on its layer's output: (B, T, H) -> (B, C); ``train`` False takes the head's
         dropout-free fast path."""
         head = self.exits[index]
-        pooled = self.pool(self.exit_input(hidden), inputs.pool_mask)
+        pooled = self.pool_weighted(self.exit_input(hidden), inputs.pool_weights)
         return head(pooled) if train else head.infer(pooled)
 
     def hidden_states(self, input_ids, attention_mask, token_type_ids=None) -> list[torch.Tensor]:

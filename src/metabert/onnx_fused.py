@@ -95,7 +95,7 @@ def build(graphs: list[onnx.ModelProto], meta: dict, policy: str) -> onnx.ModelP
 
     def block(i: int) -> tuple[list, list, str, str]:
         """Layers i..L (0-based i) after hidden state ``h{i}``: (nodes, initializers, logits, layer)."""
-        outer = {"hidden": f"h{i}", "mask": "e/mask", "attention_mask": "attention_mask"}
+        outer = {"hidden": f"h{i}", "mask": "e/mask", "pool": "e/pool"}
         nodes, inits, out = _renamed(layers[i].graph, f"l{i + 1}/", outer)
         nodes.append(helper.make_node("Identity", [out["hidden_out"]], [f"h{i + 1}"]))
         logits = out["logits"]

@@ -18,11 +18,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from metabert.adapters import LayerInputs, additive_mask
+from metabert.adapters import LayerInputs, additive_mask, pool_weights
 from metabert.modeling import CONFIG_NAME, MultiExitBert
 
 log = logging.getLogger(__name__)
 META_NAME = "onnx_meta.json"
+# 2: the layer graphs take the exits' pooling weights ("pool", from the embeddings graph) instead of
+# the 0/1 mask. An older folder is refused with the command that re-exports it.
+FORMAT = 2
 EXPORTABLE = ("bert", "roberta", "xlm-roberta", "electra")  # one additive mask is all their layers need
 
 
@@ -33,18 +36,18 @@ class _Embed(nn.Module):
 
     def forward(self, input_ids, attention_mask, token_type_ids):
         hidden = self.model.embed(input_ids, token_type_ids)
-        return hidden, additive_mask(attention_mask, hidden.dtype)
+        return hidden, additive_mask(attention_mask, hidden.dtype), pool_weights(attention_mask, hidden.dtype)
 
 
 class _Layer(nn.Module):
-    """Layer i and exit i: (hidden, additive mask, 0/1 mask) -> (next hidden, exit logits)."""
+    """Layer i and exit i: (hidden, additive mask, pooling weights) -> (next hidden, exit logits)."""
 
     def __init__(self, model: MultiExitBert, index: int):
         super().__init__()
         self.model, self.index = model, index
 
-    def forward(self, hidden, mask, attention_mask):
-        inputs = LayerInputs(mask, attention_mask)
+    def forward(self, hidden, mask, pool):
+        inputs = LayerInputs(mask, pool)
         hidden = self.model.run_layer(self.index, hidden, inputs)
         return hidden, self.model.exit_logits(self.index, hidden, inputs)
 
@@ -86,14 +89,14 @@ def export(model: MultiExitBert, checkpoint: str | Path | None, output: str | Pa
     seq = {0: "batch", 1: "sequence"}
     with torch.no_grad():
         _export(_Embed(model), (ids, att, types), output / "embeddings.onnx",
-                ["input_ids", "attention_mask", "token_type_ids"], ["hidden", "mask"],
+                ["input_ids", "attention_mask", "token_type_ids"], ["hidden", "mask", "pool"],
                 {"input_ids": seq, "attention_mask": seq, "token_type_ids": seq, "hidden": seq,
-                 "mask": {0: "batch", 3: "sequence"}})
-        hidden, mask = _Embed(model)(ids, att, types)
+                 "mask": {0: "batch", 3: "sequence"}, "pool": seq})
+        hidden, mask, pool = _Embed(model)(ids, att, types)
         for i in range(model.num_layers):
-            _export(_Layer(model, i), (hidden, mask, att), output / f"layer_{i + 1}.onnx",
-                    ["hidden", "mask", "attention_mask"], ["hidden_out", "logits"],
-                    {"hidden": seq, "mask": {0: "batch", 3: "sequence"}, "attention_mask": seq,
+            _export(_Layer(model, i), (hidden, mask, pool), output / f"layer_{i + 1}.onnx",
+                    ["hidden", "mask", "pool"], ["hidden_out", "logits"],
+                    {"hidden": seq, "mask": {0: "batch", 3: "sequence"}, "pool": seq,
                      "hidden_out": seq, "logits": {0: "batch"}})
         _export(_Full(model), (ids, att, types), output / "full.onnx",
                 ["input_ids", "attention_mask", "token_type_ids"], ["logits"],
@@ -104,6 +107,7 @@ def export(model: MultiExitBert, checkpoint: str | Path | None, output: str | Pa
     else:
         model.save_config_to(output)
     meta = {"num_layers": model.num_layers, "num_labels": model.config.num_labels, "opset": 17, "precision": "fp32",
+            "format": FORMAT,
             "graphs": ["embeddings.onnx"] + [f"layer_{i + 1}.onnx" for i in range(model.num_layers)] + ["full.onnx"]}
     (output / META_NAME).write_text(json.dumps(meta, indent=2))
     return output
@@ -149,6 +153,10 @@ class OrtMultiExit:
             raise FileNotFoundError(f"{directory} is not an exported metabert ONNX folder (no {META_NAME}); "
                                     "run `metabert export --format onnx` first")
         self.meta = json.loads((directory / META_NAME).read_text())
+        if self.meta.get("format", 1) != FORMAT:
+            raise ValueError(f"{directory} was exported by an older metabert (ONNX folder format "
+                             f"{self.meta.get('format', 1)}, this one reads {FORMAT}); export it again with "
+                             "`metabert export --checkpoint CHECKPOINT --output FOLDER` (add `--quantize int8` for INT8)")
         self.config = json.loads((directory / CONFIG_NAME).read_text())
         self.tokenizer = AutoTokenizer.from_pretrained(directory)
 
@@ -178,6 +186,8 @@ class OrtMultiExit:
 
         self.embeddings = session("embeddings.onnx")
         self.layers = [session(f"layer_{i + 1}.onnx") for i in range(self.meta["num_layers"])]
+        # what each layer graph reads (the exporter drops an unused input: "pool" under cls pooling)
+        self._layer_inputs = [{i.name for i in s.get_inputs()} for s in self.layers]
         self.full_session = session("full.onnx")
         self.num_layers = self.meta["num_layers"]
         # the runner's name says its precision: calibrated policies are stored per name
@@ -191,29 +201,33 @@ class OrtMultiExit:
         return {"input_ids": ids, "attention_mask": np.asarray(inputs["attention_mask"], dtype=np.int64),
                 "token_type_ids": np.zeros_like(ids) if types is None else np.asarray(types, dtype=np.int64)}
 
-    # metabert.engine.Runner: the state is (hidden, additive mask, 0/1 mask) as numpy arrays
+    # metabert.engine.Runner: the state is (hidden, additive mask, pooling weights) as numpy arrays
     def start(self, inputs):
-        feeds = self._feeds(inputs)
-        hidden, mask = self.embeddings.run(None, feeds)
-        return hidden, mask, feeds["attention_mask"]
+        hidden, mask, pool = self.embeddings.run(None, self._feeds(inputs))
+        return hidden, mask, pool
+
+    def layer_feeds(self, index, state) -> dict[str, np.ndarray]:
+        """Layer graph ``index``'s inputs from the runner's state."""
+        hidden, mask, pool = state
+        feeds = {"hidden": hidden, "mask": mask, "pool": pool}
+        return {name: value for name, value in feeds.items() if name in self._layer_inputs[index]}
 
     def step(self, index, state):
-        hidden, mask, att = state
-        hidden, logits = self.layers[index].run(None, {"hidden": hidden, "mask": mask, "attention_mask": att})
-        return (hidden, mask, att), torch.from_numpy(logits)
+        hidden, logits = self.layers[index].run(None, self.layer_feeds(index, state))
+        return (hidden, state[1], state[2]), torch.from_numpy(logits)
 
     def select(self, state, keep):
         """The kept rows, without the trailing positions that are padding in all of them (as
         ``adapters.trim_padding`` does for the eager runner)."""
         rows = keep.numpy()
-        hidden, mask, att = state
-        att = att[rows]
-        used = np.flatnonzero(att.any(0))
-        length = int(used[-1]) + 1 if used.size else att.shape[1]
-        if length == att.shape[1]:
-            return hidden[rows], mask[rows], att
+        hidden, mask, pool = state
+        pool = pool[rows]
+        used = np.flatnonzero((pool[..., 0] != 0).any(0))
+        length = int(used[-1]) + 1 if used.size else pool.shape[1]
+        if length == pool.shape[1]:
+            return hidden[rows], mask[rows], pool
         return (hidden[rows, :length], np.ascontiguousarray(mask[rows][..., :length]),
-                np.ascontiguousarray(att[:, :length]))
+                np.ascontiguousarray(pool[:, :length]))
 
     def full(self, inputs) -> torch.Tensor:
         return torch.from_numpy(self.full_session.run(None, self._feeds(inputs))[0])

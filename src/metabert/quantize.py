@@ -7,7 +7,7 @@ INT8 full. *Dynamic* quantization (weights INT8 ahead of time, activations quant
 their observed range; ONNX Runtime's ``quantize_dynamic``, the one call its docs suggest for
 transformers) quantizes the MatMul and Gather (embedding) nodes; *static* quantization (QDQ, ranges
 fixed from calibration data) is the alternative. Exit heads are ``Gemm`` nodes, which dynamic
-quantization leaves in fp32. docs/BENCHMARKS.md records what each option does to speed and to each
+quantization leaves in fp32 (rewritten as fp32 MatMul and Add). docs/BENCHMARKS.md records what each option does to speed and to each
 exit's accuracy.
 
 PyTorch (``quantize_eager``): ``torch.ao.quantization.quantize_dynamic`` on the encoder's
@@ -117,8 +117,7 @@ def calibration_feeds(runtime, batches: Iterable[dict]) -> dict[str, list[dict]]
         out["full.onnx"].append(feeds)
         state = runtime.start(inputs)
         for i in range(runtime.num_layers):
-            hidden, mask, att = state
-            out[f"layer_{i + 1}.onnx"].append({"hidden": hidden, "mask": mask, "attention_mask": att})
+            out[f"layer_{i + 1}.onnx"].append(runtime.layer_feeds(i, state))
             state, _ = runtime.step(i, state)
     return out
 
