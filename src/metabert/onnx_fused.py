@@ -51,27 +51,28 @@ def _renamed(graph: onnx.GraphProto, prefix: str, inputs: dict[str, str]) -> tup
 
 def _exit_test(policy: str, logits: str, num_labels: int, prefix: str) -> tuple[list, list, str]:
     """Nodes computing the scalar bool "leave now" of ``policy`` on (1, C) ``logits`` against the
-    graph input ``threshold``, as ``metabert.exits`` computes it."""
+    graph input ``threshold``, as ``metabert.exits`` computes it. Every node runs after each layer a
+    sample passes, so the rule is written in as few as it takes: the reductions run over every axis
+    of the (1, C) logits into the scalar ``If`` needs, and the entropy rule H < γ is tested as
+    sum(p log p) > -γ (``neg_threshold``, computed once per call), the same comparison in float32."""
     p = prefix
-    axes = helper.make_tensor(p + "axes", TensorProto.INT64, [1], [-1])
-    inits = [axes]
+    inits = []
     if policy == "max-prob":
         nodes = [helper.make_node("Softmax", [logits], [p + "probs"], axis=-1),
-                 helper.make_node("ReduceMax", [p + "probs"], [p + "stat"], axes=[-1], keepdims=0),
-                 helper.make_node("Greater", [p + "stat", "threshold"], [p + "leave_1"])]
+                 helper.make_node("ReduceMax", [p + "probs"], [p + "stat"], keepdims=0),
+                 helper.make_node("Greater", [p + "stat", "threshold"], [p + "leave"])]
+        return nodes, inits, p + "leave"
+    nodes = [helper.make_node("LogSoftmax", [logits], [p + "logp"], axis=-1),
+             helper.make_node("Exp", [p + "logp"], [p + "p"]),
+             helper.make_node("Mul", [p + "p", p + "logp"], [p + "plogp"]),
+             helper.make_node("ReduceSum", [p + "plogp"], [p + "negh"], keepdims=0)]  # -H, a scalar
+    if policy == "norm-entropy":
+        inits.append(helper.make_tensor(p + "logc", TensorProto.FLOAT, [], [math.log(num_labels)]))
+        nodes += [helper.make_node("Neg", [p + "negh"], [p + "stat"]),
+                  helper.make_node("Div", [p + "stat", p + "logc"], [p + "nstat"]),
+                  helper.make_node("Less", [p + "nstat", "threshold"], [p + "leave"])]
     else:
-        nodes = [helper.make_node("LogSoftmax", [logits], [p + "logp"], axis=-1),
-                 helper.make_node("Exp", [p + "logp"], [p + "p"]),
-                 helper.make_node("Mul", [p + "p", p + "logp"], [p + "plogp"]),
-                 helper.make_node("ReduceSum", [p + "plogp", p + "axes"], [p + "negh"], keepdims=0),
-                 helper.make_node("Neg", [p + "negh"], [p + "stat"])]
-        if policy == "norm-entropy":
-            inits.append(helper.make_tensor(p + "logc", TensorProto.FLOAT, [], [math.log(num_labels)]))
-            nodes.append(helper.make_node("Div", [p + "stat", p + "logc"], [p + "nstat"]))
-            nodes.append(helper.make_node("Less", [p + "nstat", "threshold"], [p + "leave_1"]))
-        else:
-            nodes.append(helper.make_node("Less", [p + "stat", "threshold"], [p + "leave_1"]))
-    nodes.append(helper.make_node("Squeeze", [p + "leave_1"], [p + "leave"]))  # (1,) -> scalar, for If
+        nodes.append(helper.make_node("Greater", [p + "negh", "neg_threshold"], [p + "leave"]))
     return nodes, inits, p + "leave"
 
 
@@ -122,6 +123,8 @@ def build(graphs: list[onnx.ModelProto], meta: dict, policy: str) -> onnx.ModelP
 
     feeds = {n: n for n in ("input_ids", "attention_mask", "token_type_ids")}
     nodes, inits, out = _renamed(embed.graph, "e/", feeds)
+    if policy == "entropy":
+        nodes.append(helper.make_node("Neg", ["threshold"], ["neg_threshold"]))
     nodes.append(helper.make_node("Identity", [out["hidden"]], ["h0"]))
     rest_nodes, rest_inits, logits, layer = block(0)
     nodes += rest_nodes + [helper.make_node("Identity", [logits], ["logits"]),
