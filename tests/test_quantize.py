@@ -135,3 +135,26 @@ def test_int8_export_calibrates_predicts_and_serves(tmp_path, capsys):
         assert health["policy"] == f"entropy (γ={record['threshold']:g})"
         body = client.post("/predict", json={"texts": ["a fine film", "awful"]}).json()
         assert [r["label"] in ("neg", "pos") for r in body["results"]] == [True, True]
+
+
+def test_exports_made_for_a_run_are_removed_when_it_ends(tmp_path):
+    """Runners exported on the fly (no --onnx) keep their folders in the temporary directory until
+    the process exits; the fp32 graphs that only fed the quantizer go at once."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = (
+        "import os, sys; sys.path.insert(0, sys.argv[1])\n"
+        "from conftest import make_tiny\n"
+        "from metabert.runners import load_runner\n"
+        "model = make_tiny(('neg', 'pos')).eval()\n"
+        "runners = [load_runner(name, model) for name in ('ort', 'ort-int8')]\n"
+        "print(sorted(n.rsplit('-', 1)[0] for n in os.listdir(os.environ['TMPDIR']) if n.startswith('metabert')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(Path(__file__).parent)],
+                          env={**os.environ, "TMPDIR": str(tmp_path)}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "['metabert-onnx', 'metabert-onnx-int8']"  # one folder per live runner
+    assert [p for p in tmp_path.iterdir() if p.name.startswith("metabert")] == []  # torch leaves its own

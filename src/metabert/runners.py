@@ -7,8 +7,10 @@ that name (``metabert.policy.record_for``) is the one it answers with.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -55,7 +57,7 @@ def export_for(model: MultiExitBert, checkpoint: str | Path | None, runner: str,
     if runner not in ("ort", "ort-int8"):
         raise ValueError(f"only the ort runners are exported, not {runner!r}")
     int8 = runner == "ort-int8"
-    fp32 = export(model, checkpoint, tempfile.mkdtemp(prefix="metabert-onnx-") if int8 or output is None else output)
+    fp32 = export(model, checkpoint, temporary_folder("metabert-onnx-") if int8 or output is None else output)
     diff = check_export(model, OrtMultiExit(fp32))
     if diff > 1e-4:
         raise ValueError(f"exported graphs differ from PyTorch by {diff:.2e} (> 1e-4)")
@@ -65,8 +67,20 @@ def export_for(model: MultiExitBert, checkpoint: str | Path | None, runner: str,
         return fp32
     from metabert.quantize import quantize_export
 
-    return quantize_export(fp32, output or tempfile.mkdtemp(prefix="metabert-onnx-int8-"), quantize_config,
-                           calibration_batches)
+    try:
+        return quantize_export(fp32, output or temporary_folder("metabert-onnx-int8-"), quantize_config,
+                               calibration_batches)
+    finally:
+        shutil.rmtree(fp32, ignore_errors=True)  # the fp32 graphs were only the quantizer's input
+
+
+def temporary_folder(prefix: str) -> Path:
+    """A folder for an export nobody asked to keep (bench, predict or serve without ``--onnx``),
+    removed when the process exits: each holds about 180 MB of graphs for MiniLM-L6, and runs that
+    left theirs behind filled the temporary directory."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def load_runner(name: str | None, model: MultiExitBert, onnx: str | Path | None = None, checkpoint=None,

@@ -27,7 +27,7 @@ from metabert.machine import hardware, hardware_summary
 from metabert.exits import policy_from_dict
 from metabert.options import comma_list
 from metabert.policy import resolve_name
-from metabert.runners import RUNNERS, all_exit_logits, export_for, load_runner
+from metabert.runners import RUNNERS, all_exit_logits, export_for, load_runner, temporary_folder
 
 
 def add_parser(sub, name):
@@ -112,9 +112,8 @@ def run(args) -> int:
             folders["ort-int8"] = args.onnx_int8
         else:
             from metabert.quantize import quantize_export
-            import tempfile
 
-            folders["ort-int8"] = quantize_export(folders["ort"], tempfile.mkdtemp(prefix="metabert-onnx-int8-"))
+            folders["ort-int8"] = quantize_export(folders["ort"], temporary_folder("metabert-onnx-int8-"))
     runners = [load_runner(name, model, folders.get(name), args.checkpoint, args.threads) for name in wanted]
     held = None
     if args.target_speedup is not None or args.max_drop is not None:
