@@ -159,3 +159,25 @@ def test_layer_inputs_select_rows_keeps_shared_and_broadcast():
     assert kept.rows["broadcast"].shape[0] == 1 and kept.rows["none"] is None
     assert kept.shared["rotary"] is inputs.shared["rotary"]
     assert LayerInputs(None, None).select(keep) == LayerInputs(None, None)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_eager_int8_quantizes_every_family(folders, family):
+    """``eager-int8`` on each family: encoder Linear layers and word embeddings in INT8, answering
+    close to the fp32 model, on a slice of a padded batch (a view, which INT8 lookups refuse as such)."""
+    from metabert import engine
+    from metabert.modeling import EagerRunner
+    from metabert.runners import EagerInt8Runner
+
+    model = diversify(MultiExitBert.from_backbone(str(folders[family]), ["neg", "pos"], seed=1), scale=5.0).eval()
+    runner = EagerInt8Runner(model)
+    encoder = runner.model.encoder
+    assert isinstance(encoder.get_input_embeddings(), torch.ao.nn.quantized.Embedding)
+    assert not any(type(m) is torch.nn.Linear for m in encoder.modules())
+    inputs = batch(model.tokenizer)
+    length = int(inputs["attention_mask"][1:3].sum(1).max())
+    sliced = {k: v[1:3, :length] for k, v in inputs.items() if k in ("input_ids", "attention_mask")}
+    assert not sliced["input_ids"].is_contiguous()
+    ours = engine.run_full(runner, sliced).logits
+    fp32 = engine.run_full(EagerRunner(model), sliced).logits
+    assert float((ours - fp32).abs().max()) <= 0.1 * float(fp32.abs().max())

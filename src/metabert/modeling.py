@@ -255,8 +255,10 @@ class MultiExitBert(nn.Module):
         return (hidden * weights).sum(1)
 
     def embed(self, input_ids, token_type_ids=None, attention_mask=None) -> torch.Tensor:
-        """(B, T) ids -> (B, T, H); ``attention_mask`` for families whose embeddings read it (DeBERTa)."""
-        return self.adapter.embed(self.encoder, input_ids, token_type_ids, attention_mask)
+        """(B, T) ids -> (B, T, H); ``attention_mask`` for families whose embeddings read it (DeBERTa).
+        The ids are made contiguous: INT8 word embeddings (``metabert.quantize.quantize_eager``)
+        refuse a view such as a slice of a padded batch."""
+        return self.adapter.embed(self.encoder, input_ids.contiguous(), token_type_ids, attention_mask)
 
     def begin(self, input_ids, attention_mask, token_type_ids=None, inference: bool = False):
         """Embeddings and what every layer needs besides the hidden state: (hidden (B, T, H),
