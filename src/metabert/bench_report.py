@@ -145,9 +145,16 @@ def profile_ort(runner, singles: list[dict], policy, count: int = 100, repeats: 
     the full graph; the per-layer path's pieces (embeddings call, one layer-with-exit call with
     numpy feeds and with OrtValues kept on the ORT side instead, the host exit test with its tensor
     wrapping, building the feeds); a session call of an empty (Identity) graph, the fixed cost of
-    any call; and early exit through the fused graph (one call) and through the per-layer steps."""
+    any call; and early exit through the fused graph (one call) and through the per-layer steps.
+    For the fused rules, the fused graph run with a threshold no exit passes (every layer, every
+    exit head, test and ``If``): its excess over the full graph is what the exits cost inside ONNX
+    Runtime (``fused_cost_per_exit_us``: per exit the full graph does not have)."""
+    import dataclasses
+
     import onnxruntime as ort
     from onnx import TensorProto, helper
+
+    from metabert.onnx_fused import FUSED_POLICIES
 
     identity = helper.make_model(helper.make_graph(
         [helper.make_node("Identity", ["x"], ["y"])], "identity",
@@ -175,9 +182,14 @@ def profile_ort(runner, singles: list[dict], policy, count: int = 100, repeats: 
             "fused_early_exit_call": lambda: engine.run(runner, inputs, policy),
             "stepped_early_exit": lambda: _stepped(runner, inputs, policy),
         }
+        if policy.name in FUSED_POLICIES:  # max-prob > 1 and entropy < 0 never hold
+            never = dataclasses.replace(policy, threshold=1.0 if policy.name == "max-prob" else 0.0)
+            pieces["fused_never_exit_call"] = lambda: engine.run(runner, inputs, never)
         for name, fn in pieces.items():
             sums[name] = sums.get(name, 0.0) + _per_call_us(fn, repeats)
     out.update({k + "_us": v / len(sample) for k, v in sums.items()})
+    if "fused_never_exit_call_us" in out:  # the full graph has one exit, the fused one every exit
+        out["fused_cost_per_exit_us"] = (out["fused_never_exit_call_us"] - out["full_graph_call_us"]) / (runner.num_layers - 1)
     return out
 
 
@@ -312,7 +324,10 @@ def markdown(report: dict, command: str, plot_name: str | None) -> str:
                 "on average), each piece timed on its own in a loop (warm caches, so a lower bound of its cost "
                 "inside the real loop).", "", "| piece | µs |", "|---|---|"]
         for key, value in prof.items():
-            if key.endswith("_us"):
+            if key == "fused_cost_per_exit_us":
+                out.append(f"| each exit inside the fused graph (never exit - full graph call, / {len(report['per_exit'][name]) - 1}) "
+                           f"| {value:.1f} |")
+            elif key.endswith("_us"):
                 out.append(f"| {key[:-3].replace('_', ' ')} | {value:.1f} |")
     for note in report.get("notes", []):
         out += ["", note]
