@@ -59,3 +59,15 @@ def test_results_and_docs_name_no_path_of_the_machine_that_made_them():
     absolute = re.compile(r"(?<![\w.:/])/(?:work|home|tmp|root|Users|mnt)/")
     offenders = [str(p.relative_to(root)) for p in files if absolute.search(p.read_text())]
     assert not offenders, f"absolute paths in {offenders} (run scripts/relative_data_paths.py)"
+
+
+def test_bench_runs_page_is_regenerated_from_its_committed_reports():
+    """results/bench/runs/targets.md is what scripts/bench_runs.py makes of the reports beside it."""
+    import json
+
+    from metabert.bench_report import targets_across_runs
+
+    folder = ROOT / "results" / "bench" / "runs"
+    files = sorted(folder.glob("*.bench.json"))
+    assert len(files) >= 2
+    assert targets_across_runs([(f.name, json.loads(f.read_text())) for f in files]) == (folder / "targets.md").read_text()
