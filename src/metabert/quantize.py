@@ -7,8 +7,8 @@ INT8 full. *Dynamic* quantization (weights INT8 ahead of time, activations quant
 their observed range; ONNX Runtime's ``quantize_dynamic``, the one call its docs suggest for
 transformers) quantizes the MatMul and Gather (embedding) nodes; *static* quantization (QDQ, ranges
 fixed from calibration data) is the alternative. Exit heads are ``Gemm`` nodes, which dynamic
-quantization leaves in fp32 (rewritten as fp32 MatMul and Add). docs/BENCHMARKS.md records what each option does to speed and to each
-exit's accuracy.
+quantization leaves in fp32 (rewritten as fp32 MatMul and Add). docs/INT8_OPTIONS.md records what
+each option does to speed and to each exit's accuracy.
 
 PyTorch (``quantize_eager``): ``torch.ao.quantization.quantize_dynamic`` on the encoder's
 ``nn.Linear`` layers (INT8 weights, fbgemm/x86 kernels) and 8-bit word embeddings; exit heads stay fp32.
