@@ -3,7 +3,7 @@
 Usage: python scripts/int8_options.py CHECKPOINT OUTPUT.json [TASK] [N_TIMED]   (GLUE_DIR set)
 Exports the checkpoint once (fp32), quantizes it with each option (ONNX Runtime dynamic, dynamic
 per-channel, static QDQ on 256 examples of the calibration slice, and the eager PyTorch dynamic
-quantization), scores every exit of each on dev (batch 64, length-sorted), and times the full
+quantization per tensor and per channel), scores every exit of each on dev (batch 64, length-sorted), and times the full
 graph at batch 1 on the first N_TIMED dev examples, all options interleaved, 3 rounds. Writes the
 JSON and a generated markdown page beside it (OUTPUT.md).
 """
@@ -12,7 +12,6 @@ import datetime as dt
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,8 +23,8 @@ from metabert.batching import collate, encode, model_inputs
 from metabert.calibration import calibration_set, evaluation_set
 from metabert.modeling import EagerRunner, MultiExitBert
 from metabert.onnx_runtime import OrtMultiExit
-from metabert.quantize import QuantizeConfig, quantize_export
-from metabert.runners import EagerInt8Runner, all_exit_logits, export_for
+from metabert.quantize import QuantizeConfig, quantize_eager, quantize_export
+from metabert.runners import EagerInt8Runner, all_exit_logits, export_for, temporary_folder
 
 OPTIONS = {
     "ort dynamic, per tensor": QuantizeConfig(per_channel=False),
@@ -45,9 +44,11 @@ def main(checkpoint, output, task="sst2", timed=200):
     held_enc = encode(held, model.tokenizer, 128)
     static_batches = [model_inputs(collate(held_enc, [i], pad)) for i in range(256)]
     fp32 = export_for(model, checkpoint, "ort")
-    runners = {"eager fp32": EagerRunner(model), "ort fp32": OrtMultiExit(fp32), "eager int8 (torch dynamic)": EagerInt8Runner(model)}
+    runners = {"eager fp32": EagerRunner(model), "ort fp32": OrtMultiExit(fp32),
+               "eager int8 (torch dynamic), per tensor": EagerRunner(quantize_eager(model, per_channel=False)),
+               "eager int8 (torch dynamic), per channel (eager-int8)": EagerInt8Runner(model)}
     for name, config in OPTIONS.items():
-        folder = quantize_export(fp32, tempfile.mkdtemp(prefix="metabert-opt-"), config,
+        folder = quantize_export(fp32, temporary_folder("metabert-opt-"), config,
                                  static_batches if config.method == "static" else None)
         runners[name] = OrtMultiExit(folder, threads=2)
     report = {"checkpoint": Path(checkpoint).name, "task": task, "date": dt.date.today().isoformat(),
