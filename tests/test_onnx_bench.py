@@ -34,7 +34,6 @@ def test_onnx_matches_pytorch_on_every_exit(exported):
     assert (engine.run_full(EagerRunner(model), enc).logits - full.logits).abs().max() < 1e-4
 
 
-
 def test_folder_of_an_older_export_is_refused_with_the_command_that_redoes_it(exported, tmp_path):
     """Format 1 folders (layer graphs fed the 0/1 mask) would run with wrong inputs: refused by name."""
     from metabert.onnx_runtime import META_NAME
@@ -45,6 +44,7 @@ def test_folder_of_an_older_export_is_refused_with_the_command_that_redoes_it(ex
     (tmp_path / META_NAME).write_text(json.dumps(meta))
     with pytest.raises(ValueError, match=r"older metabert \(ONNX folder format 1.*metabert export --checkpoint"):
         OrtMultiExit(tmp_path)
+
 
 def test_flops_count_layers_and_heads():
     model = make_tiny(("a", "b"))
