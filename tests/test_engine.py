@@ -24,7 +24,11 @@ from metabert.runners import RUNNERS as REGISTERED, EagerInt8Runner
 TEXTS = ["good", "bad film", "a long and winding review of a film that was neither good nor bad",
          "truly awful", "wonderful", "meh , it was fine i guess", "the best", "not the best"] * 2
 RUNNERS = ["eager", "eager-int8", "ort", "ort-int8"]  # metabert.runners.RUNNERS, each checked here
-BATCHED_TOL = {"eager": 1e-4, "ort": 1e-4, "eager-int8": 2e-2, "ort-int8": 2e-2}  # x the largest |logit|, fp32: absolute
+# How far a row's logits in a batch may be from the same row's in the full pass: x the largest |logit|
+# for INT8, absolute for fp32. Dynamic INT8 quantizes activations over the rows still running, so a
+# row's logits move as others leave; eager-int8's exit heads too (their dense layers are INT8), which
+# on these saturated random heads moves a row by up to 3%. A row put in another's place moves by ~100%.
+BATCHED_TOL = {"eager": 1e-4, "ort": 1e-4, "eager-int8": 5e-2, "ort-int8": 2e-2}
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ quantization leaves in fp32 (rewritten as fp32 MatMul and Add). docs/INT8_OPTION
 each option does to speed and to each exit's accuracy.
 
 PyTorch (``quantize_eager``): ``torch.ao.quantization.quantize_dynamic`` on the encoder's
-``nn.Linear`` layers (INT8 weights per channel, fbgemm/x86 kernels) and 8-bit word embeddings; exit heads stay fp32.
+``nn.Linear`` layers (INT8 weights per channel, fbgemm/x86 kernels), 8-bit word embeddings, and
+the exit heads' pooler dense layers (their small classifiers stay fp32).
 """
 
 from __future__ import annotations
@@ -166,26 +167,33 @@ def quantize_export(source: str | Path, output: str | Path, config: QuantizeConf
     return output
 
 
-def quantize_eager(model: nn.Module, per_channel: bool = True) -> nn.Module:
+def quantize_eager(model: nn.Module, per_channel: bool = True, heads: bool = True) -> nn.Module:
     """A copy of a ``MultiExitBert`` whose encoder Linear layers are dynamically quantized to INT8
     (``torch.ao.quantization.quantize_dynamic``; ``per_channel``: one weight scale per output channel,
     as the ONNX Runtime export does by default; docs/INT8_OPTIONS.md has each exit's score and the
     speed of both) and whose word embeddings are stored in 8 bits with
     one scale per row (weight-only, as ONNX Runtime quantizes its Gather; they are half of
-    MiniLM-L6's weights, so without them the INT8 model is 0.66 of the fp32 one on disk). The exit
-    heads stay fp32 (their fast inference path reads the fp32 weights, and they are a few percent of
-    the work); position and type embeddings too (small, and their lookups pass index views that the
-    quantized lookup refuses)."""
+    MiniLM-L6's weights, so without them the INT8 model is 0.66 of the fp32 one on disk).
+    ``heads``: the exit heads' pooler dense layers (H x H) are quantized the same way. At batch 1
+    an exit head runs after every layer a sample passes, and its fp32 H x H weights are a third of
+    an INT8 layer's bytes (MiniLM-L6: 0.56 MiB against 1.69 MiB), read from memory at each exit
+    (``scripts/probes/int8heads.py``; docs/ENGINE.md). The heads' classifiers (H x C) stay fp32, as
+    do position and type embeddings (small, and their lookups pass index views that the quantized
+    lookup refuses)."""
     import torch
     from torch.ao.quantization import (default_dynamic_qconfig, float_qparams_weight_only_qconfig,
                                       per_channel_dynamic_qconfig, quantize_dynamic)
 
     quantized = copy.deepcopy(model).eval()
     words = quantized.encoder.get_input_embeddings()
-    spec = {nn.Linear: per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig}
+    linear = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
+    spec = {nn.Linear: linear}
     spec.update({name: float_qparams_weight_only_qconfig for name, module in quantized.encoder.named_modules()
                  if module is words})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao
         quantized.encoder = quantize_dynamic(quantized.encoder, spec, dtype=torch.qint8)
+        if heads:
+            dense = {name: linear for name, module in quantized.exits.named_modules() if name.endswith("dense")}
+            quantized.exits = quantize_dynamic(quantized.exits, dense, dtype=torch.qint8)
     return quantized

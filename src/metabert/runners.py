@@ -26,7 +26,7 @@ RUNNERS = ("eager", "eager-int8", "ort", "ort-int8")
 
 class EagerInt8Runner(EagerRunner):
     """The eager runner over a copy of the model with INT8 dynamically quantized encoder Linear
-    layers (``metabert.quantize.quantize_eager``); exit heads stay fp32."""
+    layers, word embeddings and exit heads' dense layers (``metabert.quantize.quantize_eager``)."""
 
     name = "eager-int8"
 
