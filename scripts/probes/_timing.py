@@ -23,3 +23,11 @@ def interleaved(variants: dict, rounds: int, repeat: int = 1, warm: int = 5) -> 
 def report(results: dict[str, list[float]], unit: str = "us per call") -> None:
     for name, values in results.items():
         print(f"{name}: median {np.median(values):.1f} {unit} (rounds: {', '.join(f'{v:.0f}' for v in values)})")
+
+
+def sst2_dev(count: int | None = None) -> list[tuple[str, int]]:
+    """The first ``count`` (all if None) SST-2 dev sentences and labels, read by metabert's GLUE
+    reader from $GLUE_DIR."""
+    from metabert.data import load_glue
+
+    return [(e.text, e.label) for e in load_glue("sst2", "dev").examples[:count]]

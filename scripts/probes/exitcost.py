@@ -2,17 +2,16 @@
 threshold no exit passes (all layers, every head, test and If) vs the chain of per-layer sessions.
 Usage: GLUE_DIR=... python scripts/probes/exitcost.py COUNT ROUNDS ONNX_FOLDER [ONNX_FOLDER ...] (folders from `metabert export`, with
 `--quantize int8 --no-calibrate` for INT8; SST-2 dev sentences at batch 1)."""
-import os
 import sys as _sys, os.path as _p
 _sys.path.insert(0, _p.dirname(_p.abspath(__file__)))
-from _timing import interleaved, report  # noqa: E402
-import csv, sys, time
+from _timing import interleaved, report, sst2_dev  # noqa: E402
+import sys, time
 import numpy as np, torch
 from metabert.onnx_runtime import OrtMultiExit
 from metabert.exits import EntropyPolicy
 
 count, rounds, folders = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
-rows = list(csv.reader(open(os.path.join(os.environ["GLUE_DIR"], "SST-2", "dev.tsv")), delimiter="\t", quoting=csv.QUOTE_NONE))[1:count + 1]
+rows = sst2_dev(count)
 never = EntropyPolicy(0.0)
 variants = {}
 for folder in folders:

@@ -2,12 +2,10 @@
 with a threshold no exit passes (every layer, head and test), and one that the first exit always
 passes (embeddings, one layer, head, test); with the mean of the two splits into fixed cost and cost
 per layer. Usage: GLUE_DIR=... python scripts/probes/exitsplit.py CHECKPOINT [N] [R]"""
-import os
 import sys
 import os.path as _p
 sys.path.insert(0, _p.dirname(_p.abspath(__file__)))
-from _timing import interleaved, report  # noqa: E402
-import csv
+from _timing import interleaved, report, sst2_dev  # noqa: E402
 import numpy as np
 import torch
 from metabert import engine
@@ -18,8 +16,7 @@ from metabert.runners import EagerInt8Runner
 torch.set_num_threads(2)
 m = MultiExitBert.from_pretrained(sys.argv[1]).eval()
 n, rounds = (int(sys.argv[2]) if len(sys.argv) > 2 else 200), (int(sys.argv[3]) if len(sys.argv) > 3 else 5)
-rows = list(csv.reader(open(os.path.join(os.environ["GLUE_DIR"], "SST-2", "dev.tsv")), delimiter="\t",
-                       quoting=csv.QUOTE_NONE))[1:n + 1]
+rows = sst2_dev(n)
 xs = [dict(m.tokenizer([t], return_tensors="pt")) for t, _ in rows]
 never, always = get_policy("entropy", -1.0), get_policy("entropy", 100.0)
 variants = {}

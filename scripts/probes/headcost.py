@@ -2,16 +2,15 @@
 exit (extracted up to hidden_out), both run without optimizing again; fp32 and INT8 folders.
 Usage: GLUE_DIR=... python scripts/probes/headcost.py COUNT ROUNDS ONNX_FOLDER [ONNX_FOLDER ...] (folders from `metabert export`, with
 `--quantize int8 --no-calibrate` for INT8; SST-2 dev sentences at batch 1)."""
-import os
 import sys as _sys, os.path as _p
 _sys.path.insert(0, _p.dirname(_p.abspath(__file__)))
-from _timing import interleaved, report  # noqa: E402
-import csv, sys, tempfile, time
+from _timing import interleaved, report, sst2_dev  # noqa: E402
+import sys, tempfile, time
 import numpy as np, onnx, onnxruntime as ort
 from metabert.onnx_runtime import OrtMultiExit
 
 count, rounds, folders = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
-rows = list(csv.reader(open(os.path.join(os.environ["GLUE_DIR"], "SST-2", "dev.tsv")), delimiter="\t", quoting=csv.QUOTE_NONE))[1:count + 1]
+rows = sst2_dev(count)
 variants = {}
 for folder in folders:
     r = OrtMultiExit(folder)

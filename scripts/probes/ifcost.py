@@ -2,11 +2,10 @@
 prepacking off, pre-optimized run without optimizing, and inside If(true).
 Usage: GLUE_DIR=... python scripts/probes/ifcost.py ONNX_FOLDER COUNT ROUNDS (folders from `metabert export`, with
 `--quantize int8 --no-calibrate` for INT8; SST-2 dev sentences at batch 1)."""
-import os
 import sys as _sys, os.path as _p
 _sys.path.insert(0, _p.dirname(_p.abspath(__file__)))
-from _timing import interleaved, report  # noqa: E402
-import csv, sys, tempfile, time
+from _timing import interleaved, report, sst2_dev  # noqa: E402
+import sys, tempfile, time
 from pathlib import Path
 import numpy as np, onnx, onnxruntime as ort
 from onnx import helper, TensorProto
@@ -15,7 +14,7 @@ from metabert.onnx_fused import _renamed
 
 folder, count, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 r = OrtMultiExit(folder)
-rows = list(csv.reader(open(os.path.join(os.environ["GLUE_DIR"], "SST-2", "dev.tsv")), delimiter="\t", quoting=csv.QUOTE_NONE))[1:count + 1]
+rows = sst2_dev(count)
 feeds = []
 for text, _ in rows:
     enc = r.tokenizer([text], return_tensors="np")

@@ -2,12 +2,10 @@
 process: full model and early exit at the checkpoint's calibrated γ (the same γ for both), on N SST-2
 dev sentences, R rounds, medians; and each variant's dev score over all 872 at batch 1 (early exit).
 Usage: GLUE_DIR=... python scripts/probes/int8heads.py CHECKPOINT [N] [R]"""
-import os
 import sys
 import os.path as _p
 sys.path.insert(0, _p.dirname(_p.abspath(__file__)))
-from _timing import interleaved, report  # noqa: E402
-import csv
+from _timing import interleaved, report, sst2_dev  # noqa: E402
 import numpy as np
 import torch
 from metabert import engine
@@ -19,10 +17,9 @@ torch.set_num_threads(2)
 m = MultiExitBert.from_pretrained(sys.argv[1]).eval()
 n, rounds = (int(sys.argv[2]) if len(sys.argv) > 2 else 200), (int(sys.argv[3]) if len(sys.argv) > 3 else 5)
 policy = resolve(stored=m.config.exit_policy).policy
-rows = list(csv.reader(open(os.path.join(os.environ["GLUE_DIR"], "SST-2", "dev.tsv")), delimiter="\t",
-                       quoting=csv.QUOTE_NONE))[1:]
+rows = sst2_dev()
 xs = [dict(m.tokenizer([t], return_tensors="pt")) for t, _ in rows]
-labels = [int(y) for _, y in rows]
+labels = [y for _, y in rows]
 runners = {"fp32 heads": EagerRunner(quantize_eager(m, heads=False)), "int8 heads": EagerRunner(quantize_eager(m))}
 variants = {}
 for name, r in runners.items():

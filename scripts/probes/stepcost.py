@@ -1,17 +1,16 @@
 """Eager batch 1, interleaved in one process: layer 2 alone, with its exit head, as the runner's
 step, and the exit head alone and after its layer at 2 torch threads and switched to 1. Usage: GLUE_DIR=... python scripts/probes/stepcost.py CHECKPOINT   (100 SST-2 dev sentences,
 5 rounds, medians)."""
-import os
 import sys as _sys, os.path as _p
 _sys.path.insert(0, _p.dirname(_p.abspath(__file__)))
-from _timing import interleaved, report  # noqa: E402
-import csv, time, sys
+from _timing import interleaved, report, sst2_dev  # noqa: E402
+import time, sys
 import numpy as np, torch
 from metabert.modeling import MultiExitBert, EagerRunner
 torch.set_num_threads(2)
 m = MultiExitBert.from_pretrained(sys.argv[1]).eval()
 r = EagerRunner(m)
-rows = list(csv.reader(open(os.path.join(os.environ["GLUE_DIR"], "SST-2", "dev.tsv")), delimiter="\t", quoting=csv.QUOTE_NONE))[1:101]
+rows = sst2_dev(100)
 xs = [dict(m.tokenizer([t], return_tensors="pt")) for t, _ in rows]
 starts = [r.start(x) for x in xs]
 def layer(s): m.run_layer(1, s[0], s[1])

@@ -95,12 +95,9 @@ class ExitHead(nn.Module):
 
     def infer(self, pooled: torch.Tensor) -> torch.Tensor:
         """``forward`` without dropout and module-call overhead, for inference (a batch-1 head costs
-        about as much in Python calls as in arithmetic). A dense layer quantized to INT8
-        (``metabert.quantize.quantize_eager``) is called as the module it became."""
-        dense = self.dense
-        if dense is not None:
-            pooled = torch.tanh(F.linear(pooled, dense.weight, dense.bias) if type(dense) is nn.Linear else dense(pooled))
-        return F.linear(pooled, self.classifier.weight, self.classifier.bias)
+        about as much in Python calls as in arithmetic)."""
+        hidden = pooled if self.dense is None else torch.tanh(F.linear(pooled, self.dense.weight, self.dense.bias))
+        return F.linear(hidden, self.classifier.weight, self.classifier.bias)
 
 
 class MultiExitBert(nn.Module):

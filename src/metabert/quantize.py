@@ -27,7 +27,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable
 
+import torch
 from torch import nn
+from torch.nn import functional as F
+
+from metabert.modeling import ExitHead
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +184,6 @@ def quantize_eager(model: nn.Module, per_channel: bool = True, heads: bool = Tru
     measures what INT8 heads save (docs/ENGINE.md). The heads' classifiers (H x C) stay fp32, as
     do position and type embeddings (small, and their lookups pass index views that the quantized
     lookup refuses)."""
-    import torch
     from torch.ao.quantization import (default_dynamic_qconfig, float_qparams_weight_only_qconfig,
                                       per_channel_dynamic_qconfig, quantize_dynamic)
 
@@ -194,6 +197,17 @@ def quantize_eager(model: nn.Module, per_channel: bool = True, heads: bool = Tru
         warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao
         quantized.encoder = quantize_dynamic(quantized.encoder, spec, dtype=torch.qint8)
         if heads:
-            dense = {name: linear for name, module in quantized.exits.named_modules() if name.endswith("dense")}
-            quantized.exits = quantize_dynamic(quantized.exits, dense, dtype=torch.qint8)
+            pooler = [i for i, head in enumerate(quantized.exits) if head.dense is not None]
+            spec = {f"{i}.dense": linear for i in pooler}
+            quantized.exits = quantize_dynamic(quantized.exits, spec, dtype=torch.qint8)
+            for i in pooler:  # same module, same weights: only its fast inference path changes
+                quantized.exits[i].__class__ = Int8ExitHead
     return quantized
+
+
+class Int8ExitHead(ExitHead):
+    """An ``ExitHead`` whose pooler dense layer ``quantize_eager`` made a dynamic INT8 module: its
+    fast inference path calls that module (the fp32 one reads the Linear's weights directly)."""
+
+    def infer(self, pooled):
+        return F.linear(torch.tanh(self.dense(pooled)), self.classifier.weight, self.classifier.bias)
