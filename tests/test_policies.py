@@ -89,3 +89,39 @@ def test_registry_errors_and_round_trip():
         get_policy("patience", patience=0)
     policy = get_policy("patience-entropy", 0.2, 3)
     assert policy_from_dict(policy_to_dict(policy)) == policy
+
+
+def test_decide_one_answers_as_step_does_or_not_at_all():
+    """The engine's batch-1 test in Python floats (``decide_one``) never contradicts ``step``, the
+    float32 rule the simulator uses: on logits of every size and class count, with thresholds drawn
+    at and around each sample's own statistic, where the two are closest to disagreeing."""
+    from hypothesis import given, settings, strategies as st
+
+    from metabert.exits import ThresholdPolicy
+
+    logit = st.floats(-60, 60, allow_nan=False, width=32)
+
+    rules = sorted(n for n, p in POLICIES.items() if issubclass(p, ThresholdPolicy))
+
+    @settings(max_examples=400, deadline=None)
+    @given(st.sampled_from(rules), st.lists(logit, min_size=2, max_size=6),
+           st.floats(-1e-3, 1e-3), st.sampled_from([0.0, 1e-7, 1e-5, 1e-4, 3e-4, 1e-2]))
+    def check(name, values, shift, exact):
+        row = torch.tensor([values], dtype=torch.float32)
+        own = float(POLICIES[name].statistic(row)[0])
+        for threshold in (own, own + shift, own * (1 + exact), own - exact, 0.3, 0.69, 0.9):
+            policy = get_policy(name, threshold)
+            quick = policy.decide_one(row[0].tolist())
+            if quick is not None:
+                assert quick == bool(policy.step(row, policy.init_state(1))[0][0]), (name, values, threshold)
+
+    check()
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_decide_one_leaves_stateful_rules_and_bad_logits_to_step(name):
+    policy = get_policy(name, 0.3, 2)
+    stateful = policy.state_size > 0
+    assert (policy.decide_one([5.0, 0.0]) is None) == stateful
+    assert policy.decide_one([float("nan"), 0.0]) is None
+    assert policy.decide_one([float("inf"), 0.0]) is None

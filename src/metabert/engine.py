@@ -95,7 +95,8 @@ def host_threads(runner):
 def run(runner: Runner, inputs: dict[str, Any], policy: ExitPolicy) -> ExitResult:
     """Per-sample early exit of one padded batch: sample b leaves at the first exit where ``policy``
     says so; the last exit always answers. One host synchronisation per layer (how many rows
-    leave); at batch 1, no row bookkeeping at all (it would cost as much as the exit head)."""
+    leave); at batch 1, no row bookkeeping at all (it would cost as much as the exit head), and the
+    exit test in Python floats (``ExitPolicy.decide_one``) where the policy has it."""
     with host_threads(runner):
         return _run(runner, inputs, policy)
 
@@ -120,13 +121,17 @@ def _run(runner: Runner, inputs: dict[str, Any], policy: ExitPolicy) -> ExitResu
         if i == last:
             out_logits[rows] = logits
             break
-        done, policy_state = policy.step(logits, policy_state)  # (R,) bool
-        if len(rows) == 1:
-            if bool(done[0]):
+        if len(rows) == 1:  # one row: no bookkeeping, and the rule in Python floats where it can
+            leave = policy.decide_one(logits[0].tolist())
+            if leave is None:
+                done, policy_state = policy.step(logits, policy_state)
+                leave = bool(done[0])
+            if leave:
                 out_logits[rows] = logits
                 exit_layer[rows] = i
                 break
             continue
+        done, policy_state = policy.step(logits, policy_state)  # (R,) bool
         leaving = int(done.sum())
         if leaving == 0:
             continue

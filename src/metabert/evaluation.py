@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from tqdm.auto import tqdm
 
 from metabert import metrics
 from metabert.batching import Encoded, eval_batches, iterate, model_inputs
-from metabert.exits import POLICIES, EntropyPolicy, ExitPolicy, entropy, get_policy, simulate_exits
+from metabert.exits import POLICIES, EntropyPolicy, ExitPolicy, ThresholdPolicy, entropy, get_policy, simulate_exits
 from metabert import engine
 from metabert.engine import ExitResult
 from metabert.modeling import EagerRunner, MultiExitBert
@@ -87,17 +86,16 @@ def candidate_policies(logits: torch.Tensor, name: str = "entropy", patience: in
     if policy_cls.parameter == "patience":
         return [get_policy(name, patience=t) for t in range(1, logits.shape[0])] + [
             get_policy(name, patience=logits.shape[0])]
-    inner = logits[:-1]
-    if name == "max-prob":
-        stat = inner.float().softmax(-1).amax(-1).flatten()
-        lo, hi = 1.0, float(stat.min()) * 0.999  # γ=1: never exit early; below the minimum: always
+    # the threshold rules' own statistic; patience-entropy's γ is an entropy threshold
+    statistic = policy_cls.statistic if issubclass(policy_cls, ThresholdPolicy) else entropy
+    above = issubclass(policy_cls, ThresholdPolicy) and policy_cls.leave_above
+    stat = statistic(logits[:-1]).flatten()
+    if above:
+        lo, hi = 1.0, float(stat.min()) * 0.999  # max-prob γ=1: never exit early; below the minimum: always
     else:
-        stat = entropy(inner).flatten()
-        if name == "norm-entropy":
-            stat = stat / math.log(logits.shape[-1])
         lo, hi = 0.0, float(stat.max()) * 1.001 + 1e-6
     qs = torch.quantile(stat, torch.linspace(0, 1, count)).tolist()[1:-1]
-    values = sorted({lo, hi, *(float(f"{q:.4g}") for q in qs)}, reverse=(name == "max-prob"))
+    values = sorted({lo, hi, *(float(f"{q:.4g}") for q in qs)}, reverse=above)
     return [get_policy(name, threshold=v, patience=patience) for v in values]
 
 

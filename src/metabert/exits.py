@@ -33,6 +33,27 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(-1)
 
 
+# How close (in the statistic's own units, nats or probability; per class) a statistic computed in
+# float64 from one sample's logits may come to γ before ``decide_one`` leaves the decision to the
+# float32 ``step``: float32 softmax and entropy over C classes are off by about C x 1e-7 at most.
+SCALAR_MARGIN = 1e-4
+
+
+def _softmax_one(values: list[float]) -> list[float] | None:
+    """softmax of one sample's logits in Python floats (None where one is not finite)."""
+    if not all(math.isfinite(v) for v in values):
+        return None
+    top = max(values)
+    exps = [math.exp(v - top) for v in values]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
+def _entropy_one(values: list[float]) -> float | None:
+    probs = _softmax_one(values)
+    return None if probs is None else -sum(p * math.log(p) for p in probs if p > 0.0)
+
+
 @dataclass(frozen=True)
 class ExitPolicy:
     """Base of the registered policies. ``threshold`` is γ; ``patience`` is t (where used)."""
@@ -51,6 +72,14 @@ class ExitPolicy:
         """(B, C) logits, (B, S) state -> (B,) bool "exit now", new state."""
         raise NotImplementedError
 
+    def decide_one(self, values: list[float]) -> bool | None:
+        """The rule on one sample's exit logits as Python floats (the engine's batch-1 path, where a
+        handful of torch ops on a (1, C) tensor cost more than the arithmetic): True leave, False
+        stay, None where the rule needs ``step`` (a stateful rule, non-finite logits, or a statistic
+        within ``SCALAR_MARGIN`` of γ, where float64 and the float32 ``step`` might disagree). Where it
+        answers, it answers as ``step`` does; tests/test_policies.py checks that."""
+        return None
+
     def describe(self) -> str:
         if self.parameter == "patience":
             return f"{self.name} (t={self.patience})"
@@ -59,27 +88,68 @@ class ExitPolicy:
 
 
 @dataclass(frozen=True)
-class EntropyPolicy(ExitPolicy):
+class ThresholdPolicy(ExitPolicy):
+    """A stateless rule on one statistic of an exit's prediction: leave where ``statistic`` < γ
+    (``leave_above``: > γ)."""
+
+    leave_above: ClassVar[bool] = False
+
+    @staticmethod
+    def statistic(logits: torch.Tensor) -> torch.Tensor:
+        """(B, C) logits -> (B,) the statistic, in float32 at least."""
+        raise NotImplementedError
+
+    @staticmethod
+    def statistic_one(values: list[float]) -> float | None:
+        """``statistic`` of one sample's logits in Python floats (None where one is not finite)."""
+        raise NotImplementedError
+
+    def step(self, logits, state):
+        stat = self.statistic(logits)
+        return (stat > self.threshold if self.leave_above else stat < self.threshold), state
+
+    def decide_one(self, values):
+        stat = self.statistic_one(values)
+        if stat is None or abs(stat - self.threshold) <= SCALAR_MARGIN * len(values):
+            return None
+        return stat > self.threshold if self.leave_above else stat < self.threshold
+
+
+@dataclass(frozen=True)
+class EntropyPolicy(ThresholdPolicy):
     name: ClassVar[str] = "entropy"
 
-    def step(self, logits, state):
-        return entropy(logits) < self.threshold, state
+    statistic = staticmethod(entropy)
+    statistic_one = staticmethod(_entropy_one)
 
 
 @dataclass(frozen=True)
-class NormEntropyPolicy(ExitPolicy):
+class NormEntropyPolicy(ThresholdPolicy):
     name: ClassVar[str] = "norm-entropy"
 
-    def step(self, logits, state):
-        return entropy(logits) / math.log(logits.shape[-1]) < self.threshold, state
+    @staticmethod
+    def statistic(logits):
+        return entropy(logits) / math.log(logits.shape[-1])
+
+    @staticmethod
+    def statistic_one(values):
+        h = _entropy_one(values)
+        return None if h is None else h / math.log(len(values))
 
 
 @dataclass(frozen=True)
-class MaxProbPolicy(ExitPolicy):
+class MaxProbPolicy(ThresholdPolicy):
     name: ClassVar[str] = "max-prob"
+    leave_above: ClassVar[bool] = True
 
-    def step(self, logits, state):
-        return logits.float().softmax(-1).amax(-1) > self.threshold, state
+    @staticmethod
+    def statistic(logits):
+        return logits.float().softmax(-1).amax(-1)
+
+    @staticmethod
+    def statistic_one(values):
+        probs = _softmax_one(values)
+        return None if probs is None else max(probs)
 
 
 def _runs(agree: torch.Tensor, counts: torch.Tensor, counted: torch.Tensor) -> torch.Tensor:
