@@ -125,12 +125,14 @@ def test_table_one_rows_exit_rules_and_a_static_model(tmp_path, glue_dir):
     made_before = {**full, "early_exit": {"1.5": {"score": 50.0, "dev_layer_speedup": 1.6}}}  # by an entropy rule
     assert measure(made_before, "at_1.5x") is None
     text = (out / "table2.md").read_text()
-    assert text.startswith("# Table I here\n") and "- `pabee`: method=weighted, policy=patience" in text
+    assert text.startswith("# Table I here\n") and "- `pabee` (the paper's PABEE): method=weighted, policy=patience" in text
+    assert "| pabee (PABEE; 3 layers) |" in text and "| static2 (2 layers) |" in text  # paper's name, our depth
+    assert "mnli (no MNLI/train.tsv in the GLUE folder)" in text  # the paper's columns we cannot run
     assert "## The paper's Table I " in text and "| PABEE | 86.2 |" in text and "Table II" not in text
     assert "(1.50x)" in text and "early exit at 1.2x layer speed-up" in text
     assert "(one seed)" in text and "± 0.0" not in text  # one seed shows no spread, not a zero one
     mean_table = text.split("## mean over all exits")[1].split("##")[0]
-    assert "| full | n/a | n/a |" in mean_table and "| static2 | n/a | n/a |" in mean_table
+    assert "| full (3 layers) | n/a | n/a |" in mean_table and "| static2 (2 layers) | n/a | n/a |" in mean_table
     assert "A static row" in text
 
 
@@ -225,3 +227,44 @@ def test_a_cell_cut_short_resumes_from_its_saved_state(tmp_path, glue_dir, monke
     # the cut epoch's examples and time before the cut are counted: all 40 examples, not those after it
     assert log[1]["examples_per_second"] * log[1]["train_seconds"] == pytest.approx(40)
     assert log[1]["train_seconds"] > saves[-1]["epoch_seconds"]
+
+
+def _cell(task, method, seed, score, static=False):
+    """A finished cell's result as ``run_cell`` writes it, scoring ``score`` everywhere."""
+    config = {"method": "last" if static else "joint", "num_layers": 3 if static else None}
+    early = {"2": {"score": score, "dev_layer_speedup": 2.0, **({"static": True} if static else {})}}
+    return {"task": task, "method": method, "seed": seed, "config": config, "per_exit": [score] * (3 if static else 6),
+            "last_exit": score, "mean_over_exits": score, "early_exit": early, "train_seconds": 1.0}
+
+
+@pytest.mark.parametrize("case", ["holds", "does not hold", "not settled"])
+def test_the_papers_ordering_is_judged_from_paired_seeds(case):
+    """Table I's verdict: the paper's two best rows among ours (MetaBERT, then GAML-BERT) against each
+    other and against our best other row, seed by seed at 2x; written from the standings alone."""
+    from metabert.recipes.reproduce import aggregate, ordering, render_ordering
+
+    tasks = ["rte", "mrpc"]
+    offsets = {"holds": {"meta": 3.0, "gaml": 1.5}, "does not hold": {"meta": -2.0, "gaml": 1.0},
+               "not settled": {"meta": 0.5, "gaml": 0.0}}[case]
+    results = []
+    for task in tasks:
+        for seed, noise in enumerate([0.0, 0.4, -0.3]):
+            results.append(_cell(task, "pabee", seed, 60.0 + noise))
+            results.append(_cell(task, "bert-3l", seed, 55.0, static=True))
+            results.append(_cell(task, "bert-6l", seed, 70.0, static=True))  # the full model: no 2x figure
+            results[-1]["early_exit"] = {"2": {"error": "static model: 1.00x < 2x"}}
+            for row, offset in offsets.items():
+                results.append(_cell(task, row, seed, 60.0 + offset + (noise if case == "not settled" else 0.1 * seed)))
+    table = aggregate(results, [2.0])
+    found = ordering(results, table, tasks, [2.0], "table1")
+    assert (found["first"], found["second"], found["best_other"]) == ("meta", "gaml", "pabee")
+    assert found["key"] == "at_2x" and "bert-6l" not in found["here_mean"]
+    text = "\n".join(render_ordering(found, tasks))
+    verdict = {"holds": "The paper's ordering (MetaBERT, then GAML-BERT, then the rest) holds here.",
+               "does not hold": "The paper's ordering does not hold here: meta is behind gaml",
+               "not settled": "These seeds do not settle the paper's ordering"}[case]
+    assert verdict in text
+    for other in {"holds", "does not hold", "not settled"} - {case}:
+        assert {"holds": "holds here.", "does not hold": "does not hold here",
+                "not settled": "do not settle"}[other] not in text
+    assert "| meta − gaml |" in text and "(3 seeds)" in text

@@ -16,6 +16,7 @@ import logging
 import statistics
 from pathlib import Path
 
+from metabert.data import DataError, glue_file
 from metabert import (RESUME_FREE, MultiExitBert, is_static_method, TrainConfig, all_exit_logits, calibration_set, choose, encode,
                       get_task, hardware, load_glue, per_exit_scores, pyplot, read_log, simulate, source_num_layers,
                       state_file, train)
@@ -27,6 +28,13 @@ def paper_tables() -> dict[str, tuple[str, dict[str, dict[str, float]]]]:
     printed under ours: {table: (title, {row: {task: score}})}."""
     data = json.loads(resources.files("metabert.recipes").joinpath("paper_tables.json").read_text())
     return {key: (table["title"], table["rows"]) for key, table in data["tables"].items()}
+
+
+def paper_row_names(paper: str) -> dict[str, str]:
+    """Our row name -> the paper's row name, for the rows of ``paper``'s table that we run under
+    another name (Table I: ``gaml`` is GAML-BERT, ``bert-3l`` the paper's BERT-6L at half depth)."""
+    data = json.loads(resources.files("metabert.recipes").joinpath("paper_tables.json").read_text())
+    return data["tables"].get(paper, {}).get("rows_here", {})
 
 
 def split_row(overrides: dict | None) -> tuple[dict, str]:
@@ -294,9 +302,113 @@ def render_paired(diffs: dict, tasks: list[str], speedups: list[float], heading:
     return out
 
 
+def _standing(d: dict | None) -> str:
+    """How a seed-by-seed difference stands: ahead or behind by more than its spread, within it, or on
+    one seed (no spread known)."""
+    if d is None:
+        return "n/a"
+    if d["std"] is None:
+        return "one seed"
+    if d["mean"] - d["std"] > 0:
+        return "ahead"
+    if d["mean"] + d["std"] < 0:
+        return "behind"
+    return "within the spread"
+
+
+def ordering(results: list[dict], table: dict, tasks: list[str], speedups: list[float], paper: str) -> dict | None:
+    """Whether the paper's ordering holds here: its two best rows among those we run (by the paper's
+    own average over ``tasks``) and our best other row (by our average over ``tasks``), compared seed
+    by seed at the paper's setting, early exit at 2x (or the largest speed-up asked for; static rows
+    at their depth). None where fewer than two of our rows have a paper figure on every task."""
+    tables = paper_tables()
+    if paper not in tables:
+        return None
+    names, paper_rows = paper_row_names(paper), tables[paper][1]
+    key = f"at_{(2.0 if 2.0 in speedups else max(speedups)):g}x"
+
+    def paper_mean(row):
+        values = [paper_rows.get(names.get(row, row), {}).get(t) for t in tasks]
+        return statistics.fmean(values) if all(v is not None for v in values) else None
+
+    def here_mean(row):
+        values = [table[row].get(t, {}).get(key) for t in tasks]
+        return statistics.fmean(v[0] for v in values) if all(values) else None
+
+    # the systems at that setting: the full model (the paper's BERT-base) has no figure at 2x
+    at_key = [r for r in table if any(c.get(key) for c in table[r].values())]
+    ranked = sorted((r for r in at_key if paper_mean(r) is not None), key=paper_mean, reverse=True)
+    if len(ranked) < 2:
+        return None
+    first, second = ranked[:2]
+    here = sorted((r for r in table if here_mean(r) is not None), key=here_mean, reverse=True)
+    others = [r for r in here if r not in (first, second)]
+    pairs = [(first, second)] + [(row, others[0]) for row in (first, second) if others]
+    diffs = paired(results, pairs, speedups)
+    comparisons = []
+    for row, ref in pairs:
+        cells = {t: diffs.get((row, ref), {}).get(t, {}).get(key) for t in tasks}
+        comparisons.append({"row": row, "reference": ref, "tasks": cells,
+                            "standing": {t: _standing(d) for t, d in cells.items()}})
+    return {"key": key, "first": first, "second": second, "best_other": others[0] if others else None,
+            "paper_mean": {r: paper_mean(r) for r in ranked}, "here_mean": {r: here_mean(r) for r in here},
+            "names": {r: names.get(r, r) for r in table}, "comparisons": comparisons}
+
+
+def render_ordering(found: dict, tasks: list[str]) -> list[str]:
+    """The ordering section: the three comparisons, and a verdict written from their standings."""
+    key, names = found["key"], found["names"]
+    label = {r: (f"{r} ({names[r]})" if names.get(r, r) != r else r) for r in names}
+    first, second, best = found["first"], found["second"], found["best_other"]
+    here = found["here_mean"]
+    rank = {r: i + 1 for i, r in enumerate(here)}
+
+    def where(row):
+        return f"{here[row]:.1f}, rank {rank[row]} of {len(here)}" if row in here else "not on every task yet"
+
+    out = ["## Does the paper's ordering hold here?", "",
+           f"Among the rows run here, the paper ranks {label[first]} first and {label[second]} second (its "
+           f"Table I average over {', '.join(tasks)}: {found['paper_mean'][first]:.1f} and "
+           f"{found['paper_mean'][second]:.1f}). Here, early exit at {key[3:]} (static rows at their depth), "
+           f"averaged over the same tasks: {label[first]} {where(first)}; {label[second]} {where(second)}; "
+           + (f"the best other row is {label[best]} ({where(best)})." if best else
+              "no other row has every task yet.")
+           + " Seed by seed (mean ± standard deviation of the differences, seeds): ahead or behind means by "
+           "more than the spread.", "",
+           "| comparison | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+    lines = []
+    for c in found["comparisons"]:
+        shown = []
+        for t in tasks:
+            d = c["tasks"][t]
+            shown.append("n/a" if d is None else spread(d["mean"], d["std"], signed=True) + (
+                "" if d["std"] is None else f" ({d['seeds']} seeds): {c['standing'][t]}"))
+        out.append(f"| {c['row']} − {c['reference']} | " + " | ".join(shown) + " |")
+        counts = {s: sum(v == s for v in c["standing"].values())
+                  for s in ("ahead", "behind", "within the spread", "one seed", "n/a")}
+        lines.append(f"{c['row']} against {c['reference']}: ahead on {counts['ahead']}, behind on "
+                     f"{counts['behind']}, within the spread on {counts['within the spread']}, one seed only on "
+                     f"{counts['one seed']}, not yet compared on {counts['n/a']} of {len(tasks)} tasks.")
+        c["counts"] = counts
+    out += ["", "Verdict, written from the standings above: " + " ".join(lines)]
+    settled = all(c["counts"]["ahead"] > len(tasks) / 2 and not c["counts"]["behind"] for c in found["comparisons"])
+    against = [c for c in found["comparisons"] if c["counts"]["behind"] > c["counts"]["ahead"]]
+    if settled and best:
+        out.append(f"The paper's ordering ({names[first]}, then {names[second]}, then the rest) holds here.")
+    elif against:
+        out.append("The paper's ordering does not hold here: " + "; ".join(
+            f"{c['row']} is behind {c['reference']} on more tasks than it is ahead" for c in against) + ".")
+    else:
+        out.append("These seeds do not settle the paper's ordering: no comparison is behind on more tasks than "
+                   "it is ahead, and not every one is ahead on most tasks.")
+    return out + [""]
+
+
 def render(table: dict, tasks: list[str], speedups: list[float], command: str, variants: dict | None = None,
            diffs: dict | None = None, title: str = "Table II reproduction", paper: str = "table2",
-           pair_diffs: dict | None = None) -> str:
+           pair_diffs: dict | None = None, order: dict | None = None, absent: dict[str, str] | None = None) -> str:
+    """The Markdown page. ``order``: the ordering section (``ordering``); ``absent``: the paper's tasks
+    not run here, each with the reason (``tasks_not_run``)."""
     def fmt(v, speedup=None, seeds=None, total=None):
         if v is None:
             return "n/a"
@@ -312,10 +424,24 @@ def render(table: dict, tasks: list[str], speedups: list[float], command: str, v
            "out for calibration (never on dev). Each run keeps the epoch whose last exit scored best on dev "
            "(the usual GLUE recipe), which flatters every row alike; the final-epoch table is free of that "
            "choice.", ""]
+    names = paper_row_names(paper)
+
+    def label(method: str) -> str:  # with the paper's name and our depth, where the paper has the row
+        if not names:
+            return method
+        depth = max((len(c["per_exit"]) for c in table.get(method, {}).values()), default=None)
+        shown = [names[method]] if method in names else []
+        shown += [f"{depth} layers"] if depth else []
+        return f"{method} ({'; '.join(shown)})" if shown else method
+
     for name, overrides in (variants or {}).items():
-        out.append(f"- `{name}`: " + ", ".join(f"{k}={v}" for k, v in overrides.items()))
+        out.append(f"- `{name}`" + (f" (the paper's {names[name]})" if name in names else "") + ": "
+                   + ", ".join(f"{k}={v}" for k, v in overrides.items()))
     if variants:
         out.append("")
+    if absent:
+        out += ["Tasks of the paper's table not run here: " + "; ".join(f"{t} ({why})" for t, why in absent.items())
+                + ".", ""]
     if any(cell.get("static") for cells in table.values() for cell in cells.values()):
         out += ["A static row (trained on its last exit only, perhaps truncated to k layers) has one depth "
                 "and no early exit: its speed-up is the backbone's layers over its own, n/a where that falls "
@@ -331,7 +457,7 @@ def render(table: dict, tasks: list[str], speedups: list[float], command: str, v
             avg = statistics.fmean(v[0] for v in vals) if all(vals) else None
             shown = [fmt(v, cells[t].get(f"{key}_speedup"), cells[t].get(f"{key}_seeds"), cells[t]["seeds"])
                      if t in cells else "n/a" for t, v in zip(tasks, vals)]
-            out.append(f"| {method} | " + " | ".join(shown) + f" | {'n/a' if avg is None else f'{avg:.1f}'} |")
+            out.append(f"| {label(method)} | " + " | ".join(shown) + f" | {'n/a' if avg is None else f'{avg:.1f}'} |")
         out.append("")
     if diffs:
         out += render_paired(diffs, tasks, speedups, f"Against the matched-compute control `{CONTROL}`, seed by seed",
@@ -339,6 +465,8 @@ def render(table: dict, tasks: list[str], speedups: list[float], command: str, v
     if pair_diffs:
         out += render_paired(pair_diffs, tasks, speedups, "Pairs asked for (--pair), seed by seed",
                              "Each line is a row minus its reference on the same seed.")
+    if order:
+        out += render_ordering(order, tasks)
     tables = paper_tables()
     if paper in tables:
         name, rows = tables[paper]
@@ -403,19 +531,39 @@ def reproduce(base: TrainConfig, tasks: list[str], methods: list[str], seeds: in
                         variants.get(method), train_missing=False, reuse=reuse)
         if done is not None:
             results[task, method, seed] = done
-    write_tables(results, cells, tasks, speedups, command, variants, root, title, paper, pairs)
+    absent = tasks_not_run(paper, tasks, base.data_dir)
+    write_tables(results, cells, tasks, speedups, command, variants, root, title, paper, pairs, absent)
     for i, (task, method, seed) in enumerate(cells):
         if (task, method, seed) in results or not train_missing:
             continue
         log.info("cell %d/%d: %s / %s / seed %d", i + 1, len(cells), task, method, seed)
         results[task, method, seed] = run_cell(base, task, method, seed, root, speedups, progress,
                                                task_options.get(task), variants.get(method), reuse=reuse)
-        write_tables(results, cells, tasks, speedups, command, variants, root, title, paper, pairs)
+        write_tables(results, cells, tasks, speedups, command, variants, root, title, paper, pairs, absent)
     return root / "table2.md"
 
 
+def tasks_not_run(paper: str, tasks: list[str], data_dir: str | None) -> dict[str, str]:
+    """The tasks of the paper's table missing from ``tasks``, each with why: no training file in the
+    GLUE folder, or not asked for."""
+    tables = paper_tables()
+    if paper not in tables:
+        return {}
+    wanted = dict.fromkeys(t for row in tables[paper][1].values() for t in row if t not in tasks)
+    out = {}
+    for task in wanted:
+        spec = get_task(task)
+        try:
+            glue_file(task, "train", data_dir)
+            out[task] = "its training file is present; not asked for in --tasks"
+        except DataError:
+            out[task] = f"no {spec.folder}/{spec.splits['train']} in the GLUE folder"
+    return out
+
+
 def write_tables(results: dict, cells: list[tuple], tasks: list[str], speedups: list[float], command: str,
-                 variants: dict, root: Path, title: str, paper: str, pairs: list[tuple[str, str]] = ()) -> None:
+                 variants: dict, root: Path, title: str, paper: str, pairs: list[tuple[str, str]] = (),
+                 absent: dict[str, str] | None = None) -> None:
     finished = [results[c] for c in cells if c in results]
     missing = [c for c in cells if c not in results]
     table = aggregate(finished, speedups)
@@ -424,9 +572,11 @@ def write_tables(results: dict, cells: list[tuple], tasks: list[str], speedups: 
     diffs = {row: d for (row, _), d in paired(finished, [(m, CONTROL) for m in order if m != CONTROL],
                                                 speedups).items()}
     pair_diffs = {f"{row} − {ref}": d for (row, ref), d in paired(finished, pairs, speedups).items()}
+    order = ordering(finished, table, tasks, speedups, paper) if paper_row_names(paper) else None
     (root / "table2.json").write_text(json.dumps({"rows": table, "control": CONTROL, "minus_control": diffs,
-                                                  "pairs": pair_diffs}, indent=2))
-    text = render(table, tasks, speedups, command, variants, diffs, title, paper, pair_diffs)
+                                                  "pairs": pair_diffs, "ordering": order,
+                                                  "tasks_not_run": absent or {}}, indent=2))
+    text = render(table, tasks, speedups, command, variants, diffs, title, paper, pair_diffs, order, absent)
     if missing:
         text += (f"\n**Incomplete: {len(finished)} of {len(cells)} cells finished.** Not yet run: "
                  + ", ".join(f"{t}/{m}/seed{k}" for t, m, k in missing) + ".\n")
