@@ -83,11 +83,13 @@ def test_bench_command_end_to_end(tmp_path, capsys):
     assert report["profile"]["ort-int8"]["fused_early_exit_call_us"] > 0
     assert report["profile"]["ort"]["fused_never_exit_call_us"] > 0 and "fused_cost_per_exit_us" in report["profile"]["ort"]
     assert report["profile"]["eager"]["early_exit_us"] > 0 and report["profile"]["eager-int8"]["exit_head_us"] > 0
+    assert report["profile"]["eager"]["never_exit_us"] > 0 and "loop_cost_per_exit_us" in report["profile"]["eager-int8"]
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
     page = (tmp_path / "BENCHMARKS.md").read_text()
     assert "## Targets" in page and "| ort-int8 | early | 1 |" in page and str(tmp_path) not in page
     assert "## Batch 1: layer speed-up, its wall-clock ceiling" in page and "## Profile: eager at batch 1" in page
     assert "| each exit inside the fused graph (never exit - full graph call, / 2) |" in page
+    assert "| each exit inside the loop (never exit - full model, / 2) |" in page
 
 
 def test_curves_command(tmp_path, capsys):

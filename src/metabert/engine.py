@@ -121,11 +121,8 @@ def _run(runner: Runner, inputs: dict[str, Any], policy: ExitPolicy) -> ExitResu
         if i == last:
             out_logits[rows] = logits
             break
-        if len(rows) == 1:  # one row: no bookkeeping, and the rule in Python floats where it can
-            leave = policy.decide_one(logits[0].tolist())
-            if leave is None:
-                done, policy_state = policy.step(logits, policy_state)
-                leave = bool(done[0])
+        if len(rows) == 1:  # one row: no bookkeeping
+            leave, policy_state = leaves_one(policy, logits, policy_state)
             if leave:
                 out_logits[rows] = logits
                 exit_layer[rows] = i
@@ -142,6 +139,17 @@ def _run(runner: Runner, inputs: dict[str, Any], policy: ExitPolicy) -> ExitResu
         keep = ~done
         rows, policy_state, state = rows[keep], policy_state[keep], runner.select(state, keep)
     return ExitResult(logits=out_logits, exit_layer=exit_layer)
+
+
+def leaves_one(policy: ExitPolicy, logits: torch.Tensor, state: torch.Tensor) -> tuple[bool, torch.Tensor]:
+    """The exit test of one row's (1, C) logits: the rule in Python floats where the policy has it
+    (``ExitPolicy.decide_one``: a few torch ops on a (1, C) tensor cost more than the arithmetic),
+    else its ``step``. (leave?, new state)."""
+    leave = policy.decide_one(logits[0].tolist())
+    if leave is None:
+        done, state = policy.step(logits, state)
+        leave = bool(done[0])
+    return leave, state
 
 
 def run_full(runner: Runner, inputs: dict[str, Any]) -> ExitResult:
