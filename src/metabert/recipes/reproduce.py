@@ -348,11 +348,26 @@ def ordering(results: list[dict], table: dict, tasks: list[str], speedups: list[
     comparisons = []
     for row, ref in pairs:
         cells = {t: diffs.get((row, ref), {}).get(t, {}).get(key) for t in tasks}
-        comparisons.append({"row": row, "reference": ref, "tasks": cells,
-                            "standing": {t: _standing(d) for t, d in cells.items()}})
-    return {"key": key, "first": first, "second": second, "best_other": others[0] if others else None,
+        standing = {t: _standing(d) for t, d in cells.items()}
+        counts = {s: sum(v == s for v in standing.values()) for s in STANDINGS}
+        comparisons.append({"row": row, "reference": ref, "tasks": cells, "standing": standing, "counts": counts})
+    best = others[0] if others else None
+    settled = best and all(c["counts"]["ahead"] > len(tasks) / 2 and not c["counts"]["behind"] for c in comparisons)
+    against = [c for c in comparisons if c["counts"]["behind"] > c["counts"]["ahead"]]
+    if settled:
+        verdict = f"The paper's ordering ({names.get(first, first)}, then {names.get(second, second)}, then the rest) holds here."
+    elif against:
+        verdict = "The paper's ordering does not hold here: " + "; ".join(
+            f"{c['row']} is behind {c['reference']} on more tasks than it is ahead" for c in against) + "."
+    else:
+        verdict = ("These seeds do not settle the paper's ordering: no comparison is behind on more tasks than it "
+                   "is ahead, and not every one is ahead on most tasks.")
+    return {"key": key, "paper_title": tables[paper][0], "first": first, "second": second, "best_other": best,
             "paper_mean": {r: paper_mean(r) for r in ranked}, "here_mean": {r: here_mean(r) for r in here},
-            "names": {r: names.get(r, r) for r in table}, "comparisons": comparisons}
+            "names": {r: names.get(r, r) for r in table}, "comparisons": comparisons, "verdict": verdict}
+
+
+STANDINGS = ("ahead", "behind", "within the spread", "one seed", "n/a")
 
 
 def render_ordering(found: dict, tasks: list[str]) -> list[str]:
@@ -368,7 +383,7 @@ def render_ordering(found: dict, tasks: list[str]) -> list[str]:
 
     out = ["## Does the paper's ordering hold here?", "",
            f"Among the rows run here, the paper ranks {label[first]} first and {label[second]} second (its "
-           f"Table I average over {', '.join(tasks)}: {found['paper_mean'][first]:.1f} and "
+           f"{found['paper_title']} average over {', '.join(tasks)}: {found['paper_mean'][first]:.1f} and "
            f"{found['paper_mean'][second]:.1f}). Here, early exit at {key[3:]} (static rows at their depth), "
            f"averaged over the same tasks: {label[first]} {where(first)}; {label[second]} {where(second)}; "
            + (f"the best other row is {label[best]} ({where(best)})." if best else
@@ -384,23 +399,11 @@ def render_ordering(found: dict, tasks: list[str]) -> list[str]:
             shown.append("n/a" if d is None else spread(d["mean"], d["std"], signed=True) + (
                 "" if d["std"] is None else f" ({d['seeds']} seeds): {c['standing'][t]}"))
         out.append(f"| {c['row']} − {c['reference']} | " + " | ".join(shown) + " |")
-        counts = {s: sum(v == s for v in c["standing"].values())
-                  for s in ("ahead", "behind", "within the spread", "one seed", "n/a")}
-        lines.append(f"{c['row']} against {c['reference']}: ahead on {counts['ahead']}, behind on "
-                     f"{counts['behind']}, within the spread on {counts['within the spread']}, one seed only on "
-                     f"{counts['one seed']}, not yet compared on {counts['n/a']} of {len(tasks)} tasks.")
-        c["counts"] = counts
-    out += ["", "Verdict, written from the standings above: " + " ".join(lines)]
-    settled = all(c["counts"]["ahead"] > len(tasks) / 2 and not c["counts"]["behind"] for c in found["comparisons"])
-    against = [c for c in found["comparisons"] if c["counts"]["behind"] > c["counts"]["ahead"]]
-    if settled and best:
-        out.append(f"The paper's ordering ({names[first]}, then {names[second]}, then the rest) holds here.")
-    elif against:
-        out.append("The paper's ordering does not hold here: " + "; ".join(
-            f"{c['row']} is behind {c['reference']} on more tasks than it is ahead" for c in against) + ".")
-    else:
-        out.append("These seeds do not settle the paper's ordering: no comparison is behind on more tasks than "
-                   "it is ahead, and not every one is ahead on most tasks.")
+        n = c["counts"]
+        lines.append(f"{c['row']} against {c['reference']}: ahead on {n['ahead']}, behind on {n['behind']}, within "
+                     f"the spread on {n['within the spread']}, one seed only on {n['one seed']}, not yet compared "
+                     f"on {n['n/a']} of {len(tasks)} tasks.")
+    out += ["", "Verdict, written from the standings above: " + " ".join(lines), found["verdict"]]
     return out + [""]
 
 
