@@ -1,9 +1,10 @@
-"""Is an exit's cost in the batch-1 loop its arithmetic, or reading its weights? eager and
-eager-int8 on SST-2 dev sentences, interleaved: every layer with no exit head; with each layer's
-own exit head after it (as early exit runs, weights read cold after the layer's); with the last
-exit's head after every layer (the same weights each time, so they stay in cache); and with each
-layer's head run twice (the second run warm). Prints each variant against layers-only: the median
-of the rounds' ratios and the implied cost per exit. Usage: GLUE_DIR=... python
+"""What makes an exit cost more in the batch-1 loop than its pieces timed alone: its arithmetic,
+reading its weights, or the number of torch calls? eager and eager-int8 on SST-2 dev sentences,
+interleaved: every layer with no exit head; with each layer's own exit head after it (as early
+exit runs); with the last exit's head after every layer (the same weights each time, so they stay
+in cache); with each layer's head run twice; and with ten tanh calls on a (1, H) vector after
+every layer (no weights, next to no arithmetic). Prints each variant against layers-only: the
+median of the rounds' ratios and the implied cost per exit. Usage: GLUE_DIR=... python
 scripts/probes/headcache.py CHECKPOINT [N] [R]"""
 import sys
 import os.path as _p
@@ -19,7 +20,7 @@ m = MultiExitBert.from_pretrained(sys.argv[1]).eval()
 n, rounds = (int(sys.argv[2]) if len(sys.argv) > 2 else 100), (int(sys.argv[3]) if len(sys.argv) > 3 else 8)
 xs = [dict(m.tokenizer([t], return_tensors="pt")) for t, _ in sst2_dev(n)]
 HEADS = {"no head": lambda i, last: [], "own head": lambda i, last: [i], "last exit's head": lambda i, last: [last],
-         "own head twice": lambda i, last: [i, i]}
+         "own head twice": lambda i, last: [i, i], "ten tanh calls": lambda i, last: ["tanh"] * 10}
 
 
 def loop(model, x, heads):
@@ -29,7 +30,10 @@ def loop(model, x, heads):
         for i in range(model.num_layers):
             hidden = model.run_layer(i, hidden, inputs)
             for h in (heads(i, last) if i < last else [last]):
-                logits = model.exit_logits(h, hidden, inputs, train=False)
+                if h == "tanh":
+                    torch.tanh(hidden[:, 0])
+                else:
+                    logits = model.exit_logits(h, hidden, inputs, train=False)
         return logits
 
 

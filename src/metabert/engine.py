@@ -145,7 +145,7 @@ def leaves_one(policy: ExitPolicy, logits: torch.Tensor, state: torch.Tensor) ->
     """The exit test of one row's (1, C) logits: the rule in Python floats where the policy has it
     (``ExitPolicy.decide_one``: a few torch ops on a (1, C) tensor cost more than the arithmetic),
     else its ``step``. (leave?, new state)."""
-    leave = policy.decide_one(logits[0].tolist())
+    leave = policy.decide_one(logits.tolist()[0])  # one torch call, not an index and a tolist
     if leave is None:
         done, state = policy.step(logits, state)
         leave = bool(done[0])
