@@ -9,7 +9,8 @@ simulator over every exit's logits (``metabert.exits.simulate_exits``) takes the
 which a contract test checks for every policy and runner.
 
 Runners return exit logits as torch tensors (a zero-copy view for numpy backends) so that the
-policies, written once in torch, serve every backend.
+policies, written once in torch, serve every backend. At batch 1 the threshold rules run in Python
+floats instead (``leaves_one``), and defer to the torch rule wherever the two could differ.
 """
 
 from __future__ import annotations
