@@ -8,7 +8,7 @@ from metabert.backbones import source_num_layers
 from metabert.batching import Encoded, encode
 from metabert.bench import format_table as format_bench_table
 from metabert.calibration import calibration_set, choose
-from metabert.data import Dataset, TaskSpec, get_task, load_glue
+from metabert.data import DataError, Dataset, TaskSpec, get_task, glue_file, load_glue
 from metabert.engine import ExitResult, Runner
 from metabert.engine import run as run_early_exit_batch
 from metabert.evaluation import (all_exit_logits, evaluate, per_exit_scores, plot_grid, plot_report, pyplot,
@@ -28,7 +28,7 @@ __all__ = [
     "MultiExitBert", "MultiExitConfig", "EagerRunner", "ExitResult", "Runner", "run_early_exit_batch",
     "ExitPolicy", "POLICIES", "get_policy", "simulate_exits", "Resolved", "resolve",
     # data
-    "Dataset", "TaskSpec", "Encoded", "get_task", "load_glue", "encode", "source_num_layers",
+    "Dataset", "TaskSpec", "Encoded", "get_task", "load_glue", "glue_file", "DataError", "encode", "source_num_layers",
     # training
     "TrainConfig", "MetaConfig", "METHODS", "is_static_method", "train", "Trainer", "TrainState", "Callback", "read_log", "state_file",
     "RESUME_FREE",

@@ -16,9 +16,8 @@ import logging
 import statistics
 from pathlib import Path
 
-from metabert.data import DataError, glue_file
-from metabert import (RESUME_FREE, MultiExitBert, is_static_method, TrainConfig, all_exit_logits, calibration_set, choose, encode,
-                      get_task, hardware, load_glue, per_exit_scores, pyplot, read_log, simulate, source_num_layers,
+from metabert import (RESUME_FREE, DataError, MultiExitBert, is_static_method, TrainConfig, all_exit_logits, calibration_set, choose, encode,
+                      get_task, glue_file, hardware, load_glue, per_exit_scores, pyplot, read_log, simulate, source_num_layers,
                       state_file, train)
 
 log = logging.getLogger(__name__)
