@@ -10,6 +10,7 @@ cut short mid-training also resumes from its last saved state instead of startin
 from __future__ import annotations
 
 import datetime
+import functools
 from importlib import resources
 import json
 import logging
@@ -22,18 +23,22 @@ from metabert import (RESUME_FREE, DataError, MultiExitBert, is_static_method, T
 
 log = logging.getLogger(__name__)
 
+@functools.cache
+def _paper_data() -> dict:
+    """``paper_tables.json`` (shipped with the package), read once per process: every table write
+    of a long run asks for it."""
+    return json.loads(resources.files("metabert.recipes").joinpath("paper_tables.json").read_text())
+
+
 def paper_tables() -> dict[str, tuple[str, dict[str, dict[str, float]]]]:
-    """The paper's own Table I and II figures (``paper_tables.json``, shipped with the package),
-    printed under ours: {table: (title, {row: {task: score}})}."""
-    data = json.loads(resources.files("metabert.recipes").joinpath("paper_tables.json").read_text())
-    return {key: (table["title"], table["rows"]) for key, table in data["tables"].items()}
+    """The paper's own Table I and II figures, printed under ours: {table: (title, {row: {task: score}})}."""
+    return {key: (table["title"], table["rows"]) for key, table in _paper_data()["tables"].items()}
 
 
 def paper_row_names(paper: str) -> dict[str, str]:
     """Our row name -> the paper's row name, for the rows of ``paper``'s table that we run under
     another name (Table I: ``gaml`` is GAML-BERT, ``bert-3l`` the paper's BERT-6L at half depth)."""
-    data = json.loads(resources.files("metabert.recipes").joinpath("paper_tables.json").read_text())
-    return data["tables"].get(paper, {}).get("rows_here", {})
+    return dict(_paper_data()["tables"].get(paper, {}).get("rows_here", {}))
 
 
 def split_row(overrides: dict | None) -> tuple[dict, str]:
