@@ -31,3 +31,8 @@ def sst2_dev(count: int | None = None) -> list[tuple[str, int]]:
     from metabert.data import load_glue
 
     return [(e.text, e.label) for e in load_glue("sst2", "dev").examples[:count]]
+
+
+def sst2_inputs(model, count: int | None = None) -> list[dict]:
+    """The first ``count`` SST-2 dev sentences, each tokenised alone (batch 1) by ``model``'s tokenizer."""
+    return [dict(model.tokenizer([t], return_tensors="pt")) for t, _ in sst2_dev(count)]

@@ -5,8 +5,8 @@ Usage: GLUE_DIR=... python scripts/probes/exitcost.py COUNT ROUNDS ONNX_FOLDER [
 import sys as _sys, os.path as _p
 _sys.path.insert(0, _p.dirname(_p.abspath(__file__)))
 from _timing import interleaved, report, sst2_dev  # noqa: E402
-import sys, time
-import numpy as np, torch
+import sys
+import torch
 from metabert.onnx_runtime import OrtMultiExit
 from metabert.exits import EntropyPolicy
 

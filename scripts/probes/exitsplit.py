@@ -5,7 +5,7 @@ per layer. Usage: GLUE_DIR=... python scripts/probes/exitsplit.py CHECKPOINT [N]
 import sys
 import os.path as _p
 sys.path.insert(0, _p.dirname(_p.abspath(__file__)))
-from _timing import interleaved, report, sst2_dev  # noqa: E402
+from _timing import interleaved, report, sst2_inputs  # noqa: E402
 import numpy as np
 import torch
 from metabert import engine
@@ -16,8 +16,7 @@ from metabert.runners import EagerInt8Runner
 torch.set_num_threads(2)
 m = MultiExitBert.from_pretrained(sys.argv[1]).eval()
 n, rounds = (int(sys.argv[2]) if len(sys.argv) > 2 else 200), (int(sys.argv[3]) if len(sys.argv) > 3 else 5)
-rows = sst2_dev(n)
-xs = [dict(m.tokenizer([t], return_tensors="pt")) for t, _ in rows]
+xs = sst2_inputs(m, n)
 never, always = get_policy("entropy", -1.0), get_policy("entropy", 100.0)
 variants = {}
 for r in (EagerRunner(m), EagerInt8Runner(m)):

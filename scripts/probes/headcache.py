@@ -9,7 +9,7 @@ scripts/probes/headcache.py CHECKPOINT [N] [R]"""
 import sys
 import os.path as _p
 sys.path.insert(0, _p.dirname(_p.abspath(__file__)))
-from _timing import interleaved, sst2_dev  # noqa: E402
+from _timing import interleaved, sst2_inputs  # noqa: E402
 import numpy as np
 import torch
 from metabert.modeling import EagerRunner, MultiExitBert
@@ -18,7 +18,7 @@ from metabert.runners import EagerInt8Runner
 torch.set_num_threads(2)
 m = MultiExitBert.from_pretrained(sys.argv[1]).eval()
 n, rounds = (int(sys.argv[2]) if len(sys.argv) > 2 else 100), (int(sys.argv[3]) if len(sys.argv) > 3 else 8)
-xs = [dict(m.tokenizer([t], return_tensors="pt")) for t, _ in sst2_dev(n)]
+xs = sst2_inputs(m, n)
 HEADS = {"no head": lambda i, last: [], "own head": lambda i, last: [i], "last exit's head": lambda i, last: [last],
          "own head twice": lambda i, last: [i, i], "ten tanh calls": lambda i, last: ["tanh"] * 10}
 

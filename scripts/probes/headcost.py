@@ -5,8 +5,8 @@ Usage: GLUE_DIR=... python scripts/probes/headcost.py COUNT ROUNDS ONNX_FOLDER [
 import sys as _sys, os.path as _p
 _sys.path.insert(0, _p.dirname(_p.abspath(__file__)))
 from _timing import interleaved, report, sst2_dev  # noqa: E402
-import sys, tempfile, time
-import numpy as np, onnx, onnxruntime as ort
+import sys, tempfile
+import onnx, onnxruntime as ort
 from metabert.onnx_runtime import OrtMultiExit
 
 count, rounds, folders = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]

@@ -5,9 +5,8 @@ Usage: GLUE_DIR=... python scripts/probes/ifcost.py ONNX_FOLDER COUNT ROUNDS (fo
 import sys as _sys, os.path as _p
 _sys.path.insert(0, _p.dirname(_p.abspath(__file__)))
 from _timing import interleaved, report, sst2_dev  # noqa: E402
-import sys, tempfile, time
-from pathlib import Path
-import numpy as np, onnx, onnxruntime as ort
+import sys, tempfile
+import onnx, onnxruntime as ort
 from onnx import helper, TensorProto
 from metabert.onnx_runtime import OrtMultiExit
 from metabert.onnx_fused import _renamed

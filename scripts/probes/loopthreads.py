@@ -5,7 +5,7 @@ no worker to wake). Usage: GLUE_DIR=... python scripts/probes/loopthreads.py CHE
 import sys
 import os.path as _p
 sys.path.insert(0, _p.dirname(_p.abspath(__file__)))
-from _timing import interleaved, sst2_dev  # noqa: E402
+from _timing import interleaved, sst2_inputs  # noqa: E402
 import numpy as np
 import torch
 from metabert import engine
@@ -17,7 +17,7 @@ threads = int(sys.argv[2])
 torch.set_num_threads(threads)
 m = MultiExitBert.from_pretrained(sys.argv[1]).eval()
 n, rounds = (int(sys.argv[3]) if len(sys.argv) > 3 else 100), (int(sys.argv[4]) if len(sys.argv) > 4 else 8)
-xs = [dict(m.tokenizer([t], return_tensors="pt")) for t, _ in sst2_dev(n)]
+xs = sst2_inputs(m, n)
 never = EntropyPolicy().never_exits()
 variants = {}
 for r in (EagerRunner(m), EagerInt8Runner(m)):

@@ -7,7 +7,7 @@ variant. Usage: GLUE_DIR=... python scripts/probes/scalartest.py CHECKPOINT|rand
 import sys
 import os.path as _p
 sys.path.insert(0, _p.dirname(_p.abspath(__file__)))
-from _timing import interleaved, report, sst2_dev  # noqa: E402
+from _timing import interleaved, report, sst2_inputs  # noqa: E402
 import dataclasses
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ torch.manual_seed(0)
 source = sys.argv[1]
 m = (MultiExitBert.from_backbone("minilm-l6", ["0", "1"]) if source == "random" else MultiExitBert.from_pretrained(source)).eval()
 n, rounds = (int(sys.argv[2]) if len(sys.argv) > 2 else 120), (int(sys.argv[3]) if len(sys.argv) > 3 else 8)
-xs = [dict(m.tokenizer([t], return_tensors="pt")) for t, _ in sst2_dev(n)]
+xs = sst2_inputs(m, n)
 scalar, step_only = EntropyPolicy(0.0), StepOnly(0.0)  # H < 0 never holds
 variants = {}
 for r in (EagerRunner(m), EagerInt8Runner(m)):

@@ -3,15 +3,14 @@ step, and the exit head alone and after its layer at 2 torch threads and switche
 5 rounds, medians)."""
 import sys as _sys, os.path as _p
 _sys.path.insert(0, _p.dirname(_p.abspath(__file__)))
-from _timing import interleaved, report, sst2_dev  # noqa: E402
-import time, sys
-import numpy as np, torch
+from _timing import interleaved, report, sst2_inputs  # noqa: E402
+import sys
+import torch
 from metabert.modeling import MultiExitBert, EagerRunner
 torch.set_num_threads(2)
 m = MultiExitBert.from_pretrained(sys.argv[1]).eval()
 r = EagerRunner(m)
-rows = sst2_dev(100)
-xs = [dict(m.tokenizer([t], return_tensors="pt")) for t, _ in rows]
+xs = sst2_inputs(m, 100)
 starts = [r.start(x) for x in xs]
 def layer(s): m.run_layer(1, s[0], s[1])
 def layer_head(s):

@@ -23,6 +23,7 @@ from metabert import (RESUME_FREE, DataError, MultiExitBert, is_static_method, T
 
 log = logging.getLogger(__name__)
 
+
 @functools.cache
 def _paper_data() -> dict:
     """``paper_tables.json`` (shipped with the package), read once per process: every table write
