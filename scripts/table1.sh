@@ -3,7 +3,9 @@
 # at matched layer speed-up on RTE, MRPC, CoLA and SST-2 dev, γ (or patience) chosen on the calibration
 # slice. Three seeds (SEEDS) for RTE, MRPC and CoLA, one (seed 0) for SST-2, whose rows take 15-45 min each.
 # Written by `metabert reproduce` to $OUT/table2.md (same layout) and copied to $PAGE (default
-# docs/TABLE1.md), its per-exit plots to docs/table1_<task>.png.
+# docs/TABLE1.md), its per-exit plots to docs/table1_<task>.png. Another PAGE (a run of some rows or
+# tasks, e.g. docs/TABLE1_SST2.md) gets its own summary folder, $OUT/pages/<page name>, and plots,
+# docs/<page name>_<task>.png (lower case), so that it leaves the full table's files as they are.
 # Usage: GLUE_DIR=... scripts/table1.sh [OUT_DIR]   (many CPU hours; cells resume, mid-training too)
 # The DeeBERT and MetaBERT rows train exactly as Table II's two-stage and meta rows: cells finished
 # there (REUSE, default results/table2) are taken instead of trained again. `pabee-entropy` trains as PABEE
@@ -15,6 +17,8 @@
 set -euo pipefail
 OUT=${1:-results/table1}
 PAGE=${PAGE:-docs/TABLE1.md}
+NAME=$(basename "$PAGE" .md)
+if [ "$NAME" = TABLE1 ]; then SUMMARY=$OUT; PLOTS=docs/table1_; else SUMMARY=$OUT/pages/$NAME; PLOTS=docs/${NAME,,}_; fi
 PAIRS=${PAIRS-meta=gaml meta=pabee-entropy meta=berxit meta=deebert pabee-entropy=deebert}
 METABERT=${METABERT:-metabert}
 $METABERT reproduce --tasks "${TASKS:-rte,mrpc,cola,sst2}" --seeds "${SEEDS:-3}" --task-seeds "${TASK_SEEDS-sst2=1}" \
@@ -35,6 +39,7 @@ $METABERT reproduce --tasks "${TASKS:-rte,mrpc,cola,sst2}" --seeds "${SEEDS:-3}"
   --variant "fastbert=method=distill,policy=norm-entropy" \
   --variant "berxit=method=alternating-step,policy=entropy" \
   --title "Table I reproduction: static truncation and the peers' recipes" --paper table1 \
-  --reuse "${REUSE:-results/table2}" $(for p in $PAIRS; do printf -- '--pair %s ' "$p"; done) ${NO_TRAIN:+--no-train} --no-progress --output "$OUT"
-cp "$OUT/table2.md" "$PAGE"
-for f in "$OUT"/fig2_*.png; do if [ -e "$f" ]; then cp "$f" "docs/table1_${f##*/fig2_}"; fi; done
+  --reuse "${REUSE:-results/table2}" $(for p in $PAIRS; do printf -- '--pair %s ' "$p"; done) ${NO_TRAIN:+--no-train} --no-progress --output "$OUT" \
+  $(if [ "$SUMMARY" != "$OUT" ]; then printf -- '--summary %s' "$SUMMARY"; fi)
+cp "$SUMMARY/table2.md" "$PAGE"
+for f in "$SUMMARY"/fig2_*.png; do if [ -e "$f" ]; then cp "$f" "$PLOTS${f##*/fig2_}"; fi; done

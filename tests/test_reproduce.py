@@ -60,6 +60,12 @@ def test_reproduce_writes_table_and_figures_and_resumes(tmp_path, glue_dir, caps
     assert [k for k, _ in pair["per_seed"]] == [0, 1] and [d for _, d in pair["per_seed"]] == per_seed
     assert abs(pair["mean"] - sum(per_seed) / 2) < 1e-9
     assert "## Pairs asked for (--pair), seed by seed" in (out / "table2.md").read_text()
+    full = {name: (out / name).read_bytes() for name in ("table2.md", "table2.json", "fig2_rte.png")}
+    narrow = [a if a != "joint,two-stage,meta,joint-matched,meta-adam" else "meta" for a in args]
+    assert main([*narrow, "--no-train", "--summary", str(out / "pages" / "meta-only")]) == 0  # some rows of a shared folder
+    assert {name: (out / name).read_bytes() for name in full} == full  # the full table's files are left as they are
+    assert list(json.loads((out / "pages" / "meta-only" / "table2.json").read_text())["rows"]) == ["meta"]
+    assert (out / "pages" / "meta-only" / "fig2_rte.png").exists()
     changed = [a.replace("meta_lr=1e-3", "meta_lr=1e-2") for a in args]  # a finished cell made with other options is not reused
     assert main(changed) == 2
     assert "meta-adam/seed0/result.json was made with other options (meta_lr)" in capsys.readouterr().err

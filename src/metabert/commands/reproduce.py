@@ -40,6 +40,10 @@ def add_parser(sub, name):
                         "joint-matched anyway where it is run)")
     p.add_argument("--no-train", action="store_true",
                    help="only tabulate the cells already finished (e.g. while a run is going)")
+    p.add_argument("--summary", default=None, metavar="DIR",
+                   help="where table2.md, table2.json and the fig2 plots go (default: --output); give a run of "
+                        "some rows or tasks its own, so that it leaves the full table's files over a shared "
+                        "--output as they are")
     p.add_argument("--title", default="Table II reproduction", help="heading of table2.md")
     p.add_argument("--paper", default="table2", choices=["table2", "table1", "none"],
                    help="the paper's table to print under ours")
@@ -75,7 +79,7 @@ def run(args) -> int:
                      command=args.command_line, progress=args.progress,
                      task_options=task_options, variants={m: variants[m] for m in methods if m in variants},
                      train_missing=not args.no_train, reuse=[Path(d) for d in args.reuse], title=args.title,
-                     paper=args.paper, pairs=pairs)
+                     paper=args.paper, pairs=pairs, summary=args.summary)
     print(path.read_text())
     return 0
 

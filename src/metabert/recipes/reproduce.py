@@ -517,7 +517,7 @@ def reproduce(base: TrainConfig, tasks: list[str], methods: list[str], seeds: in
               speedups: list[float], command: str, progress: bool = False,
               task_options: dict[str, dict] | None = None, variants: dict[str, dict] | None = None,
               train_missing: bool = True, reuse: list[Path] = (), title: str = "Table II reproduction",
-              paper: str = "table2", pairs: list[tuple[str, str]] = ()) -> Path:
+              paper: str = "table2", pairs: list[tuple[str, str]] = (), summary: str | Path | None = None) -> Path:
     """``seeds``: seeds 0..N-1 of every task, or task -> N.
     ``task_options``: task -> TrainConfig overrides for that task (epochs, learning rate).
     ``variants``: row name -> TrainConfig overrides (with ``method``), for rows that are not a
@@ -526,10 +526,14 @@ def reproduce(base: TrainConfig, tasks: list[str], methods: list[str], seeds: in
     training (see ``run_cell``). ``pairs``: (row, reference) pairs compared seed by seed besides the
     control (e.g. an ablation: ``("meta", "meta-no-inner")``). The tables are
     rewritten after every cell, so a long run can be read while it goes; ``train_missing=False``
-    only tabulates the cells already finished."""
+    only tabulates the cells already finished. ``summary``: the folder of table2.{md,json} and the
+    fig2 plots (default ``root``), so that a run of some rows or tasks over a shared ``root`` does not
+    overwrite the full table's files."""
     variants, task_options = variants or {}, task_options or {}
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+    out = Path(summary) if summary is not None else root
+    for folder in (root, out):
+        folder.mkdir(parents=True, exist_ok=True)
     # seed by seed within a task, so that a run cut short leaves every method compared on the same seeds
     per_task = seeds if isinstance(seeds, dict) else dict.fromkeys(tasks, seeds)
     cells = [(t, m, k) for t in tasks for k in range(per_task[t]) for m in methods]
@@ -540,15 +544,15 @@ def reproduce(base: TrainConfig, tasks: list[str], methods: list[str], seeds: in
         if done is not None:
             results[task, method, seed] = done
     absent = tasks_not_run(paper, tasks, base.data_dir)
-    write_tables(results, cells, tasks, speedups, command, variants, root, title, paper, pairs, absent)
+    write_tables(results, cells, tasks, speedups, command, variants, out, title, paper, pairs, absent)
     for i, (task, method, seed) in enumerate(cells):
         if (task, method, seed) in results or not train_missing:
             continue
         log.info("cell %d/%d: %s / %s / seed %d", i + 1, len(cells), task, method, seed)
         results[task, method, seed] = run_cell(base, task, method, seed, root, speedups, progress,
                                                task_options.get(task), variants.get(method), reuse=reuse)
-        write_tables(results, cells, tasks, speedups, command, variants, root, title, paper, pairs, absent)
-    return root / "table2.md"
+        write_tables(results, cells, tasks, speedups, command, variants, out, title, paper, pairs, absent)
+    return out / "table2.md"
 
 
 def tasks_not_run(paper: str, tasks: list[str], data_dir: str | None) -> dict[str, str]:
