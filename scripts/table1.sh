@@ -3,9 +3,9 @@
 # at matched layer speed-up on RTE, MRPC, CoLA and SST-2 dev, γ (or patience) chosen on the calibration
 # slice. Three seeds (SEEDS) for RTE, MRPC and CoLA, one (seed 0) for SST-2, whose rows take 15-45 min each.
 # Written by `metabert reproduce` to $OUT/table2.md (same layout) and copied to $PAGE (default
-# docs/TABLE1.md), its per-exit plots to docs/table1_<task>.png. Another PAGE (a run of some rows or
-# tasks, e.g. docs/TABLE1_SST2.md) gets its own summary folder, $OUT/pages/<page name>, and plots,
-# docs/<page name>_<task>.png (lower case), so that it leaves the full table's files as they are.
+# docs/TABLE1.md), its per-exit plots beside it as <page name>_<task>.png (lower case: docs/table1_rte.png).
+# Another PAGE (a run of some rows or tasks, e.g. docs/TABLE1_SST2.md) gets its own summary folder,
+# $OUT/pages/<page name>, so that it leaves the full table's files as they are.
 # Usage: GLUE_DIR=... scripts/table1.sh [OUT_DIR]   (many CPU hours; cells resume, mid-training too)
 # The DeeBERT and MetaBERT rows train exactly as Table II's two-stage and meta rows: cells finished
 # there (REUSE, default results/table2) are taken instead of trained again. `pabee-entropy` trains as PABEE
@@ -18,7 +18,8 @@ set -euo pipefail
 OUT=${1:-results/table1}
 PAGE=${PAGE:-docs/TABLE1.md}
 NAME=$(basename "$PAGE" .md)
-if [ "$NAME" = TABLE1 ]; then SUMMARY=$OUT; PLOTS=docs/table1_; else SUMMARY=$OUT/pages/$NAME; PLOTS=docs/${NAME,,}_; fi
+PLOTS=$(dirname "$PAGE")/${NAME,,}_
+if [ "$NAME" = TABLE1 ]; then SUMMARY=$OUT; else SUMMARY=$OUT/pages/$NAME; fi
 PAIRS=${PAIRS-meta=gaml meta=pabee-entropy meta=berxit meta=deebert pabee-entropy=deebert}
 METABERT=${METABERT:-metabert}
 $METABERT reproduce --tasks "${TASKS:-rte,mrpc,cola,sst2}" --seeds "${SEEDS:-3}" --task-seeds "${TASK_SEEDS-sst2=1}" \
