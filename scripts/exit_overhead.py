@@ -12,9 +12,9 @@ import time
 import numpy as np
 import torch
 
-from metabert.data import load_glue
-from metabert.exits import EntropyPolicy
-from metabert.modeling import MultiExitBert
+from metabert.data.tasks import load_glue
+from metabert.engine.policies import EntropyPolicy
+from metabert.model.multi_exit import MultiExitBert
 
 
 def per_call_us(fn, n=2000):

@@ -18,13 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from metabert import engine, metrics
-from metabert.batching import collate, encode, model_inputs
-from metabert.calibration import calibration_set, evaluation_set
-from metabert.modeling import EagerRunner, MultiExitBert
-from metabert.onnx_runtime import OrtMultiExit
-from metabert.quantize import QuantizeConfig, quantize_eager, quantize_export
-from metabert.runners import EagerInt8Runner, all_exit_logits, export_for, temporary_folder
+from metabert.engine import loop as engine
+from metabert.data import metrics as metrics
+from metabert.data.batching import collate, encode, model_inputs
+from metabert.eval.calibrate import calibration_set, evaluation_set
+from metabert.model.multi_exit import EagerRunner, MultiExitBert
+from metabert.deploy.onnx_export import OrtMultiExit
+from metabert.deploy.quantize import QuantizeConfig, quantize_eager, quantize_export
+from metabert.deploy.runners import EagerInt8Runner, all_exit_logits, export_for, temporary_folder
 
 OPTIONS = {
     "ort dynamic, per tensor": QuantizeConfig(per_channel=False),

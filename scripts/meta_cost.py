@@ -20,8 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from metabert.machine import hardware
-from metabert.training import read_log
+from metabert.common.machine import hardware
+from metabert.training.config import read_log
 
 VARIANTS = {
     "joint": ["--method", "joint"],

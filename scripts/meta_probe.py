@@ -19,12 +19,12 @@ import time
 
 import torch
 
-from metabert import data as data_mod
-from metabert import meta
-from metabert.batching import encode, iterate, train_batches
-from metabert.meta import MetaConfig
-from metabert.modeling import MultiExitBert
-from metabert.machine import hardware
+from metabert.data import tasks as data_mod
+from metabert.training.methods import meta as meta
+from metabert.data.batching import encode, iterate, train_batches
+from metabert.training.methods.meta import MetaConfig
+from metabert.model.multi_exit import MultiExitBert
+from metabert.common.machine import hardware
 
 
 def main() -> int:

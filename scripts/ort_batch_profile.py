@@ -16,11 +16,11 @@ import time
 import numpy as np
 import torch
 
-from metabert import engine
-from metabert.batching import collate, encode, model_inputs
-from metabert.data import load_glue
-from metabert.exits import get_policy
-from metabert.onnx_runtime import OrtMultiExit
+from metabert.engine import loop as engine
+from metabert.data.batching import collate, encode, model_inputs
+from metabert.data.tasks import load_glue
+from metabert.engine.policies import get_policy
+from metabert.deploy.onnx_export import OrtMultiExit
 
 
 def main(folder: str, gamma: float, batch_size: int = 32) -> None:

@@ -10,11 +10,11 @@ import sys
 
 import numpy as np
 
-from metabert.batching import encode
-from metabert.data import load_glue
-from metabert.evaluation import all_exit_logits
-from metabert.exits import get_policy, simulate_exits
-from metabert.modeling import MultiExitBert
+from metabert.data.batching import encode
+from metabert.data.tasks import load_glue
+from metabert.eval.evaluate import all_exit_logits
+from metabert.engine.policies import get_policy, simulate_exits
+from metabert.model.multi_exit import MultiExitBert
 
 
 def main(checkpoint: str, gamma: float, batch_size: int = 32) -> None:

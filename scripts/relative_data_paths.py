@@ -1,7 +1,7 @@
 """Rewrite absolute data paths in committed result files and docs to names relative to the data
 folder (``/any/where/glue/SST-2/train.tsv`` -> ``SST-2/train.tsv``). Idempotent: a file with no
 absolute path is left as it is. The project's code writes relative names itself
-(``metabert.calibration.data_name``); this fixes files made before it did.
+(``metabert.eval.calibrate.data_name``); this fixes files made before it did.
 
     python scripts/relative_data_paths.py results docs
 """

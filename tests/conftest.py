@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from metabert.modeling import MultiExitBert
+from metabert.model.multi_exit import MultiExitBert
 
 GLUE_DIR = os.environ.get("GLUE_DIR")
 

@@ -1,4 +1,4 @@
-"""Every encoder family in ``metabert.adapters.ADAPTERS`` on a tiny random config of its own config
+"""Every encoder family in ``metabert.model.families.ADAPTERS`` on a tiny random config of its own config
 class, saved as a local folder with MiniLM's tokenizer: our layer loop reproduces the library
 model's forward, and training, early exit and checkpoints work on it."""
 
@@ -18,11 +18,11 @@ from transformers import (
 )
 
 from conftest import diversify
-from metabert.adapters import ADAPTERS, adapter_for
-from metabert.backbones import load_backbone
+from metabert.model.families import ADAPTERS, adapter_for
+from metabert.model.backbones import load_backbone
 from metabert.cli import main
-from metabert.exits import entropy
-from metabert.modeling import MultiExitBert
+from metabert.engine.policies import entropy
+from metabert.model.multi_exit import MultiExitBert
 
 SENTENCES = ["a delightful , moving film that is great fun from start to finish", "dull", "a mess , but fun",
              "wonderful acting and a story that never lets go of you"]
@@ -148,7 +148,7 @@ def test_cli_train_on_local_folder(folders, family, tmp_path):
 
 
 def test_layer_inputs_select_rows_keeps_shared_and_broadcast():
-    from metabert.adapters import LayerInputs
+    from metabert.model.families import LayerInputs
 
     keep = torch.tensor([True, False, True])
     inputs = LayerInputs(torch.zeros(3, 1, 1, 5), torch.full((3, 5, 1), 0.2),
@@ -168,9 +168,9 @@ def test_eager_int8_quantizes_every_family(folders, family):
     INT8 lookups refuse as such). The random heads have unit-scale weights (trained ones are far
     smaller): at scale 5 nearly every tanh unit saturates, and the few near zero that INT8 flips
     move DeBERTa's logits by 13%."""
-    from metabert import engine
-    from metabert.modeling import EagerRunner
-    from metabert.runners import EagerInt8Runner
+    from metabert.engine import loop as engine
+    from metabert.model.multi_exit import EagerRunner
+    from metabert.deploy.runners import EagerInt8Runner
 
     model = diversify(MultiExitBert.from_backbone(str(folders[family]), ["neg", "pos"], seed=1), scale=1.0).eval()
     runner = EagerInt8Runner(model)

@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 
-from metabert.calibration import choose
+from metabert.eval.calibrate import choose
 from metabert.cli import main
-from metabert.exits import simulate_exits
+from metabert.engine.policies import simulate_exits
 from test_cli import train_tiny
 
 

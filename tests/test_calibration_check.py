@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from metabert import calibration_check, metrics
+from metabert.eval import validate as calibration_check
+from metabert.data import metrics as metrics
 from metabert.cli import main
 from test_cli import train_tiny
 

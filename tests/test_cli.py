@@ -5,8 +5,8 @@ import json
 import pytest
 
 from metabert.cli import main
-from metabert.modeling import MultiExitBert
-from metabert.training import TrainConfig
+from metabert.model.multi_exit import MultiExitBert
+from metabert.training.config import TrainConfig
 
 
 def custom_files(tmp_path):

@@ -1,4 +1,4 @@
-"""The static systems' mechanisms (metabert.compression) on tiny models: student initialisation,
+"""The static systems' mechanisms (metabert.training.methods.compression) on tiny models: student initialisation,
 KD and patient losses, Theseus' replacement, LayerDrop's dropping and pruning."""
 
 import pytest
@@ -6,9 +6,9 @@ import torch
 from transformers import AutoModel
 
 from conftest import make_tiny
-from metabert import compression as c
-from metabert.backbones import Backbone, load_backbone, tiny_config
-from metabert.modeling import MultiExitBert
+from metabert.training.methods import compression as c
+from metabert.model.backbones import Backbone, load_backbone, tiny_config
+from metabert.model.multi_exit import MultiExitBert
 
 
 def tiny_teacher(layers: int = 6, seed: int = 0) -> MultiExitBert:

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from metabert import data as D
+from metabert.data import tasks as D
 from metabert.commands.download_glue import write_task
 
 OFFICIAL_ROWS = {

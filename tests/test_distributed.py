@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from conftest import make_tiny
 from metabert.cli import main
-from metabert.distributed import World, shard
+from metabert.training.distributed import World, shard
 from test_resume import write_data
 
 

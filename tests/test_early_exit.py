@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from conftest import sharpen, make_tiny
-from metabert.batching import collate, encode, model_inputs
-from metabert.data import Dataset, Example
-from metabert.evaluation import all_exit_logits, run_early_exit, simulate
-from metabert.exits import entropy
+from metabert.data.batching import collate, encode, model_inputs
+from metabert.data.tasks import Dataset, Example
+from metabert.eval.evaluate import all_exit_logits, run_early_exit, simulate
+from metabert.engine.policies import entropy
 
 SENTENCES = [
     "it is a charming and often affecting journey",

@@ -13,16 +13,16 @@ import pytest
 import torch
 
 from conftest import diversify, make_tiny
-from metabert import engine
-from metabert.batching import pad_all, tokenize
-from metabert.evaluation import candidate_policies
-from metabert.exits import POLICIES, ThresholdPolicy, simulate_exits
-from metabert.modeling import EagerRunner
-from metabert.runners import RUNNERS as REGISTERED, EagerInt8Runner
+from metabert.engine import loop as engine
+from metabert.data.batching import pad_all, tokenize
+from metabert.eval.evaluate import candidate_policies
+from metabert.engine.policies import POLICIES, ThresholdPolicy, simulate_exits
+from metabert.model.multi_exit import EagerRunner
+from metabert.deploy.runners import RUNNERS as REGISTERED, EagerInt8Runner
 
 TEXTS = ["good", "bad film", "a long and winding review of a film that was neither good nor bad",
          "truly awful", "wonderful", "meh , it was fine i guess", "the best", "not the best"] * 2
-RUNNERS = ["eager", "eager-int8", "ort", "ort-int8"]  # metabert.runners.RUNNERS, each checked here
+RUNNERS = ["eager", "eager-int8", "ort", "ort-int8"]  # metabert.deploy.runners.RUNNERS, each checked here
 # How far a row's logits in a batch may be from the same row's in the full pass: x the largest |logit|
 # for INT8, absolute for fp32. Dynamic INT8 quantizes activations over the rows still running, so a
 # row's logits move as others leave; eager-int8's exit heads too (their dense layers are INT8), which
@@ -39,8 +39,8 @@ def model():
 def runners(model, tmp_path_factory):
     out = {"eager": EagerRunner(model), "eager-int8": EagerInt8Runner(model)}
     try:
-        from metabert.onnx_runtime import OrtMultiExit, export
-        from metabert.quantize import quantize_export
+        from metabert.deploy.onnx_export import OrtMultiExit, export
+        from metabert.deploy.quantize import quantize_export
     except ImportError:  # pragma: no cover - the onnx extra is installed by make test
         return out
     fp32 = export(model, None, tmp_path_factory.mktemp("onnx"))

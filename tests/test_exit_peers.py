@@ -1,13 +1,13 @@
 """Shallow-Deep's growing weights and GAML-BERT's mutual distillation and gradient alignment
-(metabert.exit_peers) on tiny tensors and the tiny model."""
+(metabert.training.methods.exit_peers) on tiny tensors and the tiny model."""
 
 import pytest
 import torch
 
 from conftest import make_tiny
-from metabert import exit_peers as g
-from metabert.exits import get_policy, simulate_exits
-from metabert.modeling import exit_losses
+from metabert.training.methods import exit_peers as g
+from metabert.engine.policies import get_policy, simulate_exits
+from metabert.model.multi_exit import exit_losses
 
 
 def make_batch(model):

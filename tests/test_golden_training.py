@@ -18,8 +18,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from metabert.methods import METHODS
-from metabert.training import TrainConfig, train
+from metabert.training.methods.core import METHODS
+from metabert.training.config import TrainConfig, train
 
 GOLDEN = Path(__file__).parent / "golden" / "train_fingerprints.json"
 REGENERATE = os.environ.get("METABERT_REGENERATE_GOLDEN") == "1"

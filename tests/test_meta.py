@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from conftest import make_tiny
-from metabert import meta
-from metabert.meta import MetaConfig
-from metabert.methods import get_method
+from metabert.training.methods import meta as meta
+from metabert.training.methods.meta import MetaConfig
+from metabert.training.methods.core import get_method
 
 
 @pytest.fixture
@@ -66,7 +66,7 @@ def test_first_order_matches_a_hand_computed_reference(model):
 
     ref = copy.deepcopy(model)
     inputs = lambda b: {k: v for k, v in b.items() if k != "labels"}  # noqa: E731
-    from metabert.modeling import exit_losses
+    from metabert.model.multi_exit import exit_losses
 
     loss = exit_losses(ref(**inputs(support)), support["labels"]).sum()
     grads = torch.autograd.grad(loss, list(ref.parameters()))
@@ -208,7 +208,7 @@ def test_shared_gradients_need_first_order_episodes_and_one_process(model):
     for option, value in [("order", "second"), ("task", "exit"), ("schedule", "warmstart")]:
         with pytest.raises(ValueError, match=f"share_gradients needs {option}="):
             MetaConfig(share_gradients=True, **{option: value})
-    from metabert.distributed import World
+    from metabert.training.distributed import World
 
     method = get_method("meta", 2, MetaConfig(share_gradients=True))
     with pytest.raises(ValueError, match="one process only"):

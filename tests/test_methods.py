@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from conftest import make_tiny
-from metabert.methods import METHODS, get_method
-from metabert.modeling import exit_losses
+from metabert.training.methods.core import METHODS, get_method
+from metabert.model.multi_exit import exit_losses
 
 EPOCHS = 4
 
@@ -103,7 +103,7 @@ def test_unknown_method_lists_the_valid_ones():
 
 
 def test_joint_matched_takes_the_updates_and_rows_of_meta():
-    from metabert.meta import MetaConfig, split_tasks
+    from metabert.training.methods.meta import MetaConfig, split_tasks
 
     model = make_tiny(("a", "b"), seed=0)
     enc = model.tokenizer([f"text number {i}" for i in range(10)], padding=True, return_tensors="pt")

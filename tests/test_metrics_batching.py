@@ -2,8 +2,8 @@ import random
 
 import pytest
 
-from metabert import metrics
-from metabert.batching import Encoded, collate, eval_batches, train_batches
+from metabert.data import metrics as metrics
+from metabert.data.batching import Encoded, collate, eval_batches, train_batches
 
 
 def test_metrics_match_hand_computation():

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from conftest import make_tiny
-from metabert.backbones import load_backbone
-from metabert.modeling import MultiExitBert, MultiExitConfig, exit_losses
+from metabert.model.backbones import load_backbone
+from metabert.model.multi_exit import MultiExitBert, MultiExitConfig, exit_losses
 
 
 def batch_for(tokenizer, texts):
@@ -82,7 +82,7 @@ def test_killed_save_leaves_previous_checkpoint(tmp_path, fresh_tiny, monkeypatc
     def boom(*args, **kwargs):
         raise KeyboardInterrupt("killed while writing")
 
-    monkeypatch.setattr("metabert.modeling.save_model", boom)
+    monkeypatch.setattr("metabert.model.multi_exit.save_model", boom)
     with pytest.raises(KeyboardInterrupt):
         fresh_tiny.save_pretrained(target)
     assert (target / "model.safetensors").read_bytes() == before

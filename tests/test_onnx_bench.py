@@ -5,15 +5,15 @@ import json
 import pytest
 
 from conftest import diversify, make_tiny
-from metabert.bench import flops_per_sample, layer_flops
+from metabert.bench.timing import flops_per_sample, layer_flops
 from metabert.cli import main
-from metabert import engine
-from metabert.exits import POLICIES
-from metabert.modeling import EagerRunner
+from metabert.engine import loop as engine
+from metabert.engine.policies import POLICIES
+from metabert.model.multi_exit import EagerRunner
 from test_cli import train_tiny
 
 pytest.importorskip("onnxruntime")
-from metabert.onnx_runtime import OrtMultiExit, check_export, export  # noqa: E402
+from metabert.deploy.onnx_export import OrtMultiExit, check_export, export  # noqa: E402
 
 TEXTS = ["good", "bad film", "a long and winding review of a film that was neither good nor bad",
          "truly awful", "wonderful", "meh , it was fine i guess", "the best", "not the best"] * 2
@@ -36,7 +36,7 @@ def test_onnx_matches_pytorch_on_every_exit(exported):
 
 def test_folder_of_an_older_export_is_refused_with_the_command_that_redoes_it(exported, tmp_path):
     """Format 1 folders (layer graphs fed the 0/1 mask) would run with wrong inputs: refused by name."""
-    from metabert.onnx_runtime import META_NAME
+    from metabert.deploy.onnx_export import META_NAME
 
     meta = json.loads((exported[1]._directory / META_NAME).read_text())
     assert meta["format"] == 2
@@ -107,8 +107,8 @@ def test_curves_command(tmp_path, capsys):
 
 
 def test_interpolated_score_at_speedup():
-    from metabert.curves import at_speedup
-    from metabert.reports import ExitRun
+    from metabert.eval.curves import at_speedup
+    from metabert.eval.reports import ExitRun
 
     rows = [ExitRun("entropy", 0.1, 2, {"score": score}, 6 / speedup, speedup, (0,) * 6)
             for speedup, score in [(1.0, 90.0), (2.0, 80.0), (3.0, 60.0)]]
@@ -122,11 +122,11 @@ def test_bench_calibrates_each_runner_with_the_guarantee_unless_told(tmp_path):
     ``--confidence``); ``--no-guarantee`` takes the point estimate."""
     import argparse
 
-    from metabert.batching import encode
-    from metabert.calibration import calibration_set, choose, guaranteed_record
+    from metabert.data.batching import encode
+    from metabert.eval.calibrate import calibration_set, choose, guaranteed_record
     from metabert.commands.bench import pick_policy
-    from metabert.modeling import MultiExitBert
-    from metabert.runners import all_exit_logits
+    from metabert.model.multi_exit import MultiExitBert
+    from metabert.deploy.runners import all_exit_logits
 
     ckpt, _ = train_tiny(tmp_path, "--calibration-fraction", "0.25")
     model = MultiExitBert.from_pretrained(ckpt).eval()
@@ -147,8 +147,8 @@ def test_bench_calibrates_each_runner_with_the_guarantee_unless_told(tmp_path):
 
 @pytest.mark.parametrize("interleave", ["block", "example"])
 def test_batch1_latencies_time_every_example_of_every_variant(interleave):
-    from metabert.batching import pad_all, tokenize
-    from metabert.bench import Variant, batch1_latencies
+    from metabert.data.batching import pad_all, tokenize
+    from metabert.bench.timing import Variant, batch1_latencies
 
     model = make_tiny(("a", "b")).eval()
     singles = [pad_all(tokenize(model.tokenizer, [t], None, 64).encoded, model.tokenizer.pad_token_id) for t in TEXTS[:5]]

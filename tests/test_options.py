@@ -1,4 +1,4 @@
-"""metabert.options: a config dataclass's fields as command-line options, and back."""
+"""metabert.common.options: a config dataclass's fields as command-line options, and back."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 import pytest
 
 from metabert.commands import common
-from metabert.meta import MetaConfig
-from metabert.options import add_options, comma_list, flatten, from_args, option, section, unflatten
-from metabert.training import TrainConfig
+from metabert.training.methods.meta import MetaConfig
+from metabert.common.options import add_options, comma_list, flatten, from_args, option, section, unflatten
+from metabert.training.config import TrainConfig
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,14 @@
-"""The six Table I systems as training methods (metabert.peer_methods): each method's own rule on tiny."""
+"""The six Table I systems as training methods (metabert.training.methods.peers): each method's own rule on tiny."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from conftest import make_tiny
-from metabert import compression as comp
-from metabert import exit_peers as peers
-from metabert import peer_methods as pm
-from metabert.modeling import exit_losses
+from metabert.training.methods import compression as comp
+from metabert.training.methods import exit_peers as peers
+from metabert.training.methods import peers as pm
+from metabert.model.multi_exit import exit_losses
 from test_compression import batch_for, tiny_teacher
 
 
@@ -149,7 +149,7 @@ class Cut(Exception):
 @pytest.fixture(scope="module")
 def run_options(tmp_path_factory):
     """A small custom task and the tiny full-depth teacher trained on it (``--method last``)."""
-    from metabert.training import TrainConfig, train
+    from metabert.training.config import TrainConfig, train
 
     folder = tmp_path_factory.mktemp("peers")
     rows = [(f"sentence number {i} " + "word " * (i % 7), "pos" if i % 3 else "neg") for i in range(48)]
@@ -164,11 +164,11 @@ def run_options(tmp_path_factory):
 
 @pytest.mark.parametrize("name", [m.name for m in pm.PEER_METHODS])
 def test_each_system_saves_loads_and_resumes_exactly(name, run_options, tmp_path, monkeypatch):
-    import metabert.trainer as trainer
+    import metabert.training.trainer as trainer
     from safetensors.torch import load_file
 
-    from metabert.modeling import MultiExitBert
-    from metabert.training import TrainConfig, train
+    from metabert.model.multi_exit import MultiExitBert
+    from metabert.training.config import TrainConfig, train
 
     folder, options = run_options
     cls = {m.name: m for m in pm.PEER_METHODS}[name]

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from conftest import diversify, make_tiny
-from metabert.batching import collate, encode, model_inputs
-from metabert.data import Dataset, Example
-from metabert.evaluation import all_exit_logits, candidate_policies, run_early_exit
-from metabert.exits import POLICIES, get_policy, policy_from_dict, policy_to_dict, simulate_exits
+from metabert.data.batching import collate, encode, model_inputs
+from metabert.data.tasks import Dataset, Example
+from metabert.eval.evaluate import all_exit_logits, candidate_policies, run_early_exit
+from metabert.engine.policies import POLICIES, get_policy, policy_from_dict, policy_to_dict, simulate_exits
 
 TEXTS = ["good", "bad film", "a long and winding review of a film that was neither good nor bad",
          "truly awful", "wonderful", "meh , it was fine i guess", "the best", "not the best"] * 3
@@ -97,7 +97,7 @@ def test_decide_one_answers_as_step_does_or_not_at_all():
     at and around each sample's own statistic, where the two are closest to disagreeing."""
     from hypothesis import given, settings, strategies as st
 
-    from metabert.exits import ThresholdPolicy
+    from metabert.engine.policies import ThresholdPolicy
 
     logit = st.floats(-60, 60, allow_nan=False, width=32)
 

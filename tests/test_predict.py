@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from metabert.data import DataError
-from metabert.exits import EntropyPolicy
-from metabert.predict import predict_stream, read_rows
+from metabert.data.tasks import DataError
+from metabert.engine.policies import EntropyPolicy
+from metabert.deploy.predict import predict_stream, read_rows
 from metabert.cli import main
 from conftest import make_tiny
 

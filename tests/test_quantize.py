@@ -6,16 +6,16 @@ import pytest
 import torch
 
 from conftest import diversify, make_tiny
-from metabert import engine
+from metabert.engine import loop as engine
 from metabert.cli import main
-from metabert.modeling import MultiExitBert
-from metabert.policy import record_for, resolve, resolve_name, store_record
-from metabert.runners import EagerInt8Runner, load_runner
+from metabert.model.multi_exit import MultiExitBert
+from metabert.engine.resolve import record_for, resolve, resolve_name, store_record
+from metabert.deploy.runners import EagerInt8Runner, load_runner
 from test_cli import train_tiny
 
 pytest.importorskip("onnxruntime")
-from metabert.onnx_runtime import OrtMultiExit, export  # noqa: E402
-from metabert.quantize import QuantizeConfig, quantize_export  # noqa: E402
+from metabert.deploy.onnx_export import OrtMultiExit, export  # noqa: E402
+from metabert.deploy.quantize import QuantizeConfig, quantize_export  # noqa: E402
 
 TEXTS = ["good", "bad film", "a long and winding review of a film that was neither good nor bad", "meh"]
 
@@ -104,7 +104,7 @@ def test_one_calibrated_record_per_runner(caplog):
 def test_int8_export_calibrates_predicts_and_serves(tmp_path, capsys):
     from fastapi.testclient import TestClient
 
-    from metabert.server import create_app
+    from metabert.deploy.server.app import create_app
 
     ckpt, dev = train_tiny(tmp_path, "--calibration-fraction", "0.25")
     eager = dict(MultiExitBert.from_pretrained(ckpt).config.exit_policy)  # train calibrated it
@@ -148,7 +148,7 @@ def test_exports_made_for_a_run_are_removed_when_it_ends(tmp_path):
     script = (
         "import os, sys; sys.path.insert(0, sys.argv[1])\n"
         "from conftest import make_tiny\n"
-        "from metabert.runners import load_runner\n"
+        "from metabert.deploy.runners import load_runner\n"
         "model = make_tiny(('neg', 'pos')).eval()\n"
         "runners = [load_runner(name, model) for name in ('ort', 'ort-int8')]\n"
         "print(sorted(n.rsplit('-', 1)[0] for n in os.listdir(os.environ['TMPDIR']) if n.startswith('metabert')))\n"

@@ -4,10 +4,10 @@ import random
 
 import torch
 
-from metabert.batching import encode, iterate, train_batches
-from metabert.data import load_glue, subsample
-from metabert.methods import get_method
-from metabert.modeling import MultiExitBert
+from metabert.data.batching import encode, iterate, train_batches
+from metabert.data.tasks import load_glue, subsample
+from metabert.training.methods.core import get_method
+from metabert.model.multi_exit import MultiExitBert
 
 
 def test_minilm_joint_training_lowers_the_loss_on_sst2(glue_dir):

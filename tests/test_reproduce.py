@@ -146,7 +146,7 @@ def test_finished_cell_made_before_an_option_existed_is_reused(tmp_path):
     import pytest
 
     from metabert.recipes.reproduce import run_cell
-    from metabert.training import TrainConfig
+    from metabert.training.config import TrainConfig
 
     base = TrainConfig(task="rte", output="unused", model="tiny", epochs=2)
     cell = tmp_path / "moved" / "rte" / "joint" / "seed0"
@@ -163,7 +163,7 @@ def test_finished_cell_made_before_an_option_existed_is_reused(tmp_path):
 
 def test_a_cell_with_the_same_options_is_taken_from_another_results_folder(tmp_path):
     from metabert.recipes.reproduce import run_cell
-    from metabert.training import TrainConfig
+    from metabert.training.config import TrainConfig
 
     base = TrainConfig(task="mrpc", output="unused", model="tiny", epochs=2)
     other = tmp_path / "table2"
@@ -196,7 +196,7 @@ class Cut(Exception):
 def test_a_cell_cut_short_resumes_from_its_saved_state(tmp_path, glue_dir, monkeypatch):
     from dataclasses import asdict
 
-    import metabert.trainer as trainer
+    import metabert.training.trainer as trainer
     from safetensors.torch import load_file
 
     def args(out):

@@ -1,4 +1,4 @@
-"""Risk-controlled calibration (``metabert.risk``): fixed-sequence testing where the right answer is
+"""Risk-controlled calibration (``metabert.eval.risk``): fixed-sequence testing where the right answer is
 known, the label-free path, and the grid the hypotheses are tested on."""
 
 import math
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy.stats import binom
 
-from metabert import risk
-from metabert.exits import simulate_exits
+from metabert.eval import risk as risk
+from metabert.engine.policies import simulate_exits
 from test_calibration import synthetic
 
 ALPHA, DELTA = 0.02, 0.05

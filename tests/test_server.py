@@ -6,8 +6,8 @@ from types import SimpleNamespace
 import httpx
 import pytest
 from conftest import make_tiny
-from metabert.loadtest import start_server
-from metabert.modeling import MultiExitBert
+from metabert.deploy.server.loadtest import start_server
+from metabert.model.multi_exit import MultiExitBert
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,7 @@ def test_loadtest_against_the_server(server, tmp_path):
 
 
 def test_loadtest_refuses_other_hosts():
-    from metabert.loadtest import run_load
+    from metabert.deploy.server.loadtest import run_load
 
     with pytest.raises(ValueError, match="loopback"):
         run_load("http://10.0.0.1:8000", ["x"], duration=1)
@@ -113,7 +113,7 @@ def test_loadtest_refuses_other_hosts():
 def app_client(model, **pinned):
     from fastapi.testclient import TestClient
 
-    from metabert.server import create_app
+    from metabert.deploy.server.app import create_app
 
     return TestClient(create_app(model, **pinned))
 
@@ -168,7 +168,7 @@ def test_regression_the_input_kind_the_model_does_not_take_is_422(calibrated):
 def test_one_failing_item_fails_only_its_request(calibrated, monkeypatch):
     """Faults injected inside the batch: the innocent requests sharing a micro-batch still get
     their answers (the batch is retried item by item)."""
-    from metabert.server import Batcher
+    from metabert.deploy.server.app import Batcher
 
     real = Batcher._run
 
@@ -194,9 +194,9 @@ def test_regression_texts_and_pairs_in_one_micro_batch_are_all_answered(calibrat
 
     from prometheus_client import CollectorRegistry, Histogram
 
-    from metabert.modeling import EagerRunner
-    from metabert.policy import resolve
-    from metabert.server import Batcher, ServerConfig, _Item
+    from metabert.model.multi_exit import EagerRunner
+    from metabert.engine.resolve import resolve
+    from metabert.deploy.server.app import Batcher, ServerConfig, _Item
 
     calls = []
 

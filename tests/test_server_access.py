@@ -4,8 +4,8 @@ import pytest
 from conftest import make_tiny
 from fastapi.testclient import TestClient
 
-from metabert import server
-from metabert.server import ServerConfig, create_app
+from metabert.deploy.server import app as server
+from metabert.deploy.server.app import ServerConfig, create_app
 
 KEY = "k3y-for-the-tests-0123456789"
 

@@ -1,8 +1,8 @@
-"""Property-based fuzzing of the real app (metabert.fuzzing): a short run here, the long one is
+"""Property-based fuzzing of the real app (metabert.deploy.server.fuzzing): a short run here, the long one is
 `metabert fuzz-server --cases 10000` (docs/SERVING.md)."""
 
-from metabert.fuzzing import fuzz_app, tiny_app
-from metabert.modeling import EagerRunner
+from metabert.deploy.server.fuzzing import fuzz_app, tiny_app
+from metabert.model.multi_exit import EagerRunner
 
 
 def test_a_short_fuzzing_run_finds_no_server_error_and_no_schema_violation():
@@ -24,7 +24,7 @@ class BrokenRunner(EagerRunner):
 def test_fuzzing_finds_a_planted_server_error():
     """The fuzzer is not blind: server errors are found and reported with the request that made
     them (whatever it generates, some valid requests reach the model)."""
-    from metabert.server import create_app
+    from metabert.deploy.server.app import create_app
 
     def broken():
         app = tiny_app(max_items=4, max_chars=200)

@@ -8,8 +8,8 @@ import pytest
 from conftest import make_tiny, wait_until
 from fastapi.testclient import TestClient
 
-from metabert.modeling import EagerRunner
-from metabert.server import ServerConfig, create_app
+from metabert.model.multi_exit import EagerRunner
+from metabert.deploy.server.app import ServerConfig, create_app
 
 
 class GatedRunner(EagerRunner):

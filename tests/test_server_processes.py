@@ -7,8 +7,8 @@ import httpx
 import pytest
 from conftest import make_tiny, wait_until
 
-from metabert.loadtest import server_output
-from metabert.loadtest import start_server as start
+from metabert.deploy.server.loadtest import server_output
+from metabert.deploy.server.loadtest import start_server as start
 
 
 @pytest.fixture(scope="module")

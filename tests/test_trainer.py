@@ -1,4 +1,4 @@
-"""metabert.trainer: callbacks see every step and evaluation; early stopping; the layering rules
+"""metabert.training.trainer: callbacks see every step and evaluation; early stopping; the layering rules
 the architecture keeps (recipes use the public API only; no command imports another)."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import ast
 from pathlib import Path
 
 import metabert
-from metabert.trainer import Callback
-from metabert.training import TrainConfig, train
+from metabert.training.trainer import Callback
+from metabert.training.config import TrainConfig, train
 
 SRC = Path(metabert.__file__).parent
 

@@ -28,7 +28,7 @@ def report(results: dict[str, list[float]], unit: str = "us per call") -> None:
 def sst2_dev(count: int | None = None) -> list[tuple[str, int]]:
     """The first ``count`` (all if None) SST-2 dev sentences and labels, read by metabert's GLUE
     reader from $GLUE_DIR."""
-    from metabert.data import load_glue
+    from metabert.data.tasks import load_glue
 
     return [(e.text, e.label) for e in load_glue("sst2", "dev").examples[:count]]
 

@@ -8,10 +8,10 @@ sys.path.insert(0, _p.dirname(_p.abspath(__file__)))
 from _timing import interleaved, report, sst2_inputs  # noqa: E402
 import numpy as np
 import torch
-from metabert import engine
-from metabert.exits import get_policy
-from metabert.modeling import EagerRunner, MultiExitBert
-from metabert.runners import EagerInt8Runner
+from metabert.engine import loop as engine
+from metabert.engine.policies import get_policy
+from metabert.model.multi_exit import EagerRunner, MultiExitBert
+from metabert.deploy.runners import EagerInt8Runner
 
 torch.set_num_threads(2)
 m = MultiExitBert.from_pretrained(sys.argv[1]).eval()

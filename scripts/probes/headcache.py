@@ -12,8 +12,8 @@ sys.path.insert(0, _p.dirname(_p.abspath(__file__)))
 from _timing import interleaved, sst2_inputs  # noqa: E402
 import numpy as np
 import torch
-from metabert.modeling import EagerRunner, MultiExitBert
-from metabert.runners import EagerInt8Runner
+from metabert.model.multi_exit import EagerRunner, MultiExitBert
+from metabert.deploy.runners import EagerInt8Runner
 
 torch.set_num_threads(2)
 m = MultiExitBert.from_pretrained(sys.argv[1]).eval()

@@ -8,8 +8,8 @@ from _timing import interleaved, report, sst2_dev  # noqa: E402
 import sys, tempfile
 import onnx, onnxruntime as ort
 from onnx import helper, TensorProto
-from metabert.onnx_runtime import OrtMultiExit
-from metabert.onnx_fused import _renamed
+from metabert.deploy.onnx_export import OrtMultiExit
+from metabert.deploy.onnx_fused import _renamed
 
 folder, count, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 r = OrtMultiExit(folder)

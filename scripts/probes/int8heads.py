@@ -8,10 +8,10 @@ sys.path.insert(0, _p.dirname(_p.abspath(__file__)))
 from _timing import interleaved, report, sst2_dev  # noqa: E402
 import numpy as np
 import torch
-from metabert import engine
-from metabert.modeling import EagerRunner, MultiExitBert
-from metabert.policy import resolve
-from metabert.quantize import quantize_eager
+from metabert.engine import loop as engine
+from metabert.model.multi_exit import EagerRunner, MultiExitBert
+from metabert.engine.resolve import resolve
+from metabert.deploy.quantize import quantize_eager
 
 torch.set_num_threads(2)
 m = MultiExitBert.from_pretrained(sys.argv[1]).eval()

@@ -8,10 +8,10 @@ sys.path.insert(0, _p.dirname(_p.abspath(__file__)))
 from _timing import interleaved, sst2_inputs  # noqa: E402
 import numpy as np
 import torch
-from metabert import engine
-from metabert.exits import EntropyPolicy
-from metabert.modeling import EagerRunner, MultiExitBert
-from metabert.runners import EagerInt8Runner
+from metabert.engine import loop as engine
+from metabert.engine.policies import EntropyPolicy
+from metabert.model.multi_exit import EagerRunner, MultiExitBert
+from metabert.deploy.runners import EagerInt8Runner
 
 threads = int(sys.argv[2])
 torch.set_num_threads(threads)

@@ -11,10 +11,10 @@ from _timing import interleaved, report, sst2_inputs  # noqa: E402
 import dataclasses
 import numpy as np
 import torch
-from metabert import engine
-from metabert.exits import EntropyPolicy
-from metabert.modeling import EagerRunner, MultiExitBert
-from metabert.runners import EagerInt8Runner
+from metabert.engine import loop as engine
+from metabert.engine.policies import EntropyPolicy
+from metabert.model.multi_exit import EagerRunner, MultiExitBert
+from metabert.deploy.runners import EagerInt8Runner
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,7 +6,7 @@ _sys.path.insert(0, _p.dirname(_p.abspath(__file__)))
 from _timing import interleaved, report, sst2_inputs  # noqa: E402
 import sys
 import torch
-from metabert.modeling import MultiExitBert, EagerRunner
+from metabert.model.multi_exit import MultiExitBert, EagerRunner
 torch.set_num_threads(2)
 m = MultiExitBert.from_pretrained(sys.argv[1]).eval()
 r = EagerRunner(m)

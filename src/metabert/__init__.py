@@ -4,24 +4,24 @@ The public API, documented in docs/API.md; everything else is internal and may m
 (``metabert.recipes``: the paper's tables, results pages) use only these names.
 """
 
-from metabert.backbones import source_num_layers
-from metabert.batching import Encoded, encode
-from metabert.bench import format_table as format_bench_table
-from metabert.calibration import calibration_set, choose
-from metabert.data import DataError, Dataset, TaskSpec, get_task, glue_file, load_glue
-from metabert.engine import ExitResult, Runner
-from metabert.engine import run as run_early_exit_batch
-from metabert.evaluation import (all_exit_logits, evaluate, per_exit_scores, plot_grid, plot_report, pyplot,
+from metabert.model.backbones import source_num_layers
+from metabert.data.batching import Encoded, encode
+from metabert.bench.timing import format_table as format_bench_table
+from metabert.eval.calibrate import calibration_set, choose
+from metabert.data.tasks import DataError, Dataset, TaskSpec, get_task, glue_file, load_glue
+from metabert.engine.loop import ExitResult, Runner
+from metabert.engine.loop import run as run_early_exit_batch
+from metabert.eval.evaluate import (all_exit_logits, evaluate, per_exit_scores, plot_grid, plot_report, pyplot,
                                  simulate)
-from metabert.exits import POLICIES, ExitPolicy, get_policy, simulate_exits
-from metabert.machine import hardware
-from metabert.meta import MetaConfig
-from metabert.methods import METHODS, is_static_method
-from metabert.modeling import EagerRunner, MultiExitBert, MultiExitConfig
-from metabert.policy import Resolved, resolve
-from metabert.reports import EarlyExitReport, ExitRun, Timing
-from metabert.trainer import Callback, Trainer, TrainState
-from metabert.training import RESUME_FREE, TrainConfig, read_log, state_file, train
+from metabert.engine.policies import POLICIES, ExitPolicy, get_policy, simulate_exits
+from metabert.common.machine import hardware
+from metabert.training.methods.meta import MetaConfig
+from metabert.training.methods.core import METHODS, is_static_method
+from metabert.model.multi_exit import EagerRunner, MultiExitBert, MultiExitConfig
+from metabert.engine.resolve import Resolved, resolve
+from metabert.eval.reports import EarlyExitReport, ExitRun, Timing
+from metabert.training.trainer import Callback, Trainer, TrainState
+from metabert.training.config import RESUME_FREE, TrainConfig, read_log, state_file, train
 
 __all__ = [
     # model and inference

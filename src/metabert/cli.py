@@ -9,7 +9,7 @@ import sys
 
 from metabert.commands import (bench, calibrate, curves, download_glue, evaluate, export, fuzz_server, loadtest,
                                predict, report, reproduce, serve, train, validate_calibration)
-from metabert.data import DataError
+from metabert.data.tasks import DataError
 
 COMMANDS = {"train": train, "evaluate": evaluate, "calibrate": calibrate, "validate-calibration": validate_calibration,
             "export": export, "bench": bench, "curves": curves, "predict": predict, "serve": serve,

@@ -1,6 +1,6 @@
 """``metabert bench``: the full model against early exit for every runner (eager PyTorch and ONNX
 Runtime, fp32 and INT8), batch-1 latency and batch-B throughput, dev score, artifact size and peak
-memory, on the same dev inputs in one process (see ``metabert.bench`` and ``metabert.bench_report``).
+memory, on the same dev inputs in one process (see ``metabert.bench.timing`` and ``metabert.bench.report``).
 Each runner early-exits with its own γ: calibrated here (``--max-drop``/``--target-speedup``, on the
 held-out slice, with that runner's logits) or the one stored for it in the checkpoint."""
 
@@ -15,19 +15,19 @@ from pathlib import Path
 
 import torch
 
-from metabert import bench_report
-from metabert import data as data_mod
-from metabert import metrics
-from metabert.batching import collate, encode, model_inputs
-from metabert.bench import INTERLEAVE, format_table, run_bench, speedups, time_tokenizer, variants
-from metabert.calibration import calibration_set, evaluation_set, guaranteed_record, point_record
+from metabert.bench import report as bench_report
+from metabert.data import tasks as data_mod
+from metabert.data import metrics as metrics
+from metabert.data.batching import collate, encode, model_inputs
+from metabert.bench.timing import INTERLEAVE, format_table, run_bench, speedups, time_tokenizer, variants
+from metabert.eval.calibrate import calibration_set, evaluation_set, guaranteed_record, point_record
 from metabert.commands.common import add_data_options, add_policy_options, add_progress_option, resolve_policy
-from metabert.modeling import MultiExitBert
-from metabert.machine import hardware, hardware_summary
-from metabert.exits import policy_from_dict
-from metabert.options import comma_list
-from metabert.policy import resolve_name
-from metabert.runners import RUNNERS, all_exit_logits, export_for, load_runner, temporary_folder
+from metabert.model.multi_exit import MultiExitBert
+from metabert.common.machine import hardware, hardware_summary
+from metabert.engine.policies import policy_from_dict
+from metabert.common.options import comma_list
+from metabert.engine.resolve import resolve_name
+from metabert.deploy.runners import RUNNERS, all_exit_logits, export_for, load_runner, temporary_folder
 
 
 def add_parser(sub, name):
@@ -67,7 +67,7 @@ def add_parser(sub, name):
 
 def pick_policy(model: MultiExitBert, runner, args, held=None):
     """The policy ``runner`` early-exits with: calibrated on the held-out slice with its own logits,
-    or the record stored for it (``metabert.policy.resolve``)."""
+    or the record stored for it (``metabert.engine.resolve.resolve``)."""
     name, patience, _ = resolve_name(args.policy, args.patience, model.config.exit_policy, runner.name)
     if args.target_speedup is not None or args.max_drop is not None:
         enc, what = held
@@ -111,7 +111,7 @@ def run(args) -> int:
         if args.onnx_int8:
             folders["ort-int8"] = args.onnx_int8
         else:
-            from metabert.quantize import quantize_export
+            from metabert.deploy.quantize import quantize_export
 
             folders["ort-int8"] = quantize_export(folders["ort"], temporary_folder("metabert-onnx-int8-"))
     runners = [load_runner(name, model, folders.get(name), args.checkpoint, args.threads) for name in wanted]

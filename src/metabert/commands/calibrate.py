@@ -1,20 +1,20 @@
 """``metabert calibrate``: choose the exit threshold (or patience) for a target speed-up, a maximum
 score drop or an agreement with the full model, on data held out from training, and store it in the
 checkpoint. ``--max-drop`` and ``--consistency`` hold with confidence 1-δ on new data from the same
-distribution (``metabert.risk``); ``--no-guarantee`` takes the point estimate on the slice instead."""
+distribution (``metabert.eval.risk``); ``--no-guarantee`` takes the point estimate on the slice instead."""
 
 from __future__ import annotations
 
 import json
 
-from metabert import data as data_mod
-from metabert.batching import encode
-from metabert.calibration import calibration_set, guaranteed_record, point_record, unlabelled_set
+from metabert.data import tasks as data_mod
+from metabert.data.batching import encode
+from metabert.eval.calibrate import calibration_set, guaranteed_record, point_record, unlabelled_set
 from metabert.commands.common import add_inference_options
-from metabert.exits import POLICIES, policy_from_dict
-from metabert.modeling import MultiExitBert
-from metabert.policy import resolve_name, store_record
-from metabert.runners import all_exit_logits, load_runner
+from metabert.engine.policies import POLICIES, policy_from_dict
+from metabert.model.multi_exit import MultiExitBert
+from metabert.engine.resolve import resolve_name, store_record
+from metabert.deploy.runners import all_exit_logits, load_runner
 
 
 def add_parser(sub, name):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 
-from metabert.data import detect_columns
-from metabert.options import add_options, from_args
-from metabert.training import TrainConfig
+from metabert.data.tasks import detect_columns
+from metabert.common.options import add_options, from_args
+from metabert.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def float_list(text: str) -> list[float] | str:
 
 
 def add_policy_options(parser: argparse.ArgumentParser) -> None:
-    from metabert.exits import POLICIES
+    from metabert.engine.policies import POLICIES
 
     parser.add_argument("--policy", choices=sorted(POLICIES),
                         help="exit policy (default: the checkpoint's calibrated one; uncalibrated: the full model)")
@@ -85,17 +85,17 @@ def add_policy_options(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_policy(args, stored: dict | None, warn: bool = True, runner: str = "eager"):
-    """``metabert.policy.resolve`` with the options of ``add_policy_options``, for ``runner``'s
+    """``metabert.engine.resolve.resolve`` with the options of ``add_policy_options``, for ``runner``'s
     calibrated record."""
-    from metabert.policy import resolve
+    from metabert.engine.resolve import resolve
 
     return resolve(name=args.policy, threshold=args.threshold, patience=args.patience, stored=stored, warn=warn,
                    runner=runner)
 
 
 def add_runner_options(parser: argparse.ArgumentParser) -> None:
-    """``--runner`` and ``--onnx`` (see ``metabert.runners.load_runner``)."""
-    from metabert.runners import RUNNERS
+    """``--runner`` and ``--onnx`` (see ``metabert.deploy.runners.load_runner``)."""
+    from metabert.deploy.runners import RUNNERS
 
     parser.add_argument("--runner", choices=RUNNERS,
                         help="backend and precision (default: as the --onnx folder is, else eager)")

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import torch
 
-from metabert import data as data_mod
-from metabert.batching import encode
+from metabert.data import tasks as data_mod
+from metabert.data.batching import encode
 from metabert.commands.common import add_data_options, add_progress_option
-from metabert.calibration import evaluation_set
-from metabert.curves import at_speedup, measured_speedups, plot_curves, policy_curves
-from metabert.evaluation import all_exit_logits, candidate_policies
-from metabert.exits import POLICIES
-from metabert.modeling import MultiExitBert
-from metabert.options import comma_list
+from metabert.eval.calibrate import evaluation_set
+from metabert.eval.curves import at_speedup, measured_speedups, plot_curves, policy_curves
+from metabert.eval.evaluate import all_exit_logits, candidate_policies
+from metabert.engine.policies import POLICIES
+from metabert.model.multi_exit import MultiExitBert
+from metabert.common.options import comma_list
 
 
 def add_parser(sub, name):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from metabert.data import GLUE_TASKS
+from metabert.data.tasks import GLUE_TASKS
 
 # hub config name and the split names to write, per task folder
 HUB = {

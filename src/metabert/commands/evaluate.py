@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from metabert.batching import encode
+from metabert.data.batching import encode
 from metabert.commands.common import (
     add_data_options, add_inference_options, add_policy_options, float_list, resolve_policy,
 )
-from metabert.evaluation import all_exit_logits, evaluate, format_report, plot_report, sweep_policies, write_sweep_csv
-from metabert.calibration import data_name, evaluation_set
-from metabert.modeling import MultiExitBert
-from metabert import risk
-from metabert.reports import EarlyExitReport
+from metabert.eval.evaluate import all_exit_logits, evaluate, format_report, plot_report, sweep_policies, write_sweep_csv
+from metabert.eval.calibrate import data_name, evaluation_set
+from metabert.model.multi_exit import MultiExitBert
+from metabert.eval import risk as risk
+from metabert.eval.reports import EarlyExitReport
 
 
 def add_parser(sub, name):
@@ -37,7 +37,7 @@ def run(args) -> int:
     encoded = encode(dataset, model.tokenizer, args.max_seq_length)
     policy, sweep, logits, resolved = None, None, None, None
     if args.thresholds:
-        from metabert.policy import resolve_name
+        from metabert.engine.resolve import resolve_name
 
         name, patience, _ = resolve_name(args.policy, args.patience, model.config.exit_policy)
         logits = all_exit_logits(model, encoded, args.batch_size, args.progress)

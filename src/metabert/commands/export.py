@@ -1,17 +1,17 @@
 """``metabert export --checkpoint DIR --output DIR [--quantize int8]``: exit-aware ONNX graphs
 (embeddings, each layer with its exit head, and the full model as a baseline), checked against
-PyTorch; with ``--quantize int8`` every graph is quantized for ONNX Runtime (``metabert.quantize``)
+PyTorch; with ``--quantize int8`` every graph is quantized for ONNX Runtime (``metabert.deploy.quantize``)
 and the folder is the ``ort-int8`` runner's."""
 
 from __future__ import annotations
 
 import argparse
 
-from metabert.calibration import calibrate_checkpoint
-from metabert.modeling import MultiExitBert
-from metabert.onnx_runtime import OrtMultiExit, check_export
-from metabert.quantize import METHODS, QuantizeConfig
-from metabert.runners import export_for
+from metabert.eval.calibrate import calibrate_checkpoint
+from metabert.model.multi_exit import MultiExitBert
+from metabert.deploy.onnx_export import OrtMultiExit, check_export
+from metabert.deploy.quantize import METHODS, QuantizeConfig
+from metabert.deploy.runners import export_for
 
 
 def add_parser(sub, name):
@@ -33,8 +33,8 @@ def add_parser(sub, name):
 
 
 def _static_batches(model: MultiExitBert, count: int) -> list[dict]:
-    from metabert.batching import collate, encode, model_inputs
-    from metabert.calibration import calibration_set
+    from metabert.data.batching import collate, encode, model_inputs
+    from metabert.eval.calibrate import calibration_set
 
     held, _ = calibration_set(model)
     encoded = encode(held, model.tokenizer, 128)

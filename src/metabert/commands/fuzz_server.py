@@ -3,7 +3,7 @@
 Schemathesis generates requests from the server's own OpenAPI schema (following it and breaking it)
 and checks every response against the schema; hypothesis adds requests no schema describes (any
 method, path, content type, bytes). Fails (exit 1) on any 5xx or non-conforming response. The
-server is built around a random tiny model, or around --checkpoint. See metabert.fuzzing."""
+server is built around a random tiny model, or around --checkpoint. See metabert.deploy.server.fuzzing."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def add_parser(sub, name):
 
 def run(args: argparse.Namespace) -> int:
     try:
-        from metabert.fuzzing import fuzz_app, tiny_app
+        from metabert.deploy.server.fuzzing import fuzz_app, tiny_app
     except ImportError as err:  # pragma: no cover - schemathesis is in the `test` extra
         raise ValueError(f"fuzz-server needs schemathesis: pip install 'metabert[test]' ({err})") from None
     if args.cases < 1:
@@ -35,8 +35,8 @@ def run(args: argparse.Namespace) -> int:
     def make_app():
         if not args.checkpoint:
             return tiny_app(args.seed, max_items=args.max_items, max_chars=args.max_chars)
-        from metabert.modeling import MultiExitBert
-        from metabert.server import ServerConfig, create_app
+        from metabert.model.multi_exit import MultiExitBert
+        from metabert.deploy.server.app import ServerConfig, create_app
 
         return create_app(MultiExitBert.from_pretrained(args.checkpoint),
                           ServerConfig(max_items=args.max_items, max_chars=args.max_chars))

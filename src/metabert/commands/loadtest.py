@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from metabert import data as data_mod
+from metabert.data import tasks as data_mod
 
 SAMPLE = ["a gorgeous , witty , seductive movie", "it 's slow -- very , very slow", "good fun",
           "the acting , costumes , music , cinematography and sound are all astounding", "bad",
@@ -28,7 +28,7 @@ def add_parser(sub, name):
 
 
 def run(args) -> int:
-    from metabert.loadtest import run_load
+    from metabert.deploy.server.loadtest import run_load
 
     try:
         texts = [e.text for e in data_mod.load_glue(args.task, "dev", args.data_dir).examples]

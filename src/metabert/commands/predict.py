@@ -6,12 +6,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from metabert.data import DataError
+from metabert.data.tasks import DataError
 from metabert.commands.common import add_inference_options, add_policy_options, resolve_policy
-from metabert.modeling import MultiExitBert
-from metabert.options import comma_list
-from metabert.predict import predict_stream, read_rows
-from metabert.runners import load_runner
+from metabert.model.multi_exit import MultiExitBert
+from metabert.common.options import comma_list
+from metabert.deploy.predict import predict_stream, read_rows
+from metabert.deploy.runners import load_runner
 
 FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from metabert.commands.common import add_training_options, config_fields
-from metabert.data import GLUE_TASKS
-from metabert.exits import POLICIES
-from metabert.methods import METHODS
-from metabert.options import flat_types
+from metabert.data.tasks import GLUE_TASKS
+from metabert.engine.policies import POLICIES
+from metabert.training.methods.core import METHODS
+from metabert.common.options import flat_types
 from metabert.recipes.reproduce import reproduce, split_row
-from metabert.training import TrainConfig
+from metabert.training.config import TrainConfig
 
 
 def add_parser(sub, name):

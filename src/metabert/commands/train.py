@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import json
 
-from metabert.calibration import calibrate_checkpoint
+from metabert.eval.calibrate import calibrate_checkpoint
 from metabert.commands.common import add_training_options, config_fields
-from metabert.options import add_options
-from metabert.training import TrainConfig, resume_config, train
+from metabert.common.options import add_options
+from metabert.training.config import TrainConfig, resume_config, train
 
 
 def add_parser(sub, name):

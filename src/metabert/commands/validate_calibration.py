@@ -11,15 +11,15 @@ from pathlib import Path
 
 import torch
 
-from metabert import calibration_check
-from metabert.batching import encode
-from metabert.calibration import calibration_set, evaluation_set
+from metabert.eval import validate as calibration_check
+from metabert.data.batching import encode
+from metabert.eval.calibrate import calibration_set, evaluation_set
 from metabert.commands.common import add_inference_options
-from metabert.data import DataError, spec_from_dict
-from metabert.evaluation import all_exit_logits
-from metabert.exits import POLICIES
-from metabert.modeling import MultiExitBert
-from metabert.policy import resolve_name
+from metabert.data.tasks import DataError, spec_from_dict
+from metabert.eval.evaluate import all_exit_logits
+from metabert.engine.policies import POLICIES
+from metabert.model.multi_exit import MultiExitBert
+from metabert.engine.resolve import resolve_name
 
 
 def numbers(text: str) -> list[float]:

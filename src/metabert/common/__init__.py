@@ -1,0 +1,1 @@
+"""What every layer may use: command-line options from config dataclasses, the machine a figure came from."""

@@ -1,0 +1,138 @@
+"""Batch-1 early exit in one ONNX Runtime call: the exported graphs composed into one graph whose
+exit test runs inside it.
+
+The per-layer runner (``OrtMultiExit.step``) pays, for every layer a sample runs, a session call
+and a torch exit test on the host (docs/BENCHMARKS.md, profile). Here the embeddings graph and every
+layer-with-exit graph of an exported folder (fp32 or INT8, unchanged) are chained inside nested
+``If`` nodes: after layer i the policy's rule is computed on exit i's logits in the graph, and the
+``then`` branch answers with them while the ``else`` branch holds layers i+1..L. A sample that
+leaves at layer k runs k layers and one session call. The graph takes the threshold γ as an
+input, so one graph serves every γ of a policy.
+
+Only the stateless threshold rules are built (``entropy``, ``norm-entropy``, ``max-prob``), each
+written as its ``metabert.engine.policies`` counterpart computes it, in float32; the patience policies carry
+state between exits and run through the per-layer steps. ``tests/test_engine.py`` checks that the
+exits equal the simulator's over the runner's own per-layer logits.
+"""
+
+from __future__ import annotations
+
+import math
+import onnx
+from onnx import TensorProto, helper
+
+FUSED_POLICIES = ("entropy", "norm-entropy", "max-prob")
+
+
+def _renamed(graph: onnx.GraphProto, prefix: str, inputs: dict[str, str]) -> tuple[list, list, dict[str, str]]:
+    """The nodes and initializers of ``graph`` with every name prefixed, its inputs wired to the
+    outer names in ``inputs``; returns (nodes, initializers, {output name: new name})."""
+    def name(n: str) -> str:
+        if not n:
+            return n
+        return inputs.get(n, prefix + n)
+
+    nodes = []
+    for node in graph.node:
+        new = onnx.NodeProto()
+        new.CopyFrom(node)
+        new.name = prefix + node.name
+        new.input[:] = [name(n) for n in node.input]
+        new.output[:] = [name(n) for n in node.output]
+        nodes.append(new)
+    inits = []
+    for init in graph.initializer:
+        new = onnx.TensorProto()
+        new.CopyFrom(init)
+        new.name = prefix + init.name
+        inits.append(new)
+    return nodes, inits, {o.name: prefix + o.name for o in graph.output}
+
+
+def _exit_test(policy: str, logits: str, num_labels: int, prefix: str) -> tuple[list, list, str]:
+    """Nodes computing the scalar bool "leave now" of ``policy`` on (1, C) ``logits`` against the
+    graph input ``threshold``, as ``metabert.engine.policies`` computes it. Every node runs after each layer a
+    sample passes, so the rule is written in as few as it takes: the reductions run over every axis
+    of the (1, C) logits into the scalar ``If`` needs, and the entropy rule H < γ is tested as
+    sum(p log p) > -γ (``neg_threshold``, computed once per call), the same comparison in float32."""
+    p = prefix
+    inits = []
+    if policy == "max-prob":
+        nodes = [helper.make_node("Softmax", [logits], [p + "probs"], axis=-1),
+                 helper.make_node("ReduceMax", [p + "probs"], [p + "stat"], keepdims=0),
+                 helper.make_node("Greater", [p + "stat", "threshold"], [p + "leave"])]
+        return nodes, inits, p + "leave"
+    nodes = [helper.make_node("LogSoftmax", [logits], [p + "logp"], axis=-1),
+             helper.make_node("Exp", [p + "logp"], [p + "p"]),
+             helper.make_node("Mul", [p + "p", p + "logp"], [p + "plogp"]),
+             helper.make_node("ReduceSum", [p + "plogp"], [p + "negh"], keepdims=0)]  # -H, a scalar
+    if policy == "norm-entropy":
+        inits.append(helper.make_tensor(p + "logc", TensorProto.FLOAT, [], [math.log(num_labels)]))
+        nodes += [helper.make_node("Neg", [p + "negh"], [p + "stat"]),
+                  helper.make_node("Div", [p + "stat", p + "logc"], [p + "nstat"]),
+                  helper.make_node("Less", [p + "nstat", "threshold"], [p + "leave"])]
+    else:
+        nodes.append(helper.make_node("Greater", [p + "negh", "neg_threshold"], [p + "leave"]))
+    return nodes, inits, p + "leave"
+
+
+def _outputs(logits: str, layer: str) -> list:
+    return [helper.make_tensor_value_info(logits, TensorProto.FLOAT, None),
+            helper.make_tensor_value_info(layer, TensorProto.INT64, None)]
+
+
+def build(graphs: list[onnx.ModelProto], meta: dict, policy: str) -> onnx.ModelProto:
+    """The fused batch-1 early-exit graph for ``policy`` from an exported folder's embeddings and
+    layer graphs (``graphs``, in ``meta["graphs"]`` order; ``meta``: its ``onnx_meta.json``): inputs
+    ``input_ids``, ``attention_mask``, ``token_type_ids`` (1, T) and ``threshold`` (scalar float);
+    outputs ``logits`` (1, C) of the exit taken and ``exit_layer`` (scalar, 1-based)."""
+    if policy not in FUSED_POLICIES:
+        raise ValueError(f"the fused graph has the threshold rules {', '.join(FUSED_POLICIES)}, not {policy!r}")
+    embed, layers = graphs[0], graphs[1:1 + meta["num_layers"]]
+    opsets = {}
+    for g in graphs:
+        for o in g.opset_import:
+            opsets[o.domain] = max(opsets.get(o.domain, 0), o.version)
+
+    def block(i: int) -> tuple[list, list, str, str]:
+        """Layers i..L (0-based i) after hidden state ``h{i}``: (nodes, initializers, logits, layer)."""
+        outer = {"hidden": f"h{i}", "mask": "e/mask", "pool": "e/pool"}
+        nodes, inits, out = _renamed(layers[i].graph, f"l{i + 1}/", outer)
+        nodes.append(helper.make_node("Identity", [out["hidden_out"]], [f"h{i + 1}"]))
+        logits = out["logits"]
+        if i == len(layers) - 1:
+            layer = f"l{i + 1}/exit_layer"
+            inits.append(helper.make_tensor(layer, TensorProto.INT64, [], [i + 1]))
+            return nodes, inits, logits, layer
+        test, test_inits, leave = _exit_test(policy, logits, meta["num_labels"], f"t{i + 1}/")
+        nodes += test
+        inits += test_inits
+        then = helper.make_graph(
+            [helper.make_node("Identity", [logits], [f"then{i + 1}/logits"]),
+             helper.make_node("Constant", [], [f"then{i + 1}/layer"],
+                              value=helper.make_tensor("v", TensorProto.INT64, [], [i + 1]))],
+            f"exit_{i + 1}", [], _outputs(f"then{i + 1}/logits", f"then{i + 1}/layer"))
+        rest_nodes, rest_inits, rest_logits, rest_layer = block(i + 1)
+        otherwise = helper.make_graph(
+            rest_nodes + [helper.make_node("Identity", [rest_logits], [f"else{i + 1}/logits"]),
+                          helper.make_node("Identity", [rest_layer], [f"else{i + 1}/layer"])],
+            f"after_{i + 1}", [], _outputs(f"else{i + 1}/logits", f"else{i + 1}/layer"), rest_inits)
+        out_logits, out_layer = f"if{i + 1}/logits", f"if{i + 1}/layer"
+        nodes.append(helper.make_node("If", [leave], [out_logits, out_layer], then_branch=then, else_branch=otherwise))
+        return nodes, inits, out_logits, out_layer
+
+    feeds = {n: n for n in ("input_ids", "attention_mask", "token_type_ids")}
+    nodes, inits, out = _renamed(embed.graph, "e/", feeds)
+    if policy == "entropy":
+        nodes.append(helper.make_node("Neg", ["threshold"], ["neg_threshold"]))
+    nodes.append(helper.make_node("Identity", [out["hidden"]], ["h0"]))
+    rest_nodes, rest_inits, logits, layer = block(0)
+    nodes += rest_nodes + [helper.make_node("Identity", [logits], ["logits"]),
+                           helper.make_node("Identity", [layer], ["exit_layer"])]
+    inputs = [i for i in embed.graph.input if i.name in feeds]
+    inputs.append(helper.make_tensor_value_info("threshold", TensorProto.FLOAT, []))
+    graph = helper.make_graph(nodes, f"early_exit_{policy}", inputs, _outputs("logits", "exit_layer"),
+                              inits + rest_inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()])
+    model.ir_version = graphs[0].ir_version
+    return model
