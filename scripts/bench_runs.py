@@ -1,5 +1,5 @@
 """Each deployment target of several `metabert bench` reports side by side, and in how many runs it
-was met (`metabert.bench.report.targets_across_runs`).
+was met (`metabert.recipes.pages.bench.targets_across_runs`).
 
 Usage: python scripts/bench_runs.py REPORT.json [REPORT.json ...] > OUTPUT.md
 Files are named in the page as given; run it from the folder that holds them, e.g.
@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from metabert.bench.report import targets_across_runs
+from metabert.recipes.pages.bench import targets_across_runs
 
 if __name__ == "__main__":
     files = sys.argv[1:]

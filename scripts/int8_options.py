@@ -23,9 +23,10 @@ from metabert.data import metrics as metrics
 from metabert.data.batching import collate, encode, model_inputs
 from metabert.eval.calibrate import calibration_set, evaluation_set
 from metabert.model.multi_exit import EagerRunner, MultiExitBert
-from metabert.deploy.onnx_export import OrtMultiExit
+from metabert.deploy.ort_runner import OrtMultiExit
 from metabert.deploy.quantize import QuantizeConfig, quantize_eager, quantize_export
-from metabert.deploy.runners import EagerInt8Runner, all_exit_logits, export_for, temporary_folder
+from metabert.deploy.runners import EagerInt8Runner, export_for, temporary_folder
+from metabert.engine.dataset import runner_logits as all_exit_logits
 
 OPTIONS = {
     "ort dynamic, per tensor": QuantizeConfig(per_channel=False),
@@ -60,7 +61,7 @@ def main(checkpoint, output, task="sst2", timed=200):
         report["options"][name] = {"per_exit": [metrics.compute(spec.metric, logits[i].argmax(-1).tolist(), enc.labels)["score"]
                                                 for i in range(runner.num_layers)]}
         if hasattr(runner, "_directory"):
-            report["options"][name]["graphs_mb"] = sum(f.stat().st_size for f in Path(runner._directory).glob("*.onnx")) / 2**20
+            report["options"][name]["graphs_mb"] = sum(f.stat().st_size for f in Path(runner.directory).glob("*.onnx")) / 2**20
     # batch-1 full-graph latency, ORT options interleaved (PyTorch ones in their own phase)
     for group in ([n for n in runners if n.startswith("eager")], [n for n in runners if n.startswith("ort")]):
         times = {n: np.zeros((3, len(singles))) for n in group}

@@ -13,7 +13,7 @@ from metabert.engine import loop as engine
 from metabert.data.batching import collate, encode, model_inputs
 from metabert.data.tasks import load_glue
 from metabert.engine.policies import get_policy
-from metabert.deploy.onnx_export import OrtMultiExit
+from metabert.deploy.ort_runner import OrtMultiExit
 
 
 def main(folder: str, gamma: float, count: int = 300, rounds: int = 2) -> None:

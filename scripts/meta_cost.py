@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from metabert.common.machine import hardware
-from metabert.training.config import read_log
+from metabert.training.state import read_log
 
 VARIANTS = {
     "joint": ["--method", "joint"],

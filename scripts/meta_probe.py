@@ -22,7 +22,7 @@ import torch
 from metabert.data import tasks as data_mod
 from metabert.training.methods import meta as meta
 from metabert.data.batching import encode, iterate, train_batches
-from metabert.training.methods.meta import MetaConfig
+from metabert.training.methods.options import MetaConfig
 from metabert.model.multi_exit import MultiExitBert
 from metabert.common.machine import hardware
 

@@ -84,7 +84,11 @@ def test_calibrate_max_drop_is_guaranteed_and_stores_the_promise(tmp_path, capsy
     assert promise["kind"] == "max_drop" and promise["max_drop"] == 2 and promise["delta"] == pytest.approx(0.1)
     assert promise["calibration_size"] == 9 and promise["runner"] == "eager" and promise["metric"] == "accuracy"
     assert not promise["certified"] and stored["threshold"] == 0.0  # 9 examples cannot certify 2 points
-    assert "too few calibration examples" in capsys.readouterr().out
+    out = capsys.readouterr().out  # the ways out are named, each a command to run
+    assert "9 calibration examples certified no early exit" in out and "needs 114" in out
+    for way in ("--calibration-fraction 0.2", f"metabert calibrate --checkpoint {ckpt} --max-drop 2 --calibration-data FILE",
+                "--consistency 0.99 --texts FILE", "--max-drop 2", "--confidence 0.9", "--no-guarantee"):
+        assert way in out, way
     assert main(["evaluate", "--checkpoint", str(ckpt), "--task", "custom", "--dev-file", str(dev)]) == 0
     out = capsys.readouterr().out
     assert "promised at calibration: accuracy drop ≤ 2 points with confidence 0.9 (9 calibration examples" in out

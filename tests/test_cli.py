@@ -6,6 +6,7 @@ import pytest
 
 from metabert.cli import main
 from metabert.model.multi_exit import MultiExitBert
+from metabert.data.tasks import calibration_count
 from metabert.training.config import TrainConfig
 
 
@@ -42,7 +43,7 @@ def test_train_and_evaluate_custom_end_to_end(tmp_path, capsys):
     model = MultiExitBert.from_pretrained(ckpt)
     assert model.config.label_names == ("neg", "pos")
     assert model.config.task["text_columns"] == ["text"]
-    assert model.config.calibration["count"] == 2  # 5% of 36, held out
+    assert model.config.calibration["count"] == calibration_count(36) == 7  # 20% of a small file, held out
 
     # evaluate on a JSONL dev file (columns come from the checkpoint), a sweep with CSV and plot
     out = tmp_path / "eval" / "sweep.json"

@@ -7,6 +7,7 @@ from transformers import AutoModel
 
 from conftest import make_tiny
 from metabert.training.methods import compression as c
+from metabert.training.methods import options as opts
 from metabert.model.backbones import Backbone, load_backbone, tiny_config
 from metabert.model.multi_exit import MultiExitBert
 
@@ -148,17 +149,17 @@ def test_cosine_hidden_loss():
 
 
 def test_replacement_rate_follows_the_curriculum():
-    linear = c.ReplacementSchedule("linear", rate=0.3, until=0.5)
+    linear = opts.ReplacementSchedule("linear", rate=0.3, until=0.5)
     rates = [linear.rate_at(s, 100) for s in range(100)]
     assert rates[0] == pytest.approx(0.3)
     assert rates[25] == pytest.approx(0.3 + 0.7 * 0.5)  # k t + b with k = 0.7 / 50
     assert all(b >= a for a, b in zip(rates, rates[1:]))  # never decreases
     assert rates[50:] == [1.0] * 50 and linear.replacing(49, 100) and not linear.replacing(50, 100)
-    constant = c.ReplacementSchedule("constant", rate=0.5, until=0.6)
+    constant = opts.ReplacementSchedule("constant", rate=0.5, until=0.6)
     assert [constant.rate_at(s, 10) for s in range(10)] == [0.5] * 6 + [1.0] * 4
     for bad in ({"kind": "cosine"}, {"rate": 0.0}, {"until": 1.5}):
         with pytest.raises(ValueError):
-            c.ReplacementSchedule(**bad)
+            opts.ReplacementSchedule(**bad)
 
 
 def test_theseus_mixes_successor_and_predecessor_modules():

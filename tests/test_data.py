@@ -141,10 +141,10 @@ def test_custom_pairs_and_errors(tmp_path):
 
 def test_split_off_and_subsample_are_seeded_and_disjoint():
     ds = D.Dataset([D.Example(str(i), None, i % 2) for i in range(100)], ("0", "1"), "mem")
-    rest, held, idx = D.split_off(ds, 0.1, seed=5)
+    rest, held, idx = D.split_off(ds, round(0.1 * len(ds)), seed=5)
     assert len(held) == 10 and len(rest) == 90
     assert not {e.text for e in held.examples} & {e.text for e in rest.examples}
-    assert D.split_off(ds, 0.1, seed=5)[2] == idx != D.split_off(ds, 0.1, seed=6)[2]
+    assert D.split_off(ds, round(0.1 * len(ds)), seed=5)[2] == idx != D.split_off(ds, round(0.1 * len(ds)), seed=6)[2]
     sub = D.subsample(rest, 20, seed=1)
     assert len(sub) == 20 and [e.text for e in sub.examples] == [e.text for e in D.subsample(rest, 20, 1).examples]
 

@@ -71,7 +71,7 @@ def test_bench_runs_page_is_regenerated_from_its_committed_reports():
     """results/bench/runs/targets.md is what scripts/bench_runs.py makes of the reports beside it."""
     import json
 
-    from metabert.bench.report import targets_across_runs
+    from metabert.recipes.pages.bench import targets_across_runs
 
     folder = ROOT / "results" / "bench" / "runs"
     files = sorted(folder.glob("*.bench.json"))

@@ -39,7 +39,8 @@ def model():
 def runners(model, tmp_path_factory):
     out = {"eager": EagerRunner(model), "eager-int8": EagerInt8Runner(model)}
     try:
-        from metabert.deploy.onnx_export import OrtMultiExit, export
+        from metabert.deploy.onnx_export import export
+        from metabert.deploy.ort_runner import OrtMultiExit
         from metabert.deploy.quantize import quantize_export
     except ImportError:  # pragma: no cover - the onnx extra is installed by make test
         return out

@@ -18,8 +18,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from metabert.training.methods.core import METHODS
-from metabert.training.config import TrainConfig, train
+from metabert.training.methods import METHODS, entry
+from metabert.training.config import TrainConfig
+from metabert.training.trainer import train
 
 GOLDEN = Path(__file__).parent / "golden" / "train_fingerprints.json"
 REGENERATE = os.environ.get("METABERT_REGENERATE_GOLDEN") == "1"
@@ -42,7 +43,7 @@ CASES.update({
 
 
 def needs_teacher(case: str) -> bool:
-    return getattr(METHODS[CASES[case]["method"]], "needs_teacher", False)
+    return entry(CASES[case]["method"]).needs_teacher
 
 
 def write_files(folder: Path) -> tuple[Path, Path]:
@@ -60,6 +61,7 @@ def options(case: str, folder: Path) -> dict:
     return {"task": "custom", "output": str(folder / "ckpt"), "model": "tiny", "train_file": str(train_file),
             "dev_file": str(dev_file), "text_columns": ["text"], "label_column": "label", "epochs": 2,
             "batch_size": 4, "max_train_samples": 12, "learning_rate": 1e-3, "seed": 7, "save_every": 0,
+            "calibration_fraction": 0.05,  # the recorded runs' slice (the default now holds out more of small files)
             "meta_support_size": 1, "meta_diagnose_every": 2,
             **({"teacher": str(folder / "teacher")} if needs_teacher(case) else {}), **CASES[case]}
 

@@ -5,8 +5,8 @@ import torch
 
 from conftest import make_tiny
 from metabert.training.methods import meta as meta
-from metabert.training.methods.meta import MetaConfig
-from metabert.training.methods.core import get_method
+from metabert.training.methods.options import MetaConfig
+from metabert.training.methods import get_method
 
 
 @pytest.fixture
@@ -145,7 +145,7 @@ def test_meta_training_end_to_end_logs_diagnostics(tmp_path, schedule):
     assert main(["train", "--task", "custom", "--train-file", str(data), "--dev-file", str(data), "--text-columns",
                  "text", "--label-column", "label", "--model", "tiny", "--method", "meta", "--epochs", "2",
                  "--batch-size", "8", "--meta-support-size", "2", "--meta-schedule", schedule,
-                 "--output", str(out), "--no-progress"]) == 0
+                 "--calibration-fraction", "0.05", "--output", str(out), "--no-progress"]) == 0
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert "meta" in log[0] and log[0]["meta"]["meta_updates"] == 15
     assert 0 < log[0]["meta"]["inner_step_relative"] < 1
@@ -240,7 +240,8 @@ def test_shared_meta_training_with_no_meta_step_is_joint_training(tmp_path):
     data = write_data(tmp_path)
     common = ["train", "--task", "custom", "--train-file", str(data), "--dev-file", str(data), "--text-columns",
               "text", "--label-column", "label", "--model", "tiny", "--epochs", "1", "--batch-size", "8",
-              "--dropout", "0", "--backbone-dropout", "0", "--learning-rate", "1e-3", "--no-progress"]
+              "--dropout", "0", "--backbone-dropout", "0", "--learning-rate", "1e-3", "--calibration-fraction", "0.05",
+              "--no-progress"]
     assert main([*common, "--method", "joint", "--output", str(tmp_path / "joint")]) == 0
     assert main([*common, "--method", "meta", "--meta-lr", "0", "--meta-support-size", "3", "--meta-share-gradients",
                  "--output", str(tmp_path / "shared")]) == 0

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import make_tiny
-from metabert.training.methods.core import METHODS, get_method
+from metabert.training.methods import METHODS, entry, get_method, is_static_method
 from metabert.model.multi_exit import exit_losses
 
 EPOCHS = 4
@@ -31,7 +31,7 @@ def test_every_method_trains_only_what_it_declares_and_every_exit_it_should(name
     torch.manual_seed(0)  # the random draws of layerdrop and theseus
     model = make_tiny(("a", "b"), seed=0, train=True)
     batch = make_batch(model)
-    teacher = make_tiny(("a", "b"), seed=5) if getattr(METHODS[name], "needs_teacher", False) else None
+    teacher = make_tiny(("a", "b"), seed=5) if entry(name).needs_teacher else None
     method = get_method(name, EPOCHS, teacher=teacher, total_steps=EPOCHS)  # theseus: replacing, then alone
     if hasattr(method, "build"):  # a student made from the teacher
         model = method.build(model)
@@ -44,7 +44,7 @@ def test_every_method_trains_only_what_it_declares_and_every_exit_it_should(name
         assert all(method.trainable(n, epoch, model.num_layers) for n in got)
         reached |= got
     heads = {i for i in range(model.num_layers) if any(n.startswith(f"exits.{i}.") for n in reached)}
-    static = getattr(method, "static", False) or name == "last"  # one depth: only the last exit trains
+    static = is_static_method(name)  # one depth: only the last exit trains
     assert heads == ({model.num_layers - 1} if static else set(range(model.num_layers)))
     assert any(n.startswith("encoder.") for n in reached)
 
@@ -103,7 +103,8 @@ def test_unknown_method_lists_the_valid_ones():
 
 
 def test_joint_matched_takes_the_updates_and_rows_of_meta():
-    from metabert.training.methods.meta import MetaConfig, split_tasks
+    from metabert.training.methods.meta import split_tasks
+    from metabert.training.methods.options import MetaConfig
 
     model = make_tiny(("a", "b"), seed=0)
     enc = model.tokenizer([f"text number {i}" for i in range(10)], padding=True, return_tensors="pt")

@@ -13,7 +13,8 @@ from metabert.model.multi_exit import EagerRunner
 from test_cli import train_tiny
 
 pytest.importorskip("onnxruntime")
-from metabert.deploy.onnx_export import OrtMultiExit, check_export, export  # noqa: E402
+from metabert.deploy.onnx_export import check_export, export  # noqa: E402
+from metabert.deploy.ort_runner import OrtMultiExit  # noqa: E402
 
 TEXTS = ["good", "bad film", "a long and winding review of a film that was neither good nor bad",
          "truly awful", "wonderful", "meh , it was fine i guess", "the best", "not the best"] * 2
@@ -38,7 +39,7 @@ def test_folder_of_an_older_export_is_refused_with_the_command_that_redoes_it(ex
     """Format 1 folders (layer graphs fed the 0/1 mask) would run with wrong inputs: refused by name."""
     from metabert.deploy.onnx_export import META_NAME
 
-    meta = json.loads((exported[1]._directory / META_NAME).read_text())
+    meta = json.loads((exported[1].directory / META_NAME).read_text())
     assert meta["format"] == 2
     del meta["format"]
     (tmp_path / META_NAME).write_text(json.dumps(meta))
@@ -107,7 +108,7 @@ def test_curves_command(tmp_path, capsys):
 
 
 def test_interpolated_score_at_speedup():
-    from metabert.eval.curves import at_speedup
+    from metabert.bench.curves import at_speedup
     from metabert.eval.reports import ExitRun
 
     rows = [ExitRun("entropy", 0.1, 2, {"score": score}, 6 / speedup, speedup, (0,) * 6)
@@ -120,13 +121,11 @@ def test_interpolated_score_at_speedup():
 def test_bench_calibrates_each_runner_with_the_guarantee_unless_told(tmp_path):
     """``--max-drop`` in bench chooses γ as `metabert calibrate` stores it (risk-controlled at
     ``--confidence``); ``--no-guarantee`` takes the point estimate."""
-    import argparse
-
     from metabert.data.batching import encode
     from metabert.eval.calibrate import calibration_set, choose, guaranteed_record
-    from metabert.commands.bench import pick_policy
+    from metabert.bench.run import BenchOptions, pick_policy
     from metabert.model.multi_exit import MultiExitBert
-    from metabert.deploy.runners import all_exit_logits
+    from metabert.engine.dataset import runner_logits as all_exit_logits
 
     ckpt, _ = train_tiny(tmp_path, "--calibration-fraction", "0.25")
     model = MultiExitBert.from_pretrained(ckpt).eval()
@@ -134,13 +133,12 @@ def test_bench_calibrates_each_runner_with_the_guarantee_unless_told(tmp_path):
     held = (encode(data, model.tokenizer, 64), what)
     runner = EagerRunner(model)
     logits = all_exit_logits(runner, held[0], model.tokenizer.pad_token_id)
-    args = argparse.Namespace(policy="max-prob", patience=None, threshold=None, target_speedup=None, max_drop=30.0,
-                              confidence=0.9, no_guarantee=False)
-    policy, source, note = pick_policy(model, runner, args, held)
+    options = BenchOptions(policy="max-prob", max_drop=30.0, confidence=0.9)
+    policy, source, note = pick_policy(model, runner, options, held)
     record = guaranteed_record(logits, held[0].labels, "accuracy", "max-prob", 2, max_drop=30.0, delta=0.1)
     assert policy.threshold == record["threshold"] and "confidence 0.9" in source
-    args.no_guarantee = True
-    policy, source, _ = pick_policy(model, runner, args, held)
+    options = BenchOptions(policy="max-prob", max_drop=30.0, confidence=0.9, no_guarantee=True)
+    policy, source, _ = pick_policy(model, runner, options, held)
     assert policy.threshold == choose(logits, held[0].labels, "accuracy", "max-prob", max_drop=30.0)["policy"].threshold
     assert "no guarantee" in source
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from metabert.commands import common
-from metabert.training.methods.meta import MetaConfig
+from metabert.training.methods.options import MetaConfig
 from metabert.common.options import add_options, comma_list, flatten, from_args, option, section, unflatten
 from metabert.training.config import TrainConfig
 

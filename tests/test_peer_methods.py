@@ -6,10 +6,14 @@ import torch.nn.functional as F
 
 from conftest import make_tiny
 from metabert.training.methods import compression as comp
+from metabert.training.methods import options as opts
 from metabert.training.methods import exit_peers as peers
+from metabert.training.methods import ENTRIES, entry
 from metabert.training.methods import peers as pm
 from metabert.model.multi_exit import exit_losses
 from test_compression import batch_for, tiny_teacher
+
+PEERS = [name for name, e in ENTRIES.items() if e.target.startswith("peers:")]
 
 
 def grads(model):
@@ -23,7 +27,7 @@ def test_static_methods_refuse_to_run_without_a_teacher():
 
 def test_distilbert_builds_the_alternate_student_and_its_loss():
     teacher = tiny_teacher(6)
-    method = pm.DistilBert(2, comp.DistilConfig(alpha=0.0), teacher=teacher)
+    method = pm.DistilBert(2, opts.DistilConfig(alpha=0.0), teacher=teacher)
     student = method.build(make_tiny(("a", "b")))
     assert student.num_layers == 3
     assert torch.equal(student.encoder.encoder.layer[1].output.dense.weight,
@@ -34,7 +38,7 @@ def test_distilbert_builds_the_alternate_student_and_its_loss():
                              batch["labels"])
         assert method.loss(student, batch, 0).item() == pytest.approx(ce.item(), rel=1e-5)
         # a student equal to its teacher has nothing to distil: only the CE share is left
-        same = pm.DistilBert(2, comp.DistilConfig(alpha=0.5, cosine=1.0), teacher=teacher)
+        same = pm.DistilBert(2, opts.DistilConfig(alpha=0.5, cosine=1.0), teacher=teacher)
         full_ce = F.cross_entropy(teacher(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])[-1],
                                   batch["labels"])
         assert same.loss(teacher, batch, 0).item() == pytest.approx(0.5 * full_ce.item(), rel=1e-4)
@@ -42,8 +46,8 @@ def test_distilbert_builds_the_alternate_student_and_its_loss():
 
 def test_pkd_loss_adds_the_patient_term_at_the_skipped_layers():
     teacher = tiny_teacher(6)
-    plain = pm.PatientKD(2, comp.PKDConfig(beta=0.0), teacher=teacher)
-    patient = pm.PatientKD(2, comp.PKDConfig(beta=10.0), teacher=teacher)
+    plain = pm.PatientKD(2, opts.PKDConfig(beta=0.0), teacher=teacher)
+    patient = pm.PatientKD(2, opts.PKDConfig(beta=10.0), teacher=teacher)
     student = plain.build(make_tiny(("a", "b")))
     assert [l.output.dense.weight for l in student.encoder.encoder.layer][0] is not None
     assert torch.equal(student.encoder.encoder.layer[1].output.dense.weight,
@@ -59,7 +63,7 @@ def test_pkd_loss_adds_the_patient_term_at_the_skipped_layers():
 
 def test_theseus_replaces_at_the_scheduled_rate_and_trains_only_successor_layers_while_replacing():
     teacher = tiny_teacher(6)
-    method = pm.Theseus(2, comp.TheseusConfig("linear", rate=0.2, until=0.5), teacher=teacher, total_steps=10)
+    method = pm.Theseus(2, opts.TheseusConfig("linear", rate=0.2, until=0.5), teacher=teacher, total_steps=10)
     assert [round(method.rate(s), 2) for s in range(0, 10, 2)] == [0.2, 0.52, 0.84, 1.0, 1.0]
     student = method.build(make_tiny(("a", "b"))).train()
     batch = batch_for(teacher)
@@ -69,7 +73,7 @@ def test_theseus_replaces_at_the_scheduled_rate_and_trains_only_successor_layers
         method.loss(student, batch, 0, step=0).backward()
         touched = grads(student)
         assert all(n.startswith("encoder.encoder.layer.") for n in touched)
-    always = pm.Theseus(2, comp.TheseusConfig("constant", rate=0.999, until=1.0), teacher=teacher, total_steps=10)
+    always = pm.Theseus(2, opts.TheseusConfig("constant", rate=0.999, until=1.0), teacher=teacher, total_steps=10)
     torch.manual_seed(0)
     student.zero_grad(set_to_none=True)
     always.loss(student, batch, 0, step=0).backward()
@@ -85,7 +89,7 @@ def test_theseus_replaces_at_the_scheduled_rate_and_trains_only_successor_layers
 
 def test_theseus_draws_modules_at_the_rate():
     teacher = tiny_teacher(6)
-    method = pm.Theseus(1, comp.TheseusConfig("constant", rate=0.5, until=1.0), teacher=teacher, total_steps=10)
+    method = pm.Theseus(1, opts.TheseusConfig("constant", rate=0.5, until=1.0), teacher=teacher, total_steps=10)
     student = method.build(make_tiny(("a", "b"))).eval()
     batch = batch_for(teacher)
     seen = set()
@@ -98,7 +102,7 @@ def test_theseus_draws_modules_at_the_rate():
 
 def test_layerdrop_trains_full_depth_and_exports_every_other_layer():
     model = tiny_teacher(6)
-    method = pm.LayerDrop(2, comp.LayerDropConfig(rate=0.5, prune=0.5))
+    method = pm.LayerDrop(2, opts.LayerDropConfig(rate=0.5, prune=0.5))
     assert method.build(model) is model
     batch = batch_for(model)
     model.eval()
@@ -106,7 +110,7 @@ def test_layerdrop_trains_full_depth_and_exports_every_other_layer():
         full = F.cross_entropy(model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])[-1],
                                batch["labels"])
         assert method.loss(model, batch, 0).item() == pytest.approx(full.item(), rel=1e-6)  # nothing dropped at eval
-    pruned = method.export(model)
+    pruned = method.final_model(model)
     assert pruned.num_layers == 3 and model.num_layers == 6
     assert torch.equal(pruned.encoder.encoder.layer[2].output.dense.weight, model.encoder.encoder.layer[4].output.dense.weight)
 
@@ -125,7 +129,7 @@ def test_shallow_deep_loss_weights_grow_with_the_epochs():
 def test_gaml_step_gradient_never_opposes_the_ce_gradient():
     model = make_tiny(("a", "b"), seed=2)  # eval: no dropout, the same function for both gradients
     batch = batch_for(model)
-    method = pm.Gaml(2, peers.GamlConfig(kd_weight=5.0))
+    method = pm.Gaml(2, opts.GamlConfig(kd_weight=5.0))
     info = method.before_step(model, batch, 0, 0)
     assert method.update_batches(batch, 0) == [None] and {"batch_loss", "gaml_cosine"} <= set(info)
     step = {n: p.grad.clone() for n, p in model.named_parameters()}
@@ -135,7 +139,7 @@ def test_gaml_step_gradient_never_opposes_the_ce_gradient():
     ce = {n: (p.grad if p.grad is not None else torch.zeros_like(p)) for n, p in model.named_parameters()}
     kd_part = sum(((step[n] - ce[n]) * ce[n]).sum() for n in ce)
     assert kd_part >= -1e-5
-    unaligned = pm.Gaml(2, peers.GamlConfig(kd_weight=5.0, align=False))
+    unaligned = pm.Gaml(2, opts.GamlConfig(kd_weight=5.0, align=False))
     unaligned.before_step(model, batch, 0, 0)
     plain = {n: p.grad.clone() for n, p in model.named_parameters()}
     if info["gaml_cosine"] < 0:  # the alignment changed the step
@@ -149,7 +153,8 @@ class Cut(Exception):
 @pytest.fixture(scope="module")
 def run_options(tmp_path_factory):
     """A small custom task and the tiny full-depth teacher trained on it (``--method last``)."""
-    from metabert.training.config import TrainConfig, train
+    from metabert.training.config import TrainConfig
+    from metabert.training.trainer import train
 
     folder = tmp_path_factory.mktemp("peers")
     rows = [(f"sentence number {i} " + "word " * (i % 7), "pos" if i % 3 else "neg") for i in range(48)]
@@ -162,17 +167,17 @@ def run_options(tmp_path_factory):
     return folder, options
 
 
-@pytest.mark.parametrize("name", [m.name for m in pm.PEER_METHODS])
+@pytest.mark.parametrize("name", PEERS)
 def test_each_system_saves_loads_and_resumes_exactly(name, run_options, tmp_path, monkeypatch):
     import metabert.training.trainer as trainer
     from safetensors.torch import load_file
 
     from metabert.model.multi_exit import MultiExitBert
-    from metabert.training.config import TrainConfig, train
+    from metabert.training.config import TrainConfig
+    from metabert.training.trainer import train
 
     folder, options = run_options
-    cls = {m.name: m for m in pm.PEER_METHODS}[name]
-    teacher = {"teacher": str(folder / "teacher")} if getattr(cls, "needs_teacher", False) else {}
+    teacher = {"teacher": str(folder / "teacher")} if entry(name).needs_teacher else {}
 
     def config(out):
         return TrainConfig(**options, **teacher, method=name, output=str(tmp_path / out), save_every=2)

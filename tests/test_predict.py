@@ -3,9 +3,10 @@ import json
 
 import pytest
 
-from metabert.data.tasks import DataError
+from metabert.data.files import DataError
+from metabert.data.tasks import read_texts
 from metabert.engine.policies import EntropyPolicy
-from metabert.deploy.predict import predict_stream, read_rows
+from metabert.deploy.predict import predict_stream
 from metabert.cli import main
 from conftest import make_tiny
 
@@ -17,7 +18,8 @@ def model():
 
 def run(model, content: bytes, fmt, columns=("text",), skip_bad=False, chunk=3):
     out = io.StringIO()
-    counts = predict_stream(model, read_rows(io.BytesIO(content), fmt, list(columns), "in"), out,
+    rows = read_texts(io.BytesIO(content), fmt, list(columns), header=fmt != "jsonl", name="in", on_error="report")
+    counts = predict_stream(model, rows, out,
                             EntropyPolicy(0.5), batch_size=2, skip_bad=skip_bad, name="in", chunk=chunk)
     return [json.loads(line) for line in out.getvalue().splitlines()], counts
 
@@ -45,7 +47,7 @@ def test_bad_rows_stop_or_are_counted(model):
 def test_pairs_and_csv(model):
     rows, _ = run(model, b'a,b\n"x, y",z\nq,w\n', "csv", columns=("a", "b"))
     assert len(rows) == 2
-    with pytest.raises(DataError, match="no column 'c'"):
+    with pytest.raises(DataError, match="no text column 'c' in the header \\['a', 'b'\\]; name it with --text-columns"):
         run(model, b"a,b\nx,y\n", "csv", columns=("c",))
 
 

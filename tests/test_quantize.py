@@ -14,7 +14,8 @@ from metabert.deploy.runners import EagerInt8Runner, load_runner
 from test_cli import train_tiny
 
 pytest.importorskip("onnxruntime")
-from metabert.deploy.onnx_export import OrtMultiExit, export  # noqa: E402
+from metabert.deploy.onnx_export import export  # noqa: E402
+from metabert.deploy.ort_runner import OrtMultiExit  # noqa: E402
 from metabert.deploy.quantize import QuantizeConfig, quantize_export  # noqa: E402
 
 TEXTS = ["good", "bad film", "a long and winding review of a film that was neither good nor bad", "meh"]

@@ -6,7 +6,7 @@ import torch
 
 from metabert.data.batching import encode, iterate, train_batches
 from metabert.data.tasks import load_glue, subsample
-from metabert.training.methods.core import get_method
+from metabert.training.methods import get_method
 from metabert.model.multi_exit import MultiExitBert
 
 

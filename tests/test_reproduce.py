@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from metabert.cli import main
-from metabert.recipes.reproduce import measure
+from metabert.recipes.reproduce.stats import measure
 
 
 def test_reproduce_writes_table_and_figures_and_resumes(tmp_path, glue_dir, capsys):
@@ -145,7 +145,7 @@ def test_table_one_rows_exit_rules_and_a_static_model(tmp_path, glue_dir):
 def test_finished_cell_made_before_an_option_existed_is_reused(tmp_path):
     import pytest
 
-    from metabert.recipes.reproduce import run_cell
+    from metabert.recipes.reproduce.cells import run_cell
     from metabert.training.config import TrainConfig
 
     base = TrainConfig(task="rte", output="unused", model="tiny", epochs=2)
@@ -162,7 +162,7 @@ def test_finished_cell_made_before_an_option_existed_is_reused(tmp_path):
 
 
 def test_a_cell_with_the_same_options_is_taken_from_another_results_folder(tmp_path):
-    from metabert.recipes.reproduce import run_cell
+    from metabert.recipes.reproduce.cells import run_cell
     from metabert.training.config import TrainConfig
 
     base = TrainConfig(task="mrpc", output="unused", model="tiny", epochs=2)
@@ -247,7 +247,8 @@ def _cell(task, method, seed, score, static=False):
 def test_the_papers_ordering_is_judged_from_paired_seeds(case):
     """Table I's verdict: the paper's two best rows among ours (MetaBERT, then GAML-BERT) against each
     other and against our best other row, seed by seed at 2x; written from the standings alone."""
-    from metabert.recipes.reproduce import aggregate, ordering, render_ordering
+    from metabert.recipes.reproduce.pages import render_ordering
+    from metabert.recipes.reproduce.stats import aggregate, ordering
 
     tasks = ["rte", "mrpc"]
     offsets = {"holds": {"meta": 3.0, "gaml": 1.5}, "does not hold": {"meta": -2.0, "gaml": 1.0},

@@ -4,7 +4,7 @@ full-depth row of the same seed (``teacher_row``) and are tabulated at one depth
 import json
 
 from metabert.cli import main
-from metabert.recipes.reproduce import measure
+from metabert.recipes.reproduce.stats import measure
 
 ROWS = ["full=method=last", "distilbert=method=distilbert,teacher_row=full",
         "pkd=method=pkd,teacher_row=full", "theseus=method=theseus,teacher_row=full", "layerdrop=method=layerdrop",

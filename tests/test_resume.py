@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from metabert.cli import main
-from metabert.training.config import read_log
+from metabert.training.state import read_log
 
 
 def write_data(tmp_path):

@@ -168,7 +168,7 @@ def test_regression_the_input_kind_the_model_does_not_take_is_422(calibrated):
 def test_one_failing_item_fails_only_its_request(calibrated, monkeypatch):
     """Faults injected inside the batch: the innocent requests sharing a micro-batch still get
     their answers (the batch is retried item by item)."""
-    from metabert.deploy.server.app import Batcher
+    from metabert.deploy.server.batcher import Batcher
 
     real = Batcher._run
 
@@ -196,7 +196,8 @@ def test_regression_texts_and_pairs_in_one_micro_batch_are_all_answered(calibrat
 
     from metabert.model.multi_exit import EagerRunner
     from metabert.engine.resolve import resolve
-    from metabert.deploy.server.app import Batcher, ServerConfig, _Item
+    from metabert.deploy.server.batcher import Batcher, _Item
+    from metabert.deploy.server.config import ServerConfig
 
     calls = []
 

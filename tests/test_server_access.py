@@ -1,11 +1,13 @@
 """Who may call the server: loopback by default, a bearer key for anything else."""
 
+import hmac
 import pytest
 from conftest import make_tiny
 from fastapi.testclient import TestClient
 
-from metabert.deploy.server import app as server
-from metabert.deploy.server.app import ServerConfig, create_app
+from metabert.deploy.server import config as server
+from metabert.deploy.server.app import create_app
+from metabert.deploy.server.config import ServerConfig
 
 KEY = "k3y-for-the-tests-0123456789"
 
@@ -25,8 +27,8 @@ def test_predict_without_the_right_key_is_401(headers):
 
 def test_the_key_is_compared_in_constant_time_and_lets_the_request_in(monkeypatch):
     compared = []
-    real = server.hmac.compare_digest
-    monkeypatch.setattr(server.hmac, "compare_digest", lambda a, b: compared.append((a, b)) or real(a, b))
+    real = hmac.compare_digest
+    monkeypatch.setattr(hmac, "compare_digest", lambda a, b: compared.append((a, b)) or real(a, b))
     with client() as c:
         r = c.post("/predict", json={"texts": ["good"]}, headers={"authorization": f"Bearer {KEY}"})
         assert r.status_code == 200, r.text

@@ -9,7 +9,8 @@ from conftest import make_tiny, wait_until
 from fastapi.testclient import TestClient
 
 from metabert.model.multi_exit import EagerRunner
-from metabert.deploy.server.app import ServerConfig, create_app
+from metabert.deploy.server.app import create_app
+from metabert.deploy.server.config import ServerConfig
 
 
 class GatedRunner(EagerRunner):

@@ -7,7 +7,7 @@ _sys.path.insert(0, _p.dirname(_p.abspath(__file__)))
 from _timing import interleaved, report, sst2_dev  # noqa: E402
 import sys, tempfile
 import onnx, onnxruntime as ort
-from metabert.deploy.onnx_export import OrtMultiExit
+from metabert.deploy.ort_runner import OrtMultiExit
 
 count, rounds, folders = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
 rows = sst2_dev(count)

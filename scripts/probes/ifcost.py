@@ -8,7 +8,7 @@ from _timing import interleaved, report, sst2_dev  # noqa: E402
 import sys, tempfile
 import onnx, onnxruntime as ort
 from onnx import helper, TensorProto
-from metabert.deploy.onnx_export import OrtMultiExit
+from metabert.deploy.ort_runner import OrtMultiExit
 from metabert.deploy.onnx_fused import _renamed
 
 folder, count, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])

@@ -2,38 +2,83 @@
 
 The public API, documented in docs/API.md; everything else is internal and may move. The recipes
 (``metabert.recipes``: the paper's tables, results pages) use only these names.
+
+Names are loaded on first use (PEP 562), so ``import metabert`` and the plain-Python parts (configs,
+options, data readers) import no torch; ``from metabert import MultiExitBert`` works as always.
 """
 
-from metabert.model.backbones import source_num_layers
-from metabert.data.batching import Encoded, encode
-from metabert.bench.timing import format_table as format_bench_table
-from metabert.eval.calibrate import calibration_set, choose
-from metabert.data.tasks import DataError, Dataset, TaskSpec, get_task, glue_file, load_glue
-from metabert.engine.loop import ExitResult, Runner
-from metabert.engine.loop import run as run_early_exit_batch
-from metabert.eval.evaluate import (all_exit_logits, evaluate, per_exit_scores, plot_grid, plot_report, pyplot,
-                                 simulate)
-from metabert.engine.policies import POLICIES, ExitPolicy, get_policy, simulate_exits
-from metabert.common.machine import hardware
-from metabert.training.methods.meta import MetaConfig
-from metabert.training.methods.core import METHODS, is_static_method
-from metabert.model.multi_exit import EagerRunner, MultiExitBert, MultiExitConfig
-from metabert.engine.resolve import Resolved, resolve
-from metabert.eval.reports import EarlyExitReport, ExitRun, Timing
-from metabert.training.trainer import Callback, Trainer, TrainState
-from metabert.training.config import RESUME_FREE, TrainConfig, read_log, state_file, train
+from __future__ import annotations
 
-__all__ = [
+import importlib
+
+__version__ = "0.2.0"
+
+# public name -> (module, attribute in it)
+_API = {
     # model and inference
-    "MultiExitBert", "MultiExitConfig", "EagerRunner", "ExitResult", "Runner", "run_early_exit_batch",
-    "ExitPolicy", "POLICIES", "get_policy", "simulate_exits", "Resolved", "resolve",
+    "MultiExitBert": ("metabert.model.multi_exit", "MultiExitBert"),
+    "MultiExitConfig": ("metabert.model.multi_exit", "MultiExitConfig"),
+    "EagerRunner": ("metabert.model.multi_exit", "EagerRunner"),
+    "ExitResult": ("metabert.engine.loop", "ExitResult"),
+    "Runner": ("metabert.engine.loop", "Runner"),
+    "run_early_exit_batch": ("metabert.engine.loop", "run"),
+    "ExitPolicy": ("metabert.engine.policies", "ExitPolicy"),
+    "POLICIES": ("metabert.engine.policies", "POLICIES"),
+    "get_policy": ("metabert.engine.policies", "get_policy"),
+    "simulate_exits": ("metabert.engine.policies", "simulate_exits"),
+    "Resolved": ("metabert.engine.resolve", "Resolved"),
+    "resolve": ("metabert.engine.resolve", "resolve"),
     # data
-    "Dataset", "TaskSpec", "Encoded", "get_task", "load_glue", "glue_file", "DataError", "encode", "source_num_layers",
+    "Dataset": ("metabert.data.tasks", "Dataset"),
+    "TaskSpec": ("metabert.data.tasks", "TaskSpec"),
+    "Encoded": ("metabert.data.batching", "Encoded"),
+    "get_task": ("metabert.data.tasks", "get_task"),
+    "load_glue": ("metabert.data.tasks", "load_glue"),
+    "glue_file": ("metabert.data.tasks", "glue_file"),
+    "DataError": ("metabert.data.files", "DataError"),
+    "encode": ("metabert.data.batching", "encode"),
+    "source_num_layers": ("metabert.model.backbones", "source_num_layers"),
     # training
-    "TrainConfig", "MetaConfig", "METHODS", "is_static_method", "train", "Trainer", "TrainState", "Callback", "read_log", "state_file",
-    "RESUME_FREE",
+    "TrainConfig": ("metabert.training.config", "TrainConfig"),
+    "MetaConfig": ("metabert.training.methods.options", "MetaConfig"),
+    "METHODS": ("metabert.training.methods", "METHODS"),
+    "is_static_method": ("metabert.training.methods", "is_static_method"),
+    "train": ("metabert.training.trainer", "train"),
+    "Trainer": ("metabert.training.trainer", "Trainer"),
+    "TrainState": ("metabert.training.trainer", "TrainState"),
+    "Callback": ("metabert.training.callbacks", "Callback"),
+    "read_log": ("metabert.training.state", "read_log"),
+    "state_file": ("metabert.training.state", "state_file"),
+    "RESUME_FREE": ("metabert.training.state", "RESUME_FREE"),
     # evaluation, calibration and results
-    "evaluate", "all_exit_logits", "per_exit_scores", "simulate", "EarlyExitReport", "ExitRun", "Timing",
-    "calibration_set", "choose", "plot_report", "plot_grid", "pyplot", "format_bench_table", "hardware",
-]
-__version__ = "0.1.0"
+    "evaluate": ("metabert.eval.evaluate", "evaluate"),
+    "all_exit_logits": ("metabert.eval.evaluate", "all_exit_logits"),
+    "per_exit_scores": ("metabert.eval.evaluate", "per_exit_scores"),
+    "simulate": ("metabert.eval.evaluate", "simulate"),
+    "EarlyExitReport": ("metabert.eval.reports", "EarlyExitReport"),
+    "ExitRun": ("metabert.eval.reports", "ExitRun"),
+    "Timing": ("metabert.eval.reports", "Timing"),
+    "calibration_set": ("metabert.eval.calibrate", "calibration_set"),
+    "choose": ("metabert.eval.calibrate", "choose"),
+    "plot_report": ("metabert.eval.plots", "plot_report"),
+    "plot_grid": ("metabert.eval.plots", "plot_grid"),
+    "pyplot": ("metabert.eval.plots", "pyplot"),
+    "format_bench_table": ("metabert.bench.timing", "format_table"),
+    "hardware": ("metabert.common.machine", "hardware"),
+}
+
+__all__ = list(_API)
+
+
+def __getattr__(name: str):
+    try:
+        module, attribute = _API[name]
+    except KeyError:
+        raise AttributeError(f"module 'metabert' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_API])

@@ -8,10 +8,10 @@ import shlex
 import sys
 
 from metabert.commands import (bench, calibrate, curves, download_glue, evaluate, export, fuzz_server, loadtest,
-                               predict, report, reproduce, serve, train, validate_calibration)
+                               predict, report, reproduce, retrofit, serve, train, validate_calibration)
 from metabert.data.tasks import DataError
 
-COMMANDS = {"train": train, "evaluate": evaluate, "calibrate": calibrate, "validate-calibration": validate_calibration,
+COMMANDS = {"train": train, "retrofit": retrofit, "evaluate": evaluate, "calibrate": calibrate, "validate-calibration": validate_calibration,
             "export": export, "bench": bench, "curves": curves, "predict": predict, "serve": serve,
             "fuzz-server": fuzz_server, "loadtest": loadtest, "reproduce": reproduce, "report": report,
             "download-glue": download_glue}

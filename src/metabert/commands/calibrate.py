@@ -9,12 +9,13 @@ import json
 
 from metabert.data import tasks as data_mod
 from metabert.data.batching import encode
-from metabert.eval.calibrate import calibration_set, guaranteed_record, point_record, unlabelled_set
+from metabert.eval.calibrate import calibration_set, guaranteed_record, point_record, unlabelled_set, ways_out
 from metabert.commands.common import add_inference_options
 from metabert.engine.policies import POLICIES, policy_from_dict
 from metabert.model.multi_exit import MultiExitBert
 from metabert.engine.resolve import resolve_name, store_record
-from metabert.deploy.runners import all_exit_logits, load_runner
+from metabert.deploy.runners import load_runner
+from metabert.engine.dataset import runner_logits as all_exit_logits
 
 
 def add_parser(sub, name):
@@ -66,7 +67,7 @@ def run(args) -> int:
         record = guaranteed_record(logits, labels, metric, name, patience, max_drop=args.max_drop,
                                    consistency=args.consistency, delta=round(1 - args.confidence, 12), chosen_on=what,
                                    runner=runner.name)
-    print(summary(record, metric) + f"\n  (with {runner.name} logits)")
+    print(summary(record, metric, args.checkpoint) + f"\n  (with {runner.name} logits)")
     if args.dry_run:
         print(json.dumps(record, indent=2))
         return 0
@@ -87,7 +88,7 @@ def check_goal(args) -> None:
         raise ValueError("give --texts or --calibration-data, not both")
 
 
-def summary(record: dict, metric: str) -> str:
+def summary(record: dict, metric: str, checkpoint: str | None = None) -> str:
     policy = policy_from_dict(record)
     lines = [f"{policy.describe()} chosen for {record['goal']} on {record['chosen_on']}:"]
     if "calibration_score" in record:
@@ -100,7 +101,7 @@ def summary(record: dict, metric: str) -> str:
         lines.append(f"  bounded: {promise['bounded']} (p-value {promise['p_value']:.3g}, rate on the calibration "
                      f"data {promise['calibration_loss_rate']:.4f}, {promise['calibration_size']} examples)")
         if not promise["certified"]:
-            lines.append("  too few calibration examples to certify any early exit: the full model is kept")
+            lines.append(ways_out(promise, checkpoint))
         if not promise["decomposable"]:
             lines.append(f"  {metric} does not decompose over examples: the per-example rate above is what is "
                          "bounded, not the metric's drop")

@@ -12,7 +12,7 @@ from metabert.data import tasks as data_mod
 from metabert.data.batching import encode
 from metabert.commands.common import add_data_options, add_progress_option
 from metabert.eval.calibrate import evaluation_set
-from metabert.eval.curves import at_speedup, measured_speedups, plot_curves, policy_curves
+from metabert.bench.curves import at_speedup, measured_speedups, plot_curves, policy_curves
 from metabert.eval.evaluate import all_exit_logits, candidate_policies
 from metabert.engine.policies import POLICIES
 from metabert.model.multi_exit import MultiExitBert

@@ -9,7 +9,10 @@ from metabert.data.batching import encode
 from metabert.commands.common import (
     add_data_options, add_inference_options, add_policy_options, float_list, resolve_policy,
 )
-from metabert.eval.evaluate import all_exit_logits, evaluate, format_report, plot_report, sweep_policies, write_sweep_csv
+from metabert.engine.policies import policy_from_dict
+from metabert.engine.resolve import record_for
+from metabert.eval.evaluate import all_exit_logits, evaluate, format_report, simulate, sweep_policies, write_sweep_csv
+from metabert.eval.plots import plot_report
 from metabert.eval.calibrate import data_name, evaluation_set
 from metabert.model.multi_exit import MultiExitBert
 from metabert.eval import risk as risk
@@ -66,9 +69,24 @@ def run(args) -> int:
     if args.thresholds:
         write_sweep_csv(report, stem.with_suffix(".csv"))
         plot = Path(args.plot) if args.plot else stem.with_suffix(".png")
-        plot_report(report, plot, title=f"{task} ({Path(args.checkpoint).name})")
-        print(f"sweep: {stem.with_suffix('.csv')}, plot: {plot}")
+        marked, label = calibrated_run(model, logits, encoded.labels, spec.metric, sweep[0].name)
+        plot_report(report, plot, title=f"{task} {args.split}, {report.num_examples} examples: checkpoint "
+                                        f"{args.checkpoint}", marked=marked, marked_label=label)
+        print(f"sweep: {stem.with_suffix('.csv')}, plot: {plot}"
+              + (f" (the calibrated threshold marked: {label}, {marked.layer_speedup:.2f}x, {marked.score:.2f})"
+                 if marked else ""))
     return 0
+
+
+def calibrated_run(model, logits, labels, metric: str, policy: str):
+    """The checkpoint's calibrated policy (eager) run on this data set, and a label saying what it
+    promised; (None, "") when it has none for ``policy``."""
+    record = record_for(model.config.exit_policy, "eager", warn=False)[0]
+    if not record or record.get("name") != policy:
+        return None, ""
+    chosen = policy_from_dict(record)
+    goal = record.get("goal", "")
+    return simulate(logits, labels, metric, chosen), f"calibrated: {chosen.describe()}" + (f", {goal}" if goal else "")
 
 
 def promise_check(promise: dict, report: EarlyExitReport, logits, labels, policy) -> dict:

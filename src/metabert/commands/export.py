@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 
+from metabert.commands.common import add_progress_option
 from metabert.eval.calibrate import calibrate_checkpoint
 from metabert.model.multi_exit import MultiExitBert
-from metabert.deploy.onnx_export import OrtMultiExit, check_export
+from metabert.deploy.onnx_export import check_export
+from metabert.deploy.ort_runner import OrtMultiExit
 from metabert.deploy.quantize import METHODS, QuantizeConfig
 from metabert.deploy.runners import export_for
 
@@ -29,6 +31,7 @@ def add_parser(sub, name):
     p.add_argument("--static-examples", type=int, default=256, help="calibration examples for --quantize-method static")
     p.add_argument("--no-calibrate", action="store_true",
                    help="--quantize int8: do not calibrate the INT8 runner's γ on the held-out slice")
+    add_progress_option(p)
     p.set_defaults(run=run)
 
 
@@ -46,7 +49,7 @@ def run(args) -> int:
     runner = "ort-int8" if args.quantize else "ort"
     config = QuantizeConfig(method=args.quantize_method, per_channel=args.per_channel)
     batches = _static_batches(model, args.static_examples) if args.quantize and config.method == "static" else None
-    out = export_for(model, args.checkpoint, runner, args.output, config, batches)
+    out = export_for(model, args.checkpoint, runner, args.output, config, batches, progress=args.progress)
     diff = check_export(model, OrtMultiExit(out))
     print(f"exported {model.num_layers} layers with their exits to {out} (the {runner} runner); "
           f"max |PyTorch - ONNX Runtime| over every exit's logits: {diff:.2e}")

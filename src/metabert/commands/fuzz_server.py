@@ -12,6 +12,8 @@ import json
 import time
 from pathlib import Path
 
+from metabert.commands.common import add_progress_option
+
 
 def add_parser(sub, name):
     p = sub.add_parser(name, help="fuzz the HTTP server from its OpenAPI schema", description=__doc__)
@@ -21,6 +23,7 @@ def add_parser(sub, name):
     p.add_argument("--max-items", type=int, default=8, help="the server's --max-items (small: more limits reached)")
     p.add_argument("--max-chars", type=int, default=500, help="the server's characters per text (small: faster)")
     p.add_argument("--output", help="JSON file for the report")
+    add_progress_option(p)
     p.set_defaults(run=run)
 
 
@@ -36,13 +39,14 @@ def run(args: argparse.Namespace) -> int:
         if not args.checkpoint:
             return tiny_app(args.seed, max_items=args.max_items, max_chars=args.max_chars)
         from metabert.model.multi_exit import MultiExitBert
-        from metabert.deploy.server.app import ServerConfig, create_app
+        from metabert.deploy.server.app import create_app
+        from metabert.deploy.server.config import ServerConfig
 
         return create_app(MultiExitBert.from_pretrained(args.checkpoint),
                           ServerConfig(max_items=args.max_items, max_chars=args.max_chars))
 
     start = time.perf_counter()
-    report = fuzz_app(make_app, args.cases, args.seed).to_dict()
+    report = fuzz_app(make_app, args.cases, args.seed, progress=args.progress).to_dict()
     report.update(seconds=round(time.perf_counter() - start, 1), command=args.command_line,
                   model=args.checkpoint or "random tiny (3 layers, hidden 32)")
     print(f"{report['cases']} cases in {report['seconds']} s ({report['cases_by_source']}); "

@@ -8,9 +8,9 @@ from pathlib import Path
 from metabert.commands.common import add_training_options, config_fields
 from metabert.data.tasks import GLUE_TASKS
 from metabert.engine.policies import POLICIES
-from metabert.training.methods.core import METHODS
+from metabert.training.methods import entry
 from metabert.common.options import flat_types
-from metabert.recipes.reproduce import reproduce, split_row
+from metabert.recipes.reproduce.cells import reproduce, split_row
 from metabert.training.config import TrainConfig
 
 
@@ -18,6 +18,9 @@ def add_parser(sub, name):
     p = sub.add_parser(name, help="train and compare methods on several tasks and seeds (Table II)",
                        description=__doc__)
     add_training_options(p)
+    # the tables' cells hold out 5% of each training file, as `train` did before it held out more of small
+    # files: the recipe keeps that setting so its cells, committed or resumed, stay comparable
+    p.set_defaults(calibration_fraction=0.05)
     p.add_argument("--tasks", default="cola,rte,mrpc,sst2")
     p.add_argument("--methods", default="joint,two-stage,alternating,meta")
     p.add_argument("--seeds", type=int, default=3)
@@ -70,7 +73,7 @@ def run(args) -> int:
             options, _ = split_row(variants.get(m))
             config = base.replace(**{"task": t, **task_options.get(t, {}), "method": m, **options})
             row = (variants.get(m) or {}).get("teacher_row")
-            if getattr(METHODS[config.method], "needs_teacher", False) and not (row or config.teacher):
+            if entry(config.method).needs_teacher and not (row or config.teacher):
                 raise ValueError(f"row {m} (--method {config.method}) needs a teacher: add teacher_row=ROW to its "
                                  "--variant (a full-depth row earlier in --methods, e.g. bert-6l=method=last)")
             if row is not None and (row not in methods or methods.index(row) > methods.index(m)):

@@ -42,7 +42,8 @@ def add_parser(sub, name):
 
 
 def run(args: argparse.Namespace) -> int:
-    from metabert.deploy.server.app import ServerConfig, serve
+    from metabert.deploy.server.config import ServerConfig
+    from metabert.deploy.server.process import serve
 
     given = {"max_items": args.max_items, "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms,
              "max_seq_length": args.max_seq_length, "max_queue": args.max_queue,

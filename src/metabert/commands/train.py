@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import json
 
-from metabert.eval.calibrate import calibrate_checkpoint
+from metabert.eval.calibrate import calibrate_checkpoint, ways_out
 from metabert.commands.common import add_training_options, config_fields
 from metabert.common.options import add_options
-from metabert.training.config import TrainConfig, resume_config, train
+from metabert.training.config import TrainConfig
+from metabert.training.trainer import resume_config, train
 
 
 def add_parser(sub, name):
@@ -43,18 +44,21 @@ def run(args) -> int:
     code = report(summary)
     if not args.no_calibrate and not summary.get("rank") and summary.get("best"):
         calibrated(calibrate_checkpoint(summary["output"], args.calibrate_max_drop, round(1 - args.calibrate_confidence, 12),
-                                        config.data_dir, config.eval_batch_size, config.max_seq_length))
+                                        config.data_dir, config.eval_batch_size, config.max_seq_length),
+                   summary["output"])
     return code
 
 
-def calibrated(record: dict | None) -> None:
+def calibrated(record: dict | None, checkpoint: str) -> None:
     if record is None:
         print("not calibrated (no held-out slice): predict runs the full model until `metabert calibrate`")
         return
     promise = record["promise"]
     print(f"calibrated on {record['chosen_on']}: {record['name']} γ={record['threshold']:g} for {record['goal']}, "
           f"layer speed-up {record['calibration_layer_speedup']:.2f}x"
-          + ("" if promise["certified"] else " (too few examples to certify early exit: the full model)"))
+          + ("" if promise["certified"] else " (nothing certified: the full model)"))
+    if not promise["certified"]:
+        print(ways_out(promise, checkpoint))
 
 
 def report(summary: dict) -> int:

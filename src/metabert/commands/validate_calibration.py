@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from metabert.eval import validate as calibration_check
+from metabert.recipes.pages import calibration as pages
 from metabert.data.batching import encode
 from metabert.eval.calibrate import calibration_set, evaluation_set
 from metabert.commands.common import add_inference_options
@@ -113,8 +114,8 @@ def summarise(args) -> int:
             raise DataError(f"{name}: cannot read validation results ({err})") from None
     order = {"sst2": 0, "mrpc": 1, "rte": 2}
     records.sort(key=lambda r: (order.get(r["task"], 9), r["task"], r["calibration_size"]))
-    calibration_check.plot(records, args.plot)
-    page = calibration_check.markdown(records, Path(args.plot).name, args.command_line)
+    pages.plot(records, args.plot)
+    page = pages.markdown(records, Path(args.plot).name, args.command_line)
     Path(args.markdown).write_text(page)
     print(f"wrote {args.markdown} and {args.plot}")
     return 0

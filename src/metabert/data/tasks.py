@@ -6,22 +6,18 @@ GLUE files are read with ``csv.QUOTE_NONE`` (their sentences contain unbalanced 
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
+
+from metabert.data.files import DataError, Row, file_format, first_row, read_table
 
 GLUE_HINT = (
     "Put the GLUE files in the original layout (e.g. DIR/SST-2/train.tsv, DIR/MRPC/dev.tsv) and pass "
     "--data-dir DIR or set GLUE_DIR=DIR; if you are online, `metabert download-glue DIR` fetches them."
 )
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file and line."""
 
 
 @dataclass(frozen=True)
@@ -48,23 +44,29 @@ class TaskSpec:
     num_columns: int | None = None
     metric: str = "accuracy"
     format: str = "tsv"
+    text_names: tuple = ()
 
 
 GLUE_TASKS: dict[str, TaskSpec] = {
-    "sst2": TaskSpec("sst2", "SST-2", (0,), 1, ("0", "1"), num_columns=2),
-    "mrpc": TaskSpec("mrpc", "MRPC", (3, 4), 0, ("0", "1"), num_columns=5, metric="acc_and_f1"),
-    "rte": TaskSpec("rte", "RTE", (1, 2), 3, ("entailment", "not_entailment"), num_columns=4),
-    "cola": TaskSpec("cola", "CoLA", (3,), 1, ("0", "1"), header=False, num_columns=4, metric="mcc"),
-    "qnli": TaskSpec("qnli", "QNLI", (1, 2), 3, ("entailment", "not_entailment"), num_columns=4),
+    "sst2": TaskSpec("sst2", "SST-2", (0,), 1, ("0", "1"), num_columns=2, text_names=("sentence",)),
+    "mrpc": TaskSpec("mrpc", "MRPC", (3, 4), 0, ("0", "1"), num_columns=5, metric="acc_and_f1",
+                     text_names=("#1 String", "#2 String")),
+    "rte": TaskSpec("rte", "RTE", (1, 2), 3, ("entailment", "not_entailment"), num_columns=4,
+                    text_names=("sentence1", "sentence2")),
+    "cola": TaskSpec("cola", "CoLA", (3,), 1, ("0", "1"), header=False, num_columns=4, metric="mcc",
+                     text_names=("sentence",)),
+    "qnli": TaskSpec("qnli", "QNLI", (1, 2), 3, ("entailment", "not_entailment"), num_columns=4,
+                     text_names=("question", "sentence")),
     "mnli": TaskSpec(
         "mnli", "MNLI", (8, 9), -1, ("contradiction", "entailment", "neutral"),
-        splits={"train": "train.tsv", "dev": "dev_matched.tsv"},
+        splits={"train": "train.tsv", "dev": "dev_matched.tsv"}, text_names=("sentence1", "sentence2"),
     ),
     "mnli-mm": TaskSpec(
         "mnli-mm", "MNLI", (8, 9), -1, ("contradiction", "entailment", "neutral"),
-        splits={"train": "train.tsv", "dev": "dev_mismatched.tsv"},
+        splits={"train": "train.tsv", "dev": "dev_mismatched.tsv"}, text_names=("sentence1", "sentence2"),
     ),
-    "qqp": TaskSpec("qqp", "QQP", (3, 4), 5, ("0", "1"), num_columns=6, metric="acc_and_f1"),
+    "qqp": TaskSpec("qqp", "QQP", (3, 4), 5, ("0", "1"), num_columns=6, metric="acc_and_f1",
+                    text_names=("question1", "question2")),
 }
 TASK_NAMES = (*GLUE_TASKS, "custom")
 
@@ -120,91 +122,15 @@ def load_glue(task: str, split: str, data_dir: str | None = None) -> Dataset:
     return read_file(glue_file(task, split, data_dir), spec)
 
 
-# ---------------------------------------------------------------------------------- low level
-def _decoded_lines(path: Path) -> Iterator[str]:
-    """Lines of a UTF-8 file (a leading BOM removed); a non-UTF-8 line names its line number."""
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise DataError(f"{path}:{number}: not valid UTF-8 ({err.reason} at byte {err.start})") from None
-            if number == 1:
-                line = line.removeprefix("\ufeff")
-            yield line
-
-
-def iter_rows(path: Path, fmt: str) -> Iterator[tuple[int, list | dict]]:
-    """(line number, row) pairs: lists for TSV/CSV, dicts for JSONL. Blank lines are errors too."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    if fmt == "jsonl":
-        for number, line in enumerate(_decoded_lines(path), start=1):
-            if not line.strip():
-                raise DataError(f"{path}:{number}: empty line")
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{number}: invalid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-            yield number, row
-        return
-    if fmt == "tsv":
-        reader = csv.reader(_decoded_lines(path), delimiter="\t", quoting=csv.QUOTE_NONE)
-    elif fmt == "csv":
-        reader = csv.reader(_decoded_lines(path))
-    else:
-        raise DataError(f"{path}: unknown format {fmt!r} (tsv, csv or jsonl)")
-    try:
-        for row in reader:
-            yield reader.line_num, row
-    except csv.Error as err:
-        raise DataError(f"{path}:{reader.line_num}: {err}") from None
-
-
-def _column_index(path: Path, header: list[str] | None, column, what: str) -> int:
-    if isinstance(column, int):
-        return column
-    if header is None:
-        raise DataError(f"{path}: {what} column {column!r} given by name but the file has no header")
-    if column not in header:
-        raise DataError(f"{path}:1: no {what} column {column!r} in header {header}")
-    return header.index(column)
-
-
+# ------------------------------------------------------------------------------ labelled rows
 def read_rows(path: Path, spec: TaskSpec) -> Iterator[tuple[int, str, str | None, str]]:
-    """(line, text, text_pair, raw label) for every data row, checked for shape and empty text."""
-    path = Path(path)
-    rows = iter_rows(path, spec.format)
-    if spec.format == "jsonl":
-        for number, row in rows:
-            values = []
-            for column in (*spec.text_columns, spec.label_column):
-                if column not in row:
-                    raise DataError(f"{path}:{number}: missing field {column!r}")
-                values.append(row[column])
-            yield _checked(path, number, spec, values)
-        return
-    header = None
-    expected = spec.num_columns
-    if spec.header:
-        try:
-            _, header = next(rows)
-        except StopIteration:
-            raise DataError(f"{path}: empty file (expected a header line)") from None
-        expected = expected or len(header)
-    text_idx = [_column_index(path, header, c, "text") for c in spec.text_columns]
-    label_idx = _column_index(path, header, spec.label_column, "label")
-    for number, row in rows:
-        if expected is not None and len(row) != expected:
-            raise DataError(f"{path}:{number}: expected {expected} columns, found {len(row)}")
-        try:
-            values = [row[i] for i in (*text_idx, label_idx)]
-        except IndexError:
-            raise DataError(f"{path}:{number}: too few columns ({len(row)})") from None
-        yield _checked(path, number, spec, values)
+    """(line, text, text_pair, raw label) for every data row of a task's file (``files.read_table``),
+    checked for empty texts and labels."""
+    columns = (*spec.text_columns, spec.label_column)
+    roles = ("text",) * len(spec.text_columns) + ("label",)
+    for row in read_table(path, spec.format, columns, header=spec.header, num_columns=spec.num_columns,
+                          roles=roles):
+        yield _checked(path, row.line, spec, row.values)
 
 
 def _checked(path, number, spec, values):
@@ -220,10 +146,21 @@ def _checked(path, number, spec, values):
     return number, texts[0], (texts[1] if len(texts) > 1 else None), label
 
 
-def read_file(path: Path, spec: TaskSpec, label_names: tuple[str, ...] | None = None) -> Dataset:
-    """Read a whole file; labels must belong to ``label_names`` (default: the task's label set)."""
-    names = tuple(label_names or spec.labels)
+def label_index(names: tuple[str, ...]) -> dict[str, int]:
+    """Label value -> class index for classes ``names``: each name, and where the names are not numbers
+    themselves, each index written as a number ("0", "1", ...), so that a file labelled 0/1 reads into
+    a classifier whose classes are named (a fine-tuned model's ``id2label``: NEGATIVE, POSITIVE)."""
     index = {name: i for i, name in enumerate(names)}
+    if not any(name.lstrip("-").isdigit() for name in names):
+        index.update({str(i): i for i in range(len(names))})
+    return index
+
+
+def read_file(path: Path, spec: TaskSpec, label_names: tuple[str, ...] | None = None) -> Dataset:
+    """Read a whole file; labels must belong to ``label_names`` (default: the task's label set), by
+    name or index (``label_index``)."""
+    names = tuple(label_names or spec.labels)
+    index = label_index(names)
     examples = []
     for number, text, pair, label in read_rows(path, spec):
         if label not in index:
@@ -238,7 +175,10 @@ def read_file(path: Path, spec: TaskSpec, label_names: tuple[str, ...] | None = 
 def custom_spec(path: str | Path, text_columns: list[str], label_column: str, fmt: str | None = None) -> TaskSpec:
     """A task for a user's file; the format comes from the extension unless given."""
     path = Path(path)
-    fmt = fmt or file_format(path)
+    fmt = file_format(path, fmt)
+    if fmt == "txt":
+        raise DataError(f"{path}: a text file (one text per line) holds no labels; give a TSV, CSV or JSONL "
+                        "file with a label column (or pass --format)")
     if not 1 <= len(text_columns) <= 2:
         raise DataError(f"--text-columns takes one or two column names, got {text_columns}")
     return TaskSpec("custom", "", tuple(text_columns), label_column, header=True, format=fmt)
@@ -248,24 +188,13 @@ TEXT_COLUMN_NAMES = (("sentence1", "sentence2"), ("text",), ("sentence",))  # fi
 LABEL_COLUMN_NAMES = ("label",)
 
 
-def file_format(path: str | Path) -> str:
-    path = Path(path)
-    fmt = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}.get(path.suffix.lower())
-    if fmt is None:
-        raise DataError(f"{path}: cannot tell the format from the extension; pass --format tsv|csv|jsonl")
-    return fmt
-
-
 def detect_columns(path: str | Path, text_columns=(), label_column: str | None = None) -> tuple[tuple[str, ...], str]:
     """The text and label columns of a user's file, found by name in its header (TSV/CSV) or first
     object (JSONL) where not given: ``sentence1`` + ``sentence2`` (a pair), else ``text``, else
     ``sentence``; ``label``. Names match case-insensitively and are returned as the file spells
     them. A header without one is an error naming the file, the columns found and the flag."""
     path = Path(path)
-    try:
-        _, first = next(iter_rows(path, file_format(path)))
-    except StopIteration:
-        raise DataError(f"{path}: empty file (expected a header line)") from None
+    first = first_row(path, file_format(path))
     columns = list(first) if isinstance(first, dict) else first
     by_lower = {str(c).strip().lower(): c for c in columns}
     texts = tuple(text_columns)
@@ -315,18 +244,119 @@ def spec_to_dict(spec: TaskSpec) -> dict:
 
 
 def spec_from_dict(data: dict) -> TaskSpec:
+    """A spec from its stored form; a GLUE task is the library's own spec of that task (so that
+    checkpoints written before a field was added read files as today's)."""
+    if data.get("name") in GLUE_TASKS:
+        return GLUE_TASKS[data["name"]]
     data = dict(data)
     data["text_columns"] = tuple(data["text_columns"])
     data["labels"] = tuple(data.get("labels", ()))
+    data["text_names"] = tuple(data.get("text_names", ()))
     return TaskSpec(**data)
 
 
-def split_off(dataset: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset, list[int]]:
-    """A seeded held-out slice (e.g. for calibration): returns (rest, held_out, held-out indices)."""
-    count = int(round(len(dataset) * fraction))
-    order = list(range(len(dataset)))
+def task_from_options(task: str, train_file: str | None = None, text_columns=(), label_column=None) -> TaskSpec:
+    """The task a training run reads: a GLUE task, or ``custom`` with its columns and the label set
+    of its training file."""
+    if task != "custom":
+        return get_task(task)
+    spec = custom_spec(train_file, list(text_columns), label_column)
+    return TaskSpec(**{**asdict(spec), "labels": infer_labels(Path(train_file), spec)})
+
+
+def load_split(spec: TaskSpec, split: str, data_dir=None, file=None) -> Dataset:
+    """A task's ``split`` (a GLUE file), or for a custom task the given ``file``."""
+    if spec.name == "custom":
+        return read_file(Path(file), for_file(spec, file), spec.labels)
+    return load_glue(spec.name, split, data_dir)
+
+
+# ------------------------------------------------------------------------ texts without labels
+def text_columns_for(spec: TaskSpec | None, source: str | Path, fmt: str, columns=()) -> tuple[tuple, bool]:
+    """Which columns of a file hold a task's texts, and whether it has a header: ``columns`` when
+    given; a text file's one column; else the task's text columns *by name* where the file's first
+    row names them (a GLUE task's own files, its test file, a CSV or JSONL with the same names), or
+    by position in a headerless file of the task's own layout (CoLA); else the names
+    ``detect_columns`` finds (``text``, ``sentence``, ``sentence1`` + ``sentence2``). An error names
+    the file, the columns found and ``--text-columns``."""
+    if fmt == "txt":
+        if spec is not None and len(spec.text_columns) == 2 and not columns:
+            raise DataError(f"{source}: a text file holds one text per line, but this model takes sentence pairs; "
+                            "give a TSV, CSV or JSONL file with its two text columns")
+        return (0,), False
+    if columns:
+        return tuple(columns), fmt != "jsonl"
+    names = tuple(spec.text_names or spec.text_columns) if spec is not None else ()
+    first = first_row(source, fmt) if not hasattr(source, "read") else None
+    found = list(first) if isinstance(first, dict) else (first or [])
+    if names and all(isinstance(n, str) for n in names) and (first is None or all(n in found for n in names)):
+        return names, fmt != "jsonl"
+    if spec is not None and not spec.header and fmt == spec.format and len(found) == (spec.num_columns or len(found)):
+        return tuple(spec.text_columns), False  # the task's own headerless layout (CoLA)
+    if first is None:
+        raise DataError(f"{source}: name the text columns with --text-columns")
+    try:
+        texts, _ = detect_columns(source, (), "-")
+    except DataError:
+        want = f" (this model's task reads {list(names)})" if names else ""
+        raise DataError(f"{source}:1: no text column found among the columns {found}{want}; name one 'text' or "
+                        "'sentence' (or two 'sentence1' and 'sentence2'), or pass --text-columns NAME[,NAME]") from None
+    return texts, fmt != "jsonl"
+
+
+def read_texts(source: str | Path | BinaryIO, fmt: str, columns, header: bool, name: str | None = None,
+               on_error: str = "raise") -> Iterator[Row]:
+    """Rows of one text or a pair (``Row.values`` = [text, pair or None]) from ``columns`` of a file
+    (see ``text_columns_for``); an empty or missing text is a bad row."""
+    if not 1 <= len(columns) <= 2:
+        raise DataError(f"--text-columns takes one or two columns, got {list(columns)}")
+    name = name or str(source)
+    for row in read_table(source, fmt, columns, header=header, name=name, on_error=on_error,
+                          roles=("text",) * len(columns)):
+        if row.error:
+            yield row
+            continue
+        bad = next((c for c, v in zip(columns, row.values) if not isinstance(v, str) or not v.strip()), None)
+        if bad is not None:
+            if on_error == "raise":
+                raise DataError(f"{name}:{row.line}: empty or missing text in {bad!r}")
+            yield Row(row.line, error=f"empty or missing text in {bad!r}")
+            continue
+        yield Row(row.line, [row.values[0], row.values[1] if len(columns) == 2 else None])
+
+
+# The default calibration slice (``metabert train --calibration-fraction``): 5% of the training file,
+# but at least MIN_CALIBRATION_ROWS rows where the file allows it without giving up more than
+# MAX_CALIBRATION_SHARE of it. The default promise (at most 1 point below the full model with
+# confidence 0.95) certifies nothing on fewer than 299 rows even with no loss at all, and on 1,000
+# rows it certifies a threshold whose early exit errs where the full model is right on up to 0.4%
+# of them (metabert.eval.risk), a trade-off a real early exit can reach.
+DEFAULT_CALIBRATION_FRACTION = 0.05
+MIN_CALIBRATION_ROWS = 1000
+MAX_CALIBRATION_SHARE = 0.2
+
+
+def calibration_count(rows: int, fraction: float | None = None) -> int:
+    """How many of a training file's ``rows`` are held out for calibration: ``fraction`` of them
+    when given, else the default described above."""
+    if fraction is not None:
+        return int(round(rows * fraction))
+    default = int(round(rows * DEFAULT_CALIBRATION_FRACTION))
+    return max(default, min(MIN_CALIBRATION_ROWS, int(round(rows * MAX_CALIBRATION_SHARE))))
+
+
+def held_out(rows: int, count: int, seed: int) -> list[int]:
+    """The sorted indices of a seeded held-out slice of ``count`` of ``rows`` rows: the first
+    ``count`` of one seeded permutation, so that a larger slice holds a smaller one."""
+    order = list(range(rows))
     random.Random(seed).shuffle(order)
-    held = sorted(order[:count])
+    return sorted(order[:count])
+
+
+def split_off(dataset: Dataset, count: int, seed: int) -> tuple[Dataset, Dataset, list[int]]:
+    """A seeded held-out slice of ``count`` examples (e.g. for calibration, ``held_out``): returns
+    (rest, held_out, held-out indices)."""
+    held = held_out(len(dataset), count, seed)
     held_set = set(held)
     rest = [ex for i, ex in enumerate(dataset.examples) if i not in held_set]
     return (
@@ -342,3 +372,16 @@ def subsample(dataset: Dataset, count: int | None, seed: int) -> Dataset:
         return dataset
     order = sorted(random.Random(seed).sample(range(len(dataset)), count))
     return Dataset([dataset.examples[i] for i in order], dataset.label_names, dataset.source)
+
+
+def texts_of(source: str | Path | BinaryIO, spec: TaskSpec | None, fmt: str | None = None, columns=(),
+             name: str | None = None, on_error: str = "raise") -> Iterator[Row]:
+    """The texts (and pairs) of a file for a model trained on ``spec``: its format from ``fmt`` or the
+    extension, its columns by ``text_columns_for``, read by ``read_texts``."""
+    name = name or str(source)
+    fmt = file_format(name, fmt)
+    found, header = text_columns_for(spec, source, fmt, columns)
+    if spec is not None and len(found) != len(spec.text_columns) and not columns:
+        raise DataError(f"{name}: this model reads {len(spec.text_columns)} text column(s), found {list(found)}; "
+                        "pass --text-columns")
+    return read_texts(source, fmt, found, header, name, on_error)

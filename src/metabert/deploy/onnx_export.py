@@ -1,9 +1,7 @@
-"""Exit-aware ONNX Runtime inference.
-
-``export`` writes the embeddings, every layer with its exit head, and (as the baseline) the whole
-model with its last exit, as separate ONNX graphs. ``OrtMultiExit`` is the engine's runner over
-them: ``metabert.engine.loop.run`` steps it layer by layer as it does the eager model, so that after each
-layer the policy decides which rows leave and only the others go on to the next graph.
+"""Exit-aware ONNX export: the embeddings, every layer with its exit head, and (as the baseline) the
+whole model with its last exit, as separate ONNX graphs, with ``onnx_meta.json`` saying what the
+folder holds. ``metabert.deploy.ort_runner.OrtMultiExit`` runs them as the engine's runner;
+``check_export`` compares every exit's logits with PyTorch.
 """
 
 from __future__ import annotations
@@ -14,8 +12,8 @@ import shutil
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
+from tqdm.auto import tqdm
 from torch import nn
 
 from metabert.model.families import LayerInputs, additive_mask, pool_weights
@@ -73,8 +71,9 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outpu
                           dynamic_axes=dynamic, opset_version=17, dynamo=False)
 
 
-def export(model: MultiExitBert, checkpoint: str | Path | None, output: str | Path) -> Path:
-    """Write the graphs, ``onnx_meta.json``, the tokenizer and the metabert config to ``output``."""
+def export(model: MultiExitBert, checkpoint: str | Path | None, output: str | Path, progress: bool = False) -> Path:
+    """Write the graphs, ``onnx_meta.json``, the tokenizer and the metabert config to ``output``
+    (``progress``: a bar of graphs written, on stderr)."""
     family = model.encoder.config.model_type
     if family not in EXPORTABLE:
         raise ValueError(f"ONNX export supports the BERT-layout families ({', '.join(EXPORTABLE)}); "
@@ -87,20 +86,25 @@ def export(model: MultiExitBert, checkpoint: str | Path | None, output: str | Pa
     ids, att = tok["input_ids"], tok["attention_mask"]
     types = tok.get("token_type_ids", torch.zeros_like(ids))
     seq = {0: "batch", 1: "sequence"}
+    bar = tqdm(total=model.num_layers + 2, desc="export", unit="graph", disable=not progress)
     with torch.no_grad():
         _export(_Embed(model), (ids, att, types), output / "embeddings.onnx",
                 ["input_ids", "attention_mask", "token_type_ids"], ["hidden", "mask", "pool"],
                 {"input_ids": seq, "attention_mask": seq, "token_type_ids": seq, "hidden": seq,
                  "mask": {0: "batch", 3: "sequence"}, "pool": seq})
+        bar.update()
         hidden, mask, pool = _Embed(model)(ids, att, types)
         for i in range(model.num_layers):
             _export(_Layer(model, i), (hidden, mask, pool), output / f"layer_{i + 1}.onnx",
                     ["hidden", "mask", "pool"], ["hidden_out", "logits"],
                     {"hidden": seq, "mask": {0: "batch", 3: "sequence"}, "pool": seq,
                      "hidden_out": seq, "logits": {0: "batch"}})
+            bar.update()
         _export(_Full(model), (ids, att, types), output / "full.onnx",
                 ["input_ids", "attention_mask", "token_type_ids"], ["logits"],
                 {"input_ids": seq, "attention_mask": seq, "token_type_ids": seq, "logits": {0: "batch"}})
+        bar.update()
+    bar.close()
     model.tokenizer.save_pretrained(output)
     if checkpoint is not None and (Path(checkpoint) / CONFIG_NAME).is_file():
         shutil.copy(Path(checkpoint) / CONFIG_NAME, output / CONFIG_NAME)
@@ -113,174 +117,7 @@ def export(model: MultiExitBert, checkpoint: str | Path | None, output: str | Pa
     return output
 
 
-_POOL: dict = {}
-
-
-def _shared_thread_pool(threads: int | None) -> bool:
-    """One intra-op thread pool for all our sessions (the early-exit loop hops between 8 of them;
-    per-session pools that spin would fight over the cores, and pools that do not spin wake up
-    slowly). It must be set before ONNX Runtime creates its environment, once per process."""
-    import os
-
-    try:
-        from onnxruntime.capi import _pybind_state as capi
-    except ImportError:  # pragma: no cover
-        return False
-    wanted = threads or os.cpu_count() or 1
-    if "threads" not in _POOL:
-        try:
-            capi.set_global_thread_pool_sizes(wanted, 1)
-        except Exception:  # the environment exists already (another ORT user in this process)
-            _POOL["threads"] = None
-            return False
-        _POOL["threads"] = wanted
-    if _POOL["threads"] not in (None, wanted):
-        log.warning("ONNX Runtime's shared thread pool has %s threads already; %s asked", _POOL["threads"], wanted)
-    return _POOL["threads"] is not None
-
-
-class OrtMultiExit:
-    """ONNX Runtime sessions over an exported folder: a ``metabert.engine.loop.Runner`` (``engine.run``
-    drives its early exit; ``engine.run_full`` its full model)."""
-
-    def __init__(self, directory: str | Path, threads: int | None = None, fused: bool = True):
-        import onnxruntime as ort
-        from transformers import AutoTokenizer
-
-        directory = Path(directory)
-        shared = _shared_thread_pool(threads)
-        if not (directory / META_NAME).is_file():
-            raise FileNotFoundError(f"{directory} is not an exported metabert ONNX folder (no {META_NAME}); "
-                                    "run `metabert export --format onnx` first")
-        self.meta = json.loads((directory / META_NAME).read_text())
-        if self.meta.get("format", 1) != FORMAT:
-            raise ValueError(f"{directory} was exported by an older metabert (ONNX folder format "
-                             f"{self.meta.get('format', 1)}, this one reads {FORMAT}); export it again with "
-                             "`metabert export --checkpoint CHECKPOINT --output FOLDER` (add `--quantize int8` for INT8)")
-        self.config = json.loads((directory / CONFIG_NAME).read_text())
-        self.tokenizer = AutoTokenizer.from_pretrained(directory)
-
-        def make_options(level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL, optimized_path: str | None = None):
-            options = ort.SessionOptions()
-            options.graph_optimization_level = level
-            if optimized_path:
-                options.optimized_model_filepath = optimized_path
-                options.log_severity_level = 3  # not the "hardware-specific graph" notice: it is used here and now
-            if shared:
-                options.use_per_session_threads = False
-            else:  # each session has its own pool: spinning pools of 8 sessions would fight over the cores
-                if threads:
-                    options.intra_op_num_threads = threads
-                options.inter_op_num_threads = 1
-                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            return options
-
-        options = make_options()
-
-        def session(name):
-            return ort.InferenceSession(str(directory / name), options, providers=["CPUExecutionProvider"])
-
-        self._make_options, self._directory = make_options, directory
-        self.fused = fused  # batch 1 through one graph per threshold policy (metabert.deploy.onnx_fused)
-        self._fused_sessions: dict = {}
-
-        self.embeddings = session("embeddings.onnx")
-        self.layers = [session(f"layer_{i + 1}.onnx") for i in range(self.meta["num_layers"])]
-        # what each layer graph reads (the exporter drops an unused input: "pool" under cls pooling)
-        self._layer_inputs = [{i.name for i in s.get_inputs()} for s in self.layers]
-        self.full_session = session("full.onnx")
-        self.num_layers = self.meta["num_layers"]
-        # the runner's name says its precision: calibrated policies are stored per name
-        self.name = "ort-int8" if self.meta.get("precision") == "int8" else "ort"
-        self.host_threads = 1  # the engine's exit tests in torch leave the cores to ORT's pool (engine.host_threads)
-
-    @staticmethod
-    def _feeds(inputs) -> dict[str, np.ndarray]:
-        ids = np.asarray(inputs["input_ids"], dtype=np.int64)
-        types = inputs.get("token_type_ids")
-        return {"input_ids": ids, "attention_mask": np.asarray(inputs["attention_mask"], dtype=np.int64),
-                "token_type_ids": np.zeros_like(ids) if types is None else np.asarray(types, dtype=np.int64)}
-
-    # metabert.engine.loop.Runner: the state is (hidden, additive mask, pooling weights) as numpy arrays
-    def start(self, inputs):
-        hidden, mask, pool = self.embeddings.run(None, self._feeds(inputs))
-        return hidden, mask, pool
-
-    def layer_feeds(self, index, state) -> dict[str, np.ndarray]:
-        """Layer graph ``index``'s inputs from the runner's state."""
-        hidden, mask, pool = state
-        feeds = {"hidden": hidden, "mask": mask, "pool": pool}
-        return {name: value for name, value in feeds.items() if name in self._layer_inputs[index]}
-
-    def step(self, index, state):
-        hidden, logits = self.layers[index].run(None, self.layer_feeds(index, state))
-        return (hidden, state[1], state[2]), torch.from_numpy(logits)
-
-    def select(self, state, keep):
-        """The kept rows, without the trailing positions that are padding in all of them (as
-        ``adapters.trim_padding`` does for the eager runner)."""
-        rows = keep.numpy()
-        hidden, mask, pool = state
-        pool = pool[rows]
-        used = np.flatnonzero((pool[..., 0] != 0).any(0))
-        length = int(used[-1]) + 1 if used.size else pool.shape[1]
-        if length == pool.shape[1]:
-            return hidden[rows], mask[rows], pool
-        return (hidden[rows, :length], np.ascontiguousarray(mask[rows][..., :length]),
-                np.ascontiguousarray(pool[:, :length]))
-
-    def full(self, inputs) -> torch.Tensor:
-        return torch.from_numpy(self.full_session.run(None, self._feeds(inputs))[0])
-
-    def early_exit_one(self, inputs, policy):
-        """The whole early exit of one sample in one session call (``metabert.deploy.onnx_fused``): the
-        engine's batch-1 path for the threshold policies; None where it does not apply (another
-        policy, a batch, ``fused=False``), and the engine steps layer by layer."""
-        from metabert.engine.loop import ExitResult
-        from metabert.deploy.onnx_fused import FUSED_POLICIES, build
-
-        if not self.fused or policy.name not in FUSED_POLICIES or int(inputs["input_ids"].shape[0]) != 1:
-            return None
-        session = self._fused_sessions.get(policy.name)
-        if session is None:
-            session = self._fused_sessions[policy.name] = self._fused_session(policy.name, build)
-        feeds = self._feeds(inputs)
-        feeds["threshold"] = np.array(policy.threshold, dtype=np.float32)
-        logits, layer = session.run(None, feeds)
-        return ExitResult(logits=torch.from_numpy(logits), exit_layer=torch.from_numpy(layer.reshape(1)))
-
-    def _fused_session(self, policy_name: str, build):
-        """The fused graph composed from the graphs as ONNX Runtime optimised them for the per-layer
-        sessions, run without optimising again: the same kernels, so the same logits as the steps
-        (optimised inside ``If`` branches instead, INT8 kernels were fused differently and logits
-        moved by 0.1%)."""
-        import tempfile
-
-        import onnx
-        import onnxruntime as ort
-
-        with tempfile.TemporaryDirectory(prefix="metabert-fused-") as tmp:
-            graphs = []
-            for name in self.meta["graphs"][: 1 + self.num_layers]:
-                target = str(Path(tmp) / name)
-                ort.InferenceSession(str(self._directory / name), self._make_options(optimized_path=target),
-                                     providers=["CPUExecutionProvider"])
-                graphs.append(onnx.load(target))
-        graph = build(graphs, self.meta, policy_name).SerializeToString()
-        options = self._make_options(ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-        return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
-
-    def all_exit_logits(self, inputs) -> torch.Tensor:
-        """Every exit's logits (L, B, C), for checking the export against PyTorch."""
-        state = self.start(inputs)
-        out = []
-        for i in range(self.num_layers):
-            state, logits = self.step(i, state)
-            out.append(logits)
-        return torch.stack(out)
-
-
-def check_export(model: MultiExitBert, runtime: OrtMultiExit) -> float:
+def check_export(model: MultiExitBert, runtime) -> float:
     """Largest absolute difference of every exit's logits, PyTorch against ONNX Runtime, on a
     padded batch of three sentences of different lengths."""
     texts = ["a short one", "a somewhat longer input sentence , with punctuation and more words in it", "mid size"]

@@ -30,6 +30,7 @@ from typing import Iterable
 import torch
 from torch import nn
 from torch.nn import functional as F
+from tqdm.auto import tqdm
 
 from metabert.model.multi_exit import ExitHead
 
@@ -117,7 +118,7 @@ def calibration_feeds(runtime, batches: Iterable[dict]) -> dict[str, list[dict]]
     quantization): {graph file name: [feeds]}."""
     out: dict[str, list[dict]] = {name: [] for name in runtime.meta["graphs"]}
     for inputs in batches:
-        feeds = runtime._feeds(inputs)
+        feeds = runtime.feeds(inputs)
         out["embeddings.onnx"].append(feeds)
         out["full.onnx"].append(feeds)
         state = runtime.start(inputs)
@@ -128,12 +129,13 @@ def calibration_feeds(runtime, batches: Iterable[dict]) -> dict[str, list[dict]]
 
 
 def quantize_export(source: str | Path, output: str | Path, config: QuantizeConfig | None = None,
-                    calibration_batches: Iterable[dict] | None = None) -> Path:
+                    calibration_batches: Iterable[dict] | None = None, progress: bool = False) -> Path:
     """An INT8 copy of the exported folder ``source`` (``metabert.deploy.onnx_export.export``) in
     ``output``: every graph quantized by ``config``, the tokenizer and config copied, and
     ``onnx_meta.json`` recording ``precision: int8`` and the settings (the runner's name, ``ort-int8``,
     comes from it). Static quantization needs ``calibration_batches`` (padded model inputs)."""
-    from metabert.deploy.onnx_export import META_NAME, OrtMultiExit
+    from metabert.deploy.onnx_export import META_NAME
+    from metabert.deploy.ort_runner import OrtMultiExit
 
     config = config or QuantizeConfig()
     source, output = Path(source), Path(output)
@@ -163,7 +165,7 @@ def quantize_export(source: str | Path, output: str | Path, config: QuantizeConf
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
             list(pool.map(_quantize_graph, *zip(*jobs)))
     else:
-        for job in jobs:
+        for job in tqdm(jobs, desc="quantize", unit="graph", disable=not progress):
             _quantize_graph(*job)
     log.info("quantized %d graphs of %s (%s)", len(jobs), source, config.method)
     meta = {**meta, "precision": "int8", "quantization": asdict(config)}
@@ -197,7 +199,9 @@ def quantize_eager(model: nn.Module, per_channel: bool = True, heads: bool = Tru
         warnings.simplefilter("ignore")  # torch.ao.quantization announces its move to torchao
         quantized.encoder = quantize_dynamic(quantized.encoder, spec, dtype=torch.qint8)
         if heads:
-            pooler = [i for i, head in enumerate(quantized.exits) if head.dense is not None]
+            # ExitHeads with a dense layer; a classifier's own last head (metabert.model.heads) stays fp32
+            pooler = [i for i, head in enumerate(quantized.exits)
+                      if isinstance(head, ExitHead) and head.dense is not None]
             spec = {f"{i}.dense": linear for i in pooler}
             quantized.exits = quantize_dynamic(quantized.exits, spec, dtype=torch.qint8)
             for i in pooler:  # same module, same weights: only its fast inference path changes

@@ -14,9 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import torch
 
-from metabert.data.batching import Encoded, model_inputs
 from metabert.model.multi_exit import EagerRunner, MultiExitBert
 
 log = logging.getLogger(__name__)
@@ -48,16 +46,18 @@ def onnx_folder_runner(folder: str | Path) -> str:
 
 
 def export_for(model: MultiExitBert, checkpoint: str | Path | None, runner: str, output: str | Path | None = None,
-               quantize_config=None, calibration_batches=None) -> Path:
+               quantize_config=None, calibration_batches=None, progress: bool = False) -> Path:
     """Export (and for ``ort-int8`` quantize, see ``metabert.deploy.quantize.quantize_export``) ``model``
     into ``output`` (default: a temporary folder). The fp32 graphs are checked against PyTorch
     (INT8 ones differ by design; calibration chooses γ on their own logits)."""
-    from metabert.deploy.onnx_export import OrtMultiExit, check_export, export
+    from metabert.deploy.onnx_export import check_export, export
+    from metabert.deploy.ort_runner import OrtMultiExit
 
     if runner not in ("ort", "ort-int8"):
         raise ValueError(f"only the ort runners are exported, not {runner!r}")
     int8 = runner == "ort-int8"
-    fp32 = export(model, checkpoint, temporary_folder("metabert-onnx-") if int8 or output is None else output)
+    fp32 = export(model, checkpoint, temporary_folder("metabert-onnx-") if int8 or output is None else output,
+                  progress=progress)
     diff = check_export(model, OrtMultiExit(fp32))
     if diff > 1e-4:
         raise ValueError(f"exported graphs differ from PyTorch by {diff:.2e} (> 1e-4)")
@@ -69,7 +69,7 @@ def export_for(model: MultiExitBert, checkpoint: str | Path | None, runner: str,
 
     try:
         return quantize_export(fp32, output or temporary_folder("metabert-onnx-int8-"), quantize_config,
-                               calibration_batches)
+                               calibration_batches, progress=progress)
     finally:
         shutil.rmtree(fp32, ignore_errors=True)  # the fp32 graphs were only the quantizer's input
 
@@ -97,7 +97,7 @@ def load_runner(name: str | None, model: MultiExitBert, onnx: str | Path | None 
         return EagerRunner(model)
     if name == "eager-int8":
         return EagerInt8Runner(model)
-    from metabert.deploy.onnx_export import OrtMultiExit
+    from metabert.deploy.ort_runner import OrtMultiExit
 
     if onnx is None:
         log.info("exporting the checkpoint for %s to a temporary folder (give --onnx to reuse an export)", name)
@@ -107,18 +107,3 @@ def load_runner(name: str | None, model: MultiExitBert, onnx: str | Path | None 
         raise ValueError(f"{onnx} is an export for {found}, not {name} "
                          f"({'export with --quantize int8' if name == 'ort-int8' else 'export without --quantize'})")
     return OrtMultiExit(onnx, threads=threads)
-
-
-def all_exit_logits(runner, data: Encoded, pad_id: int, batch_size: int = 64) -> torch.Tensor:
-    """Every exit's logits (L, N, C) for every example, in the dataset's order, through ``runner``'s
-    own layer steps (what calibration chooses γ on)."""
-    from metabert.eval.evaluate import over_dataset
-
-    def every_exit(batch):
-        state, logits = runner.start(model_inputs(batch)), []
-        for i in range(runner.num_layers):
-            state, exit_logits = runner.step(i, state)
-            logits.append(exit_logits.float())
-        return torch.stack(logits)  # (L, B, C)
-
-    return over_dataset(data, batch_size, pad_id, every_exit)

@@ -38,9 +38,13 @@ def evaluation_set(model, task: str | None = None, split: str = "dev", data_dir:
         spec = data_mod.for_file(data_mod.spec_from_dict(stored), file)
         return task, spec, data_mod.read_file(Path(file), spec, model.config.label_names)
     spec = data_mod.get_task(task)
-    if tuple(spec.labels) != tuple(model.config.label_names):
-        raise ValueError(f"checkpoint labels {list(model.config.label_names)} do not match task {task} "
-                         f"labels {list(spec.labels)}")
+    names = tuple(model.config.label_names)
+    if tuple(spec.labels) != names:
+        by_index = data_mod.label_index(names)
+        if len(spec.labels) != len(names) or any(by_index.get(label) != i for i, label in enumerate(spec.labels)):
+            raise ValueError(f"checkpoint labels {list(names)} do not match task {task} labels {list(spec.labels)}")
+        log.info("task %s labels %s read as the checkpoint's classes by index: %s", task, list(spec.labels),
+                 ", ".join(f"{label} -> {name}" for label, name in zip(spec.labels, names)))
     return task, spec, data_mod.load_glue(task, split, data_dir)
 
 
@@ -71,10 +75,11 @@ def calibration_set(model, data_dir: str | None = None, file: str | None = None)
         full = data_mod.load_glue(spec.name, "train", data_dir)
     else:
         full = data_mod.read_file(Path(record["source"]), spec, model.config.label_names)
-    _, held, _ = data_mod.split_off(full, record["fraction"], record["seed"])
-    if len(held) != record["count"]:
-        raise ValueError(f"the calibration slice of {full.source} has {len(held)} examples but the checkpoint "
-                         f"recorded {record['count']}: is it the same training file?")
+    rows = record.get("rows", len(full))  # checkpoints before 0.2 record the fraction that made the count
+    if len(full) != rows or ("rows" not in record and round(len(full) * record["fraction"]) != record["count"]):
+        raise ValueError(f"{full.source} has {len(full)} examples but the checkpoint's calibration slice was cut "
+                         f"from {record.get('rows', 'another number of')} rows: is it the same training file?")
+    _, held, _ = data_mod.split_off(full, record["count"], record["seed"])
     what = (f"the held-out {record['fraction']:.0%} of {data_name(full.source, spec.name)} (seed {record['seed']}, {len(held)} examples, "
             "never trained on)")
     return held, what
@@ -112,33 +117,14 @@ def choose(logits: torch.Tensor, labels: list[int], metric: str, policy: str = "
 
 def unlabelled_set(model, file: str | Path, max_length: int = 128) -> tuple[Encoded, str]:
     """Texts without labels for ``--consistency`` (e.g. real traffic): a .txt file holds one text
-    per line (single-text tasks); TSV/CSV/JSONL files are read with the checkpoint's text columns.
-    Returns (encoded texts, a sentence saying what they are)."""
-    from metabert.deploy.predict import read_rows
-
+    per line (single-text tasks); TSV/CSV/JSONL files are read with the checkpoint's text columns
+    (``metabert.data.tasks.texts_of``). Returns (encoded texts, a sentence saying what they are)."""
     path = Path(file)
-    if not path.is_file():
-        raise data_mod.DataError(f"{path}: file not found")
-    columns = [c for c in model.config.task.get("text_columns", []) if isinstance(c, str)] or ["text"]
+    spec = data_mod.spec_from_dict(model.config.task) if model.config.task else None
     texts, pairs = [], []
-    if path.suffix.lower() == ".txt":
-        if len(model.config.task.get("text_columns", ())) == 2:
-            raise data_mod.DataError(f"{path}: a .txt file holds one text per line, but this checkpoint's task "
-                                     "takes sentence pairs; give a TSV, CSV or JSONL file with its two text columns")
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                raise data_mod.DataError(f"{path}:{number}: empty line")
-            texts.append(line)
-    else:
-        fmt = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}.get(path.suffix.lower())
-        if fmt is None:
-            raise data_mod.DataError(f"{path}: unlabelled texts must be .txt, .tsv, .csv or .jsonl")
-        with open(path, "rb") as stream:
-            for row in read_rows(stream, fmt, columns, str(path)):
-                if row.error:
-                    raise data_mod.DataError(f"{path}:{row.line}: {row.error}")
-                texts.append(row.text)
-                pairs.append(row.pair)
+    for row in data_mod.texts_of(path, spec):
+        texts.append(row.values[0])
+        pairs.append(row.values[1])
     if not texts:
         raise data_mod.DataError(f"{path}: no texts")
     pairs = pairs if pairs and all(p is not None for p in pairs) else None
@@ -166,17 +152,19 @@ def point_record(logits: torch.Tensor, labels: list[int], metric: str, policy: s
 
 def guaranteed_record(logits: torch.Tensor, labels: list[int] | None, metric: str, policy: str = "entropy",
                       patience: int = 2, max_drop: float | None = None, consistency: float | None = None,
-                      delta: float = risk.DEFAULT_DELTA, chosen_on: str = "", runner: str = "eager") -> dict:
+                      delta: float = risk.DEFAULT_DELTA, chosen_on: str = "", runner: str = "eager",
+                      reference=None, reference_name: str = "") -> dict:
     """The checkpoint's ``exit_policy`` record for a risk-controlled choice (``risk.choose_guaranteed``)
     from all-exit logits of any runner: the policy, and under ``promise`` what was promised (budget,
     δ, metric, what is bounded, calibration size, runner) and the certificate (p-value, loss rate)."""
     choice = risk.choose_guaranteed(logits, labels, policy, patience, max_drop=max_drop,
-                                    consistency=consistency, delta=delta)
+                                    consistency=consistency, delta=delta, reference=reference)
     chosen = choice["policy"]
     if max_drop is not None:
         goal = f"at most {max_drop:g} points below the full model with confidence {1 - delta:g}"
     else:
-        goal = f"agreeing with the full model on at least {100 * consistency:g}% of inputs with confidence {1 - delta:g}"
+        goal = (f"agreeing with {reference_name or 'the full model'} on at least {100 * consistency:g}% of inputs "
+                f"with confidence {1 - delta:g}")
     record = {
         **policy_to_dict(chosen),
         "runner": runner,
@@ -190,6 +178,7 @@ def guaranteed_record(logits: torch.Tensor, labels: list[int] | None, metric: st
             "bounded": f"rate of examples where {choice['loss']} ≤ {choice['alpha']:g}",
             "decomposable": max_drop is None or metric == "accuracy",
             "calibration_size": choice["n"], "runner": runner, "certified": choice["certified"],
+            "compared_with": reference_name or f"{runner}'s own full model",
             "p_value": choice["p_value"], "calibration_loss_rate": choice["loss_rate"],
         },
     }
@@ -200,31 +189,87 @@ def guaranteed_record(logits: torch.Tensor, labels: list[int] | None, metric: st
     return record
 
 
+def ways_out(promise: dict, checkpoint: str | Path | None = None) -> str:
+    """What a user can do when a risk-controlled calibration certified no early exit (``promise``: a
+    record's ``promise``): the commands that give it more data, or ask for a promise it can keep."""
+    ck = str(checkpoint) if checkpoint else "CHECKPOINT"
+    n, kind = promise["calibration_size"], promise["kind"]
+    need = risk.min_examples(1 - promise["consistency"] if kind == "consistency" else promise["max_drop"] / 100,
+                             promise["delta"])
+    budget = (f"--consistency {promise['consistency']:g}" if kind == "consistency" else f"--max-drop {promise['max_drop']:g}")
+    lines = [f"{n} calibration examples certified no early exit for this promise (even with no loss at all it "
+             f"needs {need}; a real early exit needs several times that), so the full model is kept. Ways out:",
+             f"  - more labelled rows: train again with a larger held-out slice (--calibration-fraction 0.2), or "
+             f"`metabert calibrate --checkpoint {ck} {budget} --calibration-data FILE` on held-out labelled data;",
+             f"  - unlabelled texts, as many as you have (real traffic will do): `metabert calibrate --checkpoint {ck} "
+             "--consistency 0.99 --texts FILE` (agreement with the full model, no labels needed);",
+             "  - a promise the data can keep: a larger budget (`--max-drop 2`), a lower confidence "
+             "(`--confidence 0.9`), or the point estimate with no guarantee (`--no-guarantee`)."]
+    return "\n".join(lines)
+
+
+def calibration_texts(model, max_length: int = 128) -> tuple[Encoded, str]:
+    """The unlabelled texts held out for calibration when the checkpoint was made from texts
+    (``metabert retrofit``): its record names the file, its columns and the seeded slice."""
+    record = model.config.calibration
+    texts, pairs = [], []
+    for row in data_mod.read_texts(record["source"], record["format"], record["columns"], record["header"]):
+        texts.append(row.values[0])
+        pairs.append(row.values[1])
+    if len(texts) != record["rows"]:
+        raise ValueError(f"{record['source']} has {len(texts)} texts but the checkpoint's calibration slice was cut "
+                         f"from {record['rows']}: is it the same file?")
+    held = data_mod.held_out(len(texts), record["count"], record["seed"])
+    pairs = [pairs[i] for i in held] if pairs and pairs[0] is not None else None
+    encoded = tokenize(model.tokenizer, [texts[i] for i in held], pairs, max_length).encoded
+    what = (f"the held-out {len(held)} of {Path(record['source']).name}'s {record['rows']} texts (seed {record['seed']}, "
+            "never trained on)")
+    return encoded, what
+
+
 def calibrate_checkpoint(directory: str | Path, max_drop: float = 1.0, delta: float = risk.DEFAULT_DELTA,
                          data_dir: str | None = None, batch_size: int = 64, max_length: int = 128,
-                         runner: str = "eager", onnx: str | Path | None = None) -> dict | None:
-    """Risk-controlled calibration of a saved checkpoint on the slice held out at training, with
+                         runner: str = "eager", onnx: str | Path | None = None,
+                         consistency: float | None = None) -> dict | None:
+    """Risk-controlled calibration of a saved checkpoint on the slice held out when it was made, with
     ``runner``'s own logits (``onnx``: its export folder), stored in it as that runner's record (what
-    ``metabert train`` does last for eager, and ``metabert export --quantize int8`` for ort-int8).
-    None, with a warning, when there is no slice."""
-    from metabert.model.multi_exit import MultiExitBert
-    from metabert.engine.resolve import resolve_name, store_record
-    from metabert.deploy.runners import all_exit_logits as runner_logits
+    ``metabert train`` and ``retrofit`` do last for eager, and ``metabert export --quantize int8`` for
+    ort-int8). A labelled slice (``train``): at most ``max_drop`` points below the full model. Texts
+    (``retrofit``): agreement with the fp32 model on at least ``consistency`` of inputs (default: the
+    eager record's), so an INT8 runner's promise covers its quantization error too. None, with a
+    warning, when there is no slice."""
     from metabert.deploy.runners import load_runner
+    from metabert.engine.dataset import run_dataset, runner_logits
+    from metabert.engine.resolve import record_for, resolve_name, store_record
+    from metabert.model.multi_exit import EagerRunner, MultiExitBert
 
     model = MultiExitBert.from_pretrained(directory)
     if not (model.config.calibration or {}).get("count"):
         log.warning("%s: no held-out calibration slice (--calibration-fraction 0): not calibrated; predict will "
                     "run the full model until `metabert calibrate` is run", directory)
         return None
-    dataset, what = calibration_set(model, data_dir)
-    encoded = encode(dataset, model.tokenizer, max_length)
     backend = load_runner(runner, model, onnx, directory)
-    logits = runner_logits(backend, encoded, model.tokenizer.pad_token_id, batch_size)
-    metric = data_mod.spec_from_dict(model.config.task).metric
     name, patience, _ = resolve_name(None, None, model.config.exit_policy, backend.name)
-    record = guaranteed_record(logits, encoded.labels, metric, name, patience, max_drop=max_drop, delta=delta,
-                               chosen_on=what, runner=backend.name)
+    metric = data_mod.spec_from_dict(model.config.task).metric
+    pad = model.tokenizer.pad_token_id
+    if model.config.calibration.get("kind") == "texts":  # unlabelled texts: agreement with the fp32 model
+        encoded, what = calibration_texts(model, max_length)
+        stored = (record_for(model.config.exit_policy, "eager", warn=False)[0].get("promise") or {})
+        consistency = consistency or stored.get("consistency") or 0.99
+        logits = runner_logits(backend, encoded, pad, batch_size)
+        reference, reference_name = None, ""
+        if backend.name != "eager":  # an INT8 (or ORT) runner answers for the original fp32 model
+            full, _ = run_dataset(EagerRunner(model), encoded, pad, None, batch_size)
+            reference, reference_name = full.predictions.numpy(), "the fp32 model"
+        record = guaranteed_record(logits, None, metric, name, patience, consistency=consistency, delta=delta,
+                                   chosen_on=what, runner=backend.name, reference=reference,
+                                   reference_name=reference_name)
+    else:
+        dataset, what = calibration_set(model, data_dir)
+        encoded = encode(dataset, model.tokenizer, max_length)
+        logits = runner_logits(backend, encoded, pad, batch_size)
+        record = guaranteed_record(logits, encoded.labels, metric, name, patience, max_drop=max_drop, delta=delta,
+                                   chosen_on=what, runner=backend.name)
     model.with_config(exit_policy=store_record(model.config.exit_policy, backend.name, record))
     model.save_config(directory)
     return record

@@ -4,36 +4,18 @@ from __future__ import annotations
 
 import csv
 import logging
-import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
-from metabert.data import metrics as metrics
-from metabert.data.batching import Encoded, eval_batches, iterate, model_inputs
+from metabert.data import metrics
+from metabert.data.batching import Encoded, model_inputs
+from metabert.engine.dataset import over_dataset, run_dataset
 from metabert.engine.policies import POLICIES, EntropyPolicy, ExitPolicy, ThresholdPolicy, entropy, get_policy, simulate_exits
-from metabert.engine import loop as engine
-from metabert.engine.loop import ExitResult
-from metabert.model.multi_exit import EagerRunner, MultiExitBert
 from metabert.eval.reports import EarlyExitReport, ExitRun, Timing
+from metabert.model.multi_exit import EagerRunner, MultiExitBert
 
 log = logging.getLogger(__name__)
-
-
-@torch.no_grad()
-def over_dataset(data: Encoded, batch_size: int, pad_id: int, logits_of, progress: bool = False,
-                 shape: tuple[int, int] | None = None) -> torch.Tensor | None:
-    """``logits_of(batch)`` -> (L, B, C) over length-sorted padded batches, put back in the dataset's
-    order: (L, N, C). ``shape`` (L, C) allocates up front (an empty dataset then gives (L, 0, C))."""
-    out = torch.empty(shape[0], len(data), shape[1]) if shape else None
-    batches = eval_batches(data, batch_size)
-    for batch in tqdm(iterate(data, batches, pad_id), total=len(batches), desc="all exits", disable=not progress):
-        logits = logits_of(batch).float()
-        if out is None:
-            out = torch.empty(logits.shape[0], len(data), logits.shape[-1])
-        out[:, batch["index"]] = logits
-    return out
 
 
 def all_exit_logits(model: MultiExitBert, data: Encoded, batch_size: int = 64, progress: bool = False):
@@ -41,24 +23,6 @@ def all_exit_logits(model: MultiExitBert, data: Encoded, batch_size: int = 64, p
     model.eval()
     return over_dataset(data, batch_size, model.tokenizer.pad_token_id, lambda b: model(**model_inputs(b)),
                         progress, shape=(model.num_layers, model.config.num_labels))
-
-
-def run_dataset(runner, data: Encoded, pad_id: int, policy: ExitPolicy | None,
-                batch_size: int = 64) -> tuple[ExitResult, float]:
-    """Early exit (``policy``; None: the full model) over a dataset in length-sorted padded batches,
-    through the engine. Returns (the result in dataset order, seconds; padding is not timed)."""
-    batches = list(iterate(data, eval_batches(data, batch_size), pad_id))
-    logits, layers = None, torch.empty(len(data), dtype=torch.long)
-    start = time.perf_counter()
-    outputs = [engine.run(runner, model_inputs(b), policy) if policy is not None else engine.run_full(runner, model_inputs(b))
-               for b in batches]
-    seconds = time.perf_counter() - start
-    for batch, out in zip(batches, outputs):
-        if logits is None:
-            logits = torch.empty(len(data), out.logits.shape[-1])
-        logits[batch["index"]] = out.logits.float()
-        layers[batch["index"]] = out.exit_layer
-    return ExitResult(logits, layers), seconds
 
 
 def run_early_exit(model: MultiExitBert, data: Encoded, policy: ExitPolicy | float, batch_size: int = 64):
@@ -167,56 +131,6 @@ def write_sweep_csv(report: EarlyExitReport, path: str | Path) -> None:
             row = run.to_dict()
             writer.writerow([f"{row[f]:.6g}" if isinstance(row[f], float) else row[f] for f in fields]
                             + row["exit_counts"])
-
-
-def _draw(report: EarlyExitReport, left, right) -> None:
-    """Score of every exit (Fig. 2 style) on ``left``, score against layer speed-up on ``right``."""
-    layers = [e["layer"] for e in report.per_exit]
-    left.plot(layers, [e["score"] for e in report.per_exit], marker="o")
-    left.set(xlabel="exit (layer)", ylabel=report.metric, xticks=layers)
-    runs = report.sweep or ((report.timed,) if report.timed else ())
-    if runs:
-        right.plot([r.layer_speedup for r in runs], [r.score for r in runs], marker="o")
-    right.set(xlabel="layer speed-up (L / mean exit layer)", ylabel=report.metric)
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
-
-
-def pyplot():
-    """matplotlib's pyplot, drawing to files (the Agg backend: no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_report(report: EarlyExitReport, path: str | Path, title: str = "") -> None:
-    """Two panels: score of every exit and entropy early exit's score against layer speed-up."""
-    plt = pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    _draw(report, left, right)
-    left.set_title("score of every exit")
-    right.set_title("entropy early exit (threshold sweep)")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def plot_grid(reports: list[EarlyExitReport], names: list[str], path: str | Path) -> None:
-    """One row per report, the two panels of ``plot_report`` each."""
-    plt = pyplot()
-    fig, axes = plt.subplots(len(reports), 2, figsize=(10, 3.2 * len(reports)), squeeze=False)
-    for (left, right), report, name in zip(axes, reports, names):
-        _draw(report, left, right)
-        left.set_title(f"{name}: score of every exit")
-        right.set_title(f"{name}: entropy early exit")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def format_report(report: EarlyExitReport) -> str:

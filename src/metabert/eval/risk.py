@@ -102,12 +102,15 @@ def exit_layers(logits: torch.Tensor, policy: ExitPolicy) -> torch.Tensor:
     return done.to(torch.int8).argmax(0) + 1  # the first exit that says leave (the last always does)
 
 
-def outcomes(logits: torch.Tensor, policies: list[ExitPolicy]) -> Outcomes:
-    """Each policy's exits and predictions on (L, N, C) logits."""
+def outcomes(logits: torch.Tensor, policies: list[ExitPolicy], reference=None) -> Outcomes:
+    """Each policy's exits and predictions on (L, N, C) logits. ``reference`` (N,): the predictions
+    the early exit is compared with (default: these logits' last exit; a retrofitted model's INT8
+    runner is compared with the original fp32 model's answers)."""
     per_layer = logits.argmax(-1).numpy()  # (L, N) each exit's prediction
     layers = np.stack([exit_layers(logits, policy).numpy() for policy in policies])  # (K, N)
     predictions = per_layer[layers - 1, np.arange(per_layer.shape[1])[None]]  # (K, N) the exit's prediction
-    return Outcomes(list(policies), layers, predictions, per_layer[-1], logits.shape[0])
+    full = per_layer[-1] if reference is None else np.asarray(reference)
+    return Outcomes(list(policies), layers, predictions, full, logits.shape[0])
 
 
 def losses(result: Outcomes, labels=None) -> np.ndarray:
@@ -157,13 +160,14 @@ def certify(loss: np.ndarray, alpha: float, delta: float) -> dict:
 
 def choose_guaranteed(logits: torch.Tensor, labels=None, policy: str = "entropy", patience: int = 2,
                       max_drop: float | None = None, consistency: float | None = None,
-                      delta: float = DEFAULT_DELTA) -> dict:
+                      delta: float = DEFAULT_DELTA, reference=None) -> dict:
     """The fastest candidate of ``candidate_grid`` whose risk is certified at confidence 1-δ.
 
     ``max_drop`` D (points, needs ``labels``): the rate of examples the early exit gets wrong and
     the full model right is ≤ D/100, which bounds the accuracy drop by D points (for F1, MCC and
     acc_and_f1 it is this per-example rate that is bounded, see the module docstring).
-    ``consistency`` c (no labels needed): agreement with the full model ≥ c.
+    ``consistency`` c (no labels needed): agreement with the full model ≥ c, or with ``reference``
+    (N,) predictions where given (the original fp32 model, when these logits are INT8 ones).
     Returns {"policy", "index", "certified", "p_value", "loss_rate", "n", "alpha", "delta",
     "loss", "layer_speedup"}; with too few examples to certify anything, the full model (logged).
     """
@@ -180,7 +184,7 @@ def choose_guaranteed(logits: torch.Tensor, labels=None, policy: str = "entropy"
             raise ValueError(f"consistency must be in (0, 1), got {consistency}")
         alpha, loss_name, labels = 1 - consistency, "the early exit disagrees with the full model", None
     grid = candidate_grid(policy, logits.shape[0], logits.shape[-1], patience)
-    result = outcomes(logits, grid)
+    result = outcomes(logits, grid, reference)
     verdict = certify(losses(result, labels), alpha, delta)
     if not verdict["certified"]:
         log.warning("%d calibration examples cannot certify any early exit at risk %.3g and δ=%.3g (need at "
@@ -190,10 +194,10 @@ def choose_guaranteed(logits: torch.Tensor, labels=None, policy: str = "entropy"
             "layer_speedup": float(result.speedups()[verdict["index"]])}
 
 
-def measured(logits: torch.Tensor, policy: ExitPolicy, labels=None) -> dict:
-    """What ``policy`` does on data with all-exit logits: agreement with the full model, and with
-    labels the rate of the bounded loss."""
-    result = outcomes(logits, [policy])
+def measured(logits: torch.Tensor, policy: ExitPolicy, labels=None, reference=None) -> dict:
+    """What ``policy`` does on data with all-exit logits: agreement with the full model (or with
+    ``reference`` predictions), and with labels the rate of the bounded loss."""
+    result = outcomes(logits, [policy], reference)
     out = {"agreement": float((result.predictions[0] == result.full).mean()),
            "layer_speedup": float(result.speedups()[0])}
     if labels is not None:

@@ -25,12 +25,11 @@ from torch import nn
 from metabert.model.families import LayerInputs, adapter_for, pool_weights, truncated_config
 from metabert.model.backbones import Backbone, encoder_from_config, load_backbone
 from metabert.engine.policies import ExitPolicy
+from metabert.model.heads import FAMILY_HEADS, FamilyHead, head_from_config, load_sequence_classifier
 
 log = logging.getLogger(__name__)
 
-POOLINGS = ("mean", "cls")
-HEADS = ("pooler", "linear")
-HEAD_INITS = ("random", "pooler")
+from metabert.model import HEAD_INITS, HEADS, POOLINGS  # noqa: E402  (plain names, for configs without torch)
 CONFIG_NAME = "metabert_config.json"
 WEIGHTS_NAME = "model.safetensors"
 
@@ -50,6 +49,9 @@ class MultiExitConfig:
     calibration: a held-out slice of the training data recorded for threshold calibration.
     exit_policy: the calibrated exit policy (name, threshold, patience, and how it was chosen), used
       by ``early_exit`` when no threshold is given.
+    last_head: "" (every exit an ``ExitHead``), or the encoder's family (``config.model_type``) when
+      the last exit is that family's own sequence-classification head (``metabert.model.heads``),
+      e.g. a fine-tuned classifier's original head (``from_classifier``).
     """
 
     num_labels: int
@@ -62,10 +64,13 @@ class MultiExitConfig:
     calibration: dict = field(default_factory=dict)
     exit_policy: dict = field(default_factory=dict)
     head: str = "pooler"
+    last_head: str = ""
 
     def __post_init__(self):
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        if self.last_head and self.last_head not in FAMILY_HEADS:
+            raise ValueError(f"last_head must be '' or one of {tuple(FAMILY_HEADS)}, got {self.last_head!r}")
         if self.num_labels < 2:
             raise ValueError(f"num_labels must be >= 2, got {self.num_labels}")
         if len(self.label_names) != self.num_labels:
@@ -118,6 +123,11 @@ class MultiExitBert(nn.Module):
                     continue
                 nn.init.normal_(linear.weight, std=init_range)
                 nn.init.zeros_(linear.bias)
+        if config.last_head:  # the family's own classification head as exit L (weights loaded after)
+            if config.last_head != encoder.config.model_type:
+                raise ValueError(f"last_head {config.last_head!r} does not match the encoder's family "
+                                 f"{encoder.config.model_type!r}")
+            self.exits[-1] = head_from_config(encoder.config)
 
     # ----------------------------------------------------------------- construction and storage
     @classmethod
@@ -161,6 +171,38 @@ class MultiExitBert(nn.Module):
                     exit_head.dense.weight.copy_(backbone.pooler.weight)
                     exit_head.dense.bias.copy_(backbone.pooler.bias)
         return model
+
+    @classmethod
+    def from_classifier(
+        cls,
+        name_or_dir: str | os.PathLike,
+        pooling: str = "mean",
+        dropout: float = 0.1,
+        task: dict | None = None,
+        seed: int = 0,
+        head: str = "pooler",
+    ) -> "MultiExitBert":
+        """A multi-exit model on a fine-tuned ``*ForSequenceClassification`` (``metabert.model.heads``):
+        its encoder, its own classification head as the last exit (so the last exit's logits are the
+        classifier's), its ``id2label`` as class names; exits 1..L-1 new ``ExitHead``s (``pooling``,
+        ``dropout``, ``head``) drawn with ``seed``."""
+        loaded = load_sequence_classifier(name_or_dir)
+        config = MultiExitConfig(
+            num_labels=len(loaded.id2label),
+            label_names=tuple(loaded.id2label[i] for i in range(len(loaded.id2label))),
+            pooling=pooling,
+            dropout=dropout,
+            backbone=str(name_or_dir),
+            backbone_config=json.loads(loaded.encoder.config.to_json_string()),
+            task=task or {},
+            head=head,
+            last_head=loaded.problem["family"],
+        )
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = cls(config, loaded.encoder, loaded.tokenizer)
+        model.exits[-1] = loaded.head  # the classifier's own modules, not the fresh ones
+        return model.eval()
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> "MultiExitBert":
@@ -225,6 +267,8 @@ class MultiExitBert(nn.Module):
         """Keep only the first ``num_layers`` layers and their exits (a static BERT-kL model)."""
         if not 1 <= num_layers <= self.num_layers:
             raise ValueError(f"num_layers must be between 1 and {self.num_layers}, got {num_layers}")
+        if num_layers < self.num_layers and self.config.last_head:  # the family head goes with layer L
+            self.with_config(last_head="")
         self.adapter.set_layers(self.encoder, nn.ModuleList(list(self.adapter.layers(self.encoder))[:num_layers]))
         self.exits = nn.ModuleList(list(self.exits)[:num_layers])
         truncated_config(self.encoder.config, num_layers)
@@ -280,6 +324,10 @@ class MultiExitBert(nn.Module):
         """Exit ``index`` on its layer's output: (B, T, H) -> (B, C); ``train`` False takes the head's
         dropout-free fast path."""
         head = self.exits[index]
+        if isinstance(head, FamilyHead):  # a classifier's own head reads the whole sequence
+            weights = inputs.pool_weights  # (B, T, 1) or None: no padding
+            attention_mask = None if weights is None else weights[..., 0] > 0  # (B, T)
+            return head(self.exit_input(hidden), attention_mask)
         pooled = self.pool_weighted(self.exit_input(hidden), inputs.pool_weights)
         return head(pooled) if train else head.infer(pooled)
 

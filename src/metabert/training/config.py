@@ -1,26 +1,18 @@
-"""Training: the options of a run (``TrainConfig``) and ``train``, which runs them with the ``Trainer``
-(``metabert.training.trainer``: the loop and its callbacks). How exit losses are combined is the ``method``'s
-job (``metabert.training.methods.core``)."""
+"""The options of a training run, ``TrainConfig``: every option of ``metabert train`` documented once,
+in its field. Plain Python (no torch, no model): ``metabert.training.trainer`` runs a config, and
+the training methods' own options are sections of it (``metabert.training.methods.options``)."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
-import torch
-
-from metabert.data import tasks as data_mod
-from metabert.training.methods.compression import DistilConfig, LayerDropConfig, PKDConfig, StudentConfig, TheseusConfig
-from metabert.training.methods.exit_peers import GamlConfig
-from metabert.training.methods.meta import MetaConfig
-from metabert.training.methods.core import METHODS, get_method
-from metabert.model.multi_exit import HEAD_INITS, HEADS, POOLINGS
 from metabert.common.options import flatten, option, section, unflatten
-from metabert.training.trainer import RESUME_FREE, Callback, Trainer, read_log, state_file, state_path, write_log
-
-__all__ = ["TrainConfig", "train", "resume_config", "read_log", "write_log", "state_file", "state_path",
-           "RESUME_FREE", "task_spec", "load_split"]
+from metabert.data import tasks as data_mod
+from metabert.model import HEAD_INITS, HEADS, POOLINGS
+from metabert.training.methods import ENTRIES, check_options
+from metabert.training.methods.options import (DistilConfig, GamlConfig, LayerDropConfig, MetaConfig, PKDConfig,
+                                               StudentConfig, TheseusConfig)
 
 SELECT_BY = ("last", "mean")
 META_TITLE = "--method meta (MetaBERT's Algorithm 1; see metabert.training.methods.meta)"
@@ -34,7 +26,7 @@ class TrainConfig:
     task: str = option(help="GLUE task, or 'custom' for your own file", choices=data_mod.TASK_NAMES)
     output: str = option(help="output folder")
     model: str = option("minilm-l6", help="minilm-l6 (default), tiny, a local folder or a hub name")
-    method: str = option("joint", help="training method", choices=sorted(METHODS))
+    method: str = option("joint", help="training method", choices=sorted(ENTRIES))
     data_dir: str | None = option(None, help="GLUE folder in the original layout (default: $GLUE_DIR)")
     train_file: str | None = option(None, help="--task custom: training file (TSV, CSV or JSONL)")
     dev_file: str | None = option(None, help="--task custom: evaluation file (TSV, CSV or JSONL)")
@@ -47,8 +39,9 @@ class TrainConfig:
     warmup: float = option(0.1, help="fraction of steps for linear warm-up")
     max_seq_length: int = option(128, help="tokens per example (longer ones truncated)")
     max_train_samples: int | None = option(None, help="train on a seeded random subset of this size")
-    calibration_fraction: float = option(
-        0.05, help="seeded slice of the training file held out for threshold calibration")
+    calibration_fraction: float | None = option(
+        None, help="seeded slice of the training file held out for threshold calibration (default: 5%%, but at "
+                   f"least {data_mod.MIN_CALIBRATION_ROWS} rows, up to {100 * data_mod.MAX_CALIBRATION_SHARE:.0f}%% of the file)")
     seed: int = 42
     grad_clip: float = option(1.0, help="max gradient norm (0: off)")
     pooling: str = option("mean", help="how each exit reads its layer", choices=POOLINGS)
@@ -100,7 +93,7 @@ class TrainConfig:
             "learning_rate": self.learning_rate > 0,
             "warmup": 0 <= self.warmup < 1,
             "max_seq_length": self.max_seq_length >= 8,
-            "calibration_fraction": 0 <= self.calibration_fraction < 0.5,
+            "calibration_fraction": self.calibration_fraction is None or 0 <= self.calibration_fraction < 0.5,
             "grad_clip": self.grad_clip >= 0,
             "max_train_samples": self.max_train_samples is None or self.max_train_samples >= 1,
             "backbone_dropout": self.backbone_dropout is None or 0 <= self.backbone_dropout < 1,
@@ -112,12 +105,9 @@ class TrainConfig:
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"invalid {name}: {getattr(self, name)!r}")
-        if self.method not in METHODS:
-            raise ValueError(f"invalid method {self.method!r}; choose one of: {', '.join(METHODS)}")
-        get_method(self.method, self.epochs, self.meta, config=self)  # a method may refuse the epoch count
-        if self.num_layers and getattr(METHODS[self.method], "static", False) and self.method != "last":
-            raise ValueError(f"--method {self.method} sets its own depth (--student-layers, --layerdrop-prune); "
-                             "leave --num-layers out")
+        if self.method not in ENTRIES:
+            raise ValueError(f"invalid method {self.method!r}; choose one of: {', '.join(ENTRIES)}")
+        check_options(self.method, self.epochs, self.meta, self.num_layers)
         if self.num_layers is not None and self.num_layers < 1:
             raise ValueError(f"invalid num_layers: {self.num_layers}")
         if self.pooling not in POOLINGS:
@@ -127,36 +117,3 @@ class TrainConfig:
         if self.task == "custom" and not (self.train_file and self.dev_file and self.text_columns and self.label_column):
             raise ValueError("--task custom needs --train-file, --dev-file, --text-columns and --label-column")
 
-
-def task_spec(config: TrainConfig) -> data_mod.TaskSpec:
-    if config.task != "custom":
-        return data_mod.get_task(config.task)
-    spec = data_mod.custom_spec(config.train_file, list(config.text_columns), config.label_column)
-    labels = data_mod.infer_labels(Path(config.train_file), spec)
-    return data_mod.TaskSpec(**{**asdict(spec), "labels": labels})
-
-
-def load_split(spec: data_mod.TaskSpec, split: str, data_dir=None, file=None) -> data_mod.Dataset:
-    if spec.name == "custom":
-        return data_mod.read_file(Path(file), data_mod.for_file(spec, file), spec.labels)
-    return data_mod.load_glue(spec.name, split, data_dir)
-
-
-def train(config: TrainConfig, progress: bool = True, resume: bool = False,
-          callbacks: list[Callback] | None = None) -> dict:
-    """Train, evaluate on dev after each epoch, keep the best checkpoint in ``config.output``.
-
-    With ``config.save_every`` N, the full training state is saved every N steps (and after each
-    epoch) beside the checkpoint; ``resume=True`` continues from it exactly (same data order, RNG
-    states, optimizer and scheduler), as if the run had never stopped. ``callbacks`` run after the
-    default ones (``metabert.training.trainer``)."""
-    return Trainer(config, progress, callbacks).fit(resume)
-
-
-def resume_config(output: str | Path) -> TrainConfig:
-    """The options of the interrupted run whose checkpoint folder is ``output``."""
-    path = state_file(Path(output))
-    if not path.is_file():
-        raise FileNotFoundError(f"nothing to resume: {path} does not exist (was the run started with "
-                                "--save-every, and has it finished already?)")
-    return TrainConfig.from_dict(torch.load(path, weights_only=False)["config"])

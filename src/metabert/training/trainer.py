@@ -12,13 +12,11 @@ run restores, so a run cut anywhere continues exactly (same batches, RNG states,
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,17 +25,19 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from metabert.data import tasks as data_mod
-from metabert.training import distributed as distributed
 from metabert.data.batching import encode, iterate, train_batches
 from metabert.eval.evaluate import all_exit_logits, per_exit_scores
-from metabert.training.methods.core import get_method
 from metabert.model.multi_exit import MultiExitBert
+from metabert.training import distributed
+from metabert.training.callbacks import Callback, default_callbacks
+from metabert.training.config import TrainConfig
+from metabert.training.methods import get_method
 from metabert.training.methods.peers import load_teacher
+from metabert.training.state import load_state, save_state, state_file, state_path
 
 log = logging.getLogger(__name__)
 
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight")
-RESUME_FREE = ("save_every",)  # options that may change between a run and its resumption
 
 
 @dataclass
@@ -60,88 +60,6 @@ class TrainState:
     epoch_diagnostics: list[dict] = field(default_factory=list)  # meta-learning's checks in it
 
 
-class Callback:
-    """Hooks the trainer calls; every hook may read (and, as early stopping does, steer) the trainer."""
-
-    def on_step_end(self, trainer: Trainer) -> None:
-        """After each training batch (every process)."""
-
-    def on_evaluate(self, trainer: Trainer, record: dict) -> None:
-        """After the dev evaluation at the end of an epoch (main process only); ``record`` is the
-        log record just appended to ``trainer.state.records``."""
-
-    def on_train_end(self, trainer: Trainer) -> None:
-        """When training has finished (main process only)."""
-
-
-class EpochLog(Callback):
-    """The dev scores per exit after every epoch: a log line, and a line under the progress bar."""
-
-    def on_evaluate(self, trainer, record):
-        scores = [e["score"] for e in record["dev_per_exit"]]
-        log.info("epoch %d: dev score per exit %s", record["epoch"], " ".join(f"{s:.2f}" for s in scores))
-        if trainer.progress:
-            tqdm.write(f"epoch {record['epoch']}: dev {trainer.spec.metric} per exit: "
-                       + " ".join(f"{s:.2f}" for s in scores) + ("  (best so far, saved)" if record["saved"] else ""))
-
-
-class BestCheckpoint(Callback):
-    """Keeps the best epoch's checkpoint (with ``train_config.json``) in the output folder, and the
-    log of every evaluation beside it (``log.jsonl``)."""
-
-    def on_evaluate(self, trainer, record):
-        if record["saved"]:
-            trainer.evaluated.save_pretrained(trainer.output, {
-                "train_config.json": json.dumps(trainer.config.to_dict(), indent=2)})
-        write_log(trainer.output / "log.jsonl", trainer.state.records)
-
-
-class EarlyStopping(Callback):
-    """Stops after ``patience`` epochs in a row without a better dev score (the score the run
-    selects its checkpoint by)."""
-
-    def __init__(self, patience: int):
-        self.patience = patience
-
-    def on_evaluate(self, trainer, record):
-        since = 0
-        for r in reversed(trainer.state.records):
-            if r["saved"]:
-                break
-            since += 1
-        if since >= self.patience and trainer.state.best_record is not None:
-            log.info("no better dev score for %d epochs: stopping early", since)
-            trainer.should_stop = True
-
-
-class ResumableState(Callback):
-    """Saves the full training state every ``every`` steps and after each epoch but the last, beside
-    the checkpoint (``state_path``; the trainer removes it when training ends)."""
-
-    def __init__(self, every: int):
-        self.every = every
-
-    def on_step_end(self, trainer):
-        state = trainer.state
-        if trainer.world.main and state.step % self.every == 0 and state.batch < trainer.epoch_batches:
-            trainer.save()
-
-    def on_evaluate(self, trainer, record):
-        if trainer.state.epoch < trainer.config.epochs and not trainer.should_stop:
-            trainer.save()
-
-
-def default_callbacks(config) -> list[Callback]:
-    """The epoch log line, the best checkpoint and its log, early stopping and the resumable state,
-    as ``config`` asks."""
-    out: list[Callback] = [EpochLog(), BestCheckpoint()]
-    if config.early_stopping:
-        out.append(EarlyStopping(config.early_stopping))
-    if config.save_every:
-        out.append(ResumableState(config.save_every))
-    return out
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -153,16 +71,15 @@ class Trainer:
     optimizers are set up on construction; ``fit()`` trains and returns the run's summary."""
 
     def __init__(self, config, progress: bool = True, callbacks: list[Callback] | None = None):
-        from metabert.training.config import load_split, task_spec
-
         self.config = config
         self.world = distributed.init()
         self.progress = progress and self.world.main
         seed_everything(config.seed)
-        self.spec = task_spec(config)
-        train_set = load_split(self.spec, "train", config.data_dir, config.train_file)
-        dev_set = load_split(self.spec, "dev", config.data_dir, config.dev_file)
-        train_set, calib_set, _ = data_mod.split_off(train_set, config.calibration_fraction, config.seed)
+        self.spec = data_mod.task_from_options(config.task, config.train_file, config.text_columns, config.label_column)
+        train_set = data_mod.load_split(self.spec, "train", config.data_dir, config.train_file)
+        dev_set = data_mod.load_split(self.spec, "dev", config.data_dir, config.dev_file)
+        held = data_mod.calibration_count(len(train_set), config.calibration_fraction)
+        train_set, calib_set, _ = data_mod.split_off(train_set, held, config.seed)
         self.train_set = data_mod.subsample(train_set, config.max_train_samples, config.seed)
         log.info("train %d examples, dev %d, calibration slice %d", len(self.train_set), len(dev_set), len(calib_set))
 
@@ -171,8 +88,9 @@ class Trainer:
             task=data_mod.spec_to_dict(self.spec), seed=config.seed, backbone_dropout=config.backbone_dropout,
             head=config.head, head_init=config.head_init,
         )
+        rows = len(train_set) + len(calib_set)
         self.model.with_config(calibration={
-            "source": self.train_set.source, "fraction": config.calibration_fraction,
+            "source": self.train_set.source, "fraction": len(calib_set) / rows, "rows": rows,
             "seed": config.seed, "count": len(calib_set),
         })
         self.train_enc = encode(self.train_set, self.model.tokenizer, config.max_seq_length)
@@ -214,7 +132,8 @@ class Trainer:
         return the summary: output folder, best record, log file, training examples, seconds."""
         config, world = self.config, self.world
         if resume:
-            self.state = state = load_state(state_path(self.output), config, self.model, self.optimizers, self.scheduler)
+            self.state = state = TrainState(**load_state(state_path(self.output), config, self.model, self.optimizers,
+                                                         self.scheduler))
             log.info("resuming at epoch %d, batch %d (step %d)", state.epoch + 1, state.batch, state.step)
         self._started = time.perf_counter() - self.state.elapsed
         if world.size > 1:  # the same initial weights everywhere (seeded), different dropout masks per process
@@ -317,8 +236,7 @@ class Trainer:
 
     def _evaluate(self, epoch: int) -> None:
         config, state = self.config, self.state
-        export = getattr(self.method, "export", None)  # LayerDrop: the pruned model is the one scored and kept
-        self.evaluated = export(self.model) if export is not None else self.model
+        self.evaluated = self.method.final_model(self.model)  # LayerDrop: the pruned model is scored and kept
         logits = all_exit_logits(self.evaluated, self.dev_enc, config.eval_batch_size)
         per_exit = per_exit_scores(logits, self.dev_enc.labels, self.spec.metric)
         scores = [e["score"] for e in per_exit]
@@ -368,66 +286,21 @@ def summarise_meta(diagnostics: list[dict]) -> dict:
     return out
 
 
-def state_path(output: Path) -> Path:
-    """Where the resumable training state lives: beside the checkpoint, removed when training ends."""
-    return output.with_name(output.name + ".state")
+def train(config: TrainConfig, progress: bool = True, resume: bool = False,
+          callbacks: list[Callback] | None = None) -> dict:
+    """Train, evaluate on dev after each epoch, keep the best checkpoint in ``config.output``.
+
+    With ``config.save_every`` N, the full training state is saved every N steps (and after each
+    epoch) beside the checkpoint; ``resume=True`` continues from it exactly (same data order, RNG
+    states, optimizer and scheduler), as if the run had never stopped. ``callbacks`` run after the
+    default ones (``metabert.training.trainer``)."""
+    return Trainer(config, progress, callbacks).fit(resume)
 
 
-def state_file(output: Path) -> Path:
-    """The saved training state of the run whose checkpoint folder is ``output`` (present only while
-    a run started with ``save_every`` is unfinished)."""
-    return state_path(output) / "state.pt"
-
-
-def save_state(directory: Path, config, model, optimizers: dict, scheduler, state: TrainState) -> None:
-    """Everything needed to continue exactly: weights, optimizers, scheduler, RNG states, position."""
-    tmp = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    torch.save({
-        "config": config.to_dict(), "model": model.state_dict(),
-        **{name: opt.state_dict() for name, opt in optimizers.items()},
-        "scheduler": scheduler.state_dict(), "run": asdict(state), "torch_rng": torch.get_rng_state(),
-        "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
-    }, tmp / "state.pt")
-    old = directory.with_name(directory.name + ".old")
-    if directory.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(directory, old)
-    os.replace(tmp, directory)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def load_state(directory: Path, config, model, optimizers: dict, scheduler) -> TrainState:
-    path = directory / "state.pt"
+def resume_config(output: str | Path) -> TrainConfig:
+    """The options of the interrupted run whose checkpoint folder is ``output``."""
+    path = state_file(Path(output))
     if not path.is_file():
         raise FileNotFoundError(f"nothing to resume: {path} does not exist (was the run started with "
                                 "--save-every, and has it finished already?)")
-    state = torch.load(path, weights_only=False)
-    stored = {k: v for k, v in state["config"].items() if k not in RESUME_FREE}
-    given = {k: v for k, v in config.to_dict().items() if k not in RESUME_FREE}
-    changed = sorted(k for k in given if json.dumps(given[k]) != json.dumps(stored.get(k)))
-    if changed:
-        raise ValueError(f"--resume with different options than the interrupted run: {', '.join(changed)}")
-    model.load_state_dict(state["model"])
-    for name, opt in optimizers.items():
-        opt.load_state_dict(state[name])
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["torch_rng"])
-    np.random.set_state(state["numpy_rng"])
-    random.setstate(state["python_rng"])
-    return TrainState(**state["run"])
-
-
-def read_log(checkpoint: str | Path) -> list[dict]:
-    """Every evaluation a training run logged (``write_log``), oldest first."""
-    path = Path(checkpoint) / "log.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def write_log(path: Path, records: list[dict]) -> None:
-    """Every evaluation so far, one JSON object per line (rewritten whole, then renamed into place)."""
-    path.parent.mkdir(parents=True, exist_ok=True)  # before a staged method's first checkpoint
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    tmp.replace(path)
+    return TrainConfig.from_dict(torch.load(path, weights_only=False)["config"])

@@ -37,6 +37,14 @@ class FuzzReport:
     failed_cases: int = 0
     statuses: Counter = field(default_factory=Counter)
     by_source: Counter = field(default_factory=Counter)
+    bar: object = None  # a progress bar (tqdm) of cases, or None
+
+    def count(self, source: str) -> None:
+        """One more case from ``source``."""
+        self.cases += 1
+        self.by_source[source] += 1
+        if self.bar is not None:
+            self.bar.update()
 
     def to_dict(self) -> dict:
         return {"cases": self.cases, "failed_cases": self.failed_cases, "distinct_failures": len(self.failures),
@@ -77,8 +85,7 @@ def fuzz_schema(app, report: FuzzReport, examples: int, seed: int, headers: dict
             @_settings(examples, seed)
             @given(case=operation.as_strategy(generation_mode=mode))
             def one(case):
-                report.cases += 1
-                report.by_source[f"schema {mode.value}"] += 1
+                report.count(f"schema {mode.value}")
                 try:
                     response = case.call_and_validate(headers=headers)
                     report.statuses[response.status_code] += 1
@@ -117,8 +124,7 @@ def fuzz_raw(client, report: FuzzReport, examples: int, seed: int, paths: list[s
                                                  "transfer-encoding", "expect", "cookie"]), header_values, max_size=3),
            body=bodies)
     def one(method, path, content_type, extra, body):
-        report.cases += 1
-        report.by_source["raw"] += 1
+        report.count("raw")
         sent = {**extra, **(headers or {}), "content-type": content_type}
         if "?" in path or "#" in path:
             path = path.replace("#", "%23")
@@ -142,14 +148,15 @@ def fuzz_raw(client, report: FuzzReport, examples: int, seed: int, paths: list[s
     one()
 
 
-def fuzz_app(make_app, cases: int, seed: int = 0, headers: dict | None = None) -> FuzzReport:
+def fuzz_app(make_app, cases: int, seed: int = 0, headers: dict | None = None, progress: bool = False) -> FuzzReport:
     """About ``cases`` requests: half from the schema (positive and negative for each operation; one
     without parameters has few distinct cases and is done early), the rest raw. ``make_app()`` builds the app, once for each half (each runs
     its own lifespan, so its own batcher, in its own event loop). ``headers``: sent with every
-    request (an API key)."""
+    request (an API key); ``progress``: a bar of cases on stderr."""
     from starlette.testclient import TestClient
+    from tqdm.auto import tqdm
 
-    report = FuzzReport()
+    report = FuzzReport(bar=tqdm(total=cases, desc="fuzz", unit="case", disable=not progress))
     app = make_app()
     declared = app.openapi()["paths"]
     operations = sum(len(methods) for methods in declared.values())
@@ -158,6 +165,7 @@ def fuzz_app(make_app, cases: int, seed: int = 0, headers: dict | None = None) -
     with TestClient(make_app(), raise_server_exceptions=False) as client:  # runs the lifespan (the batcher)
         fuzz_raw(client, report, max(1, cases - report.cases), seed, [*declared, "/docs", "/openapi.json", "/"],
                  headers)
+    report.bar.close()
     return report
 
 
@@ -165,7 +173,8 @@ def tiny_app(seed: int = 0, api_key: str | None = None, **config):
     """The app around a random 3-layer model with MiniLM's tokenizer (``--model tiny``), calibrated
     at entropy γ=0.3 so that requests may override the threshold: fast enough for thousands of cases."""
     from metabert.model.multi_exit import MultiExitBert
-    from metabert.deploy.server.app import ServerConfig, create_app
+    from metabert.deploy.server.app import create_app
+    from metabert.deploy.server.config import ServerConfig
 
     model = MultiExitBert.from_backbone("tiny", ["neg", "pos"], seed=seed).eval()
     model.with_config(exit_policy={"name": "entropy", "threshold": 0.3, "patience": 2, "chosen_on": "fuzzing"})

@@ -40,8 +40,21 @@ class Method:
         self.epochs = epochs
         self.first_selectable_epoch = 0  # epochs before it are never kept as the best checkpoint
 
+    @classmethod
+    def from_options(cls, epochs: int = 1, meta=None, config=None, teacher=None, total_steps: int = 1) -> "Method":
+        """The method for a run of ``epochs`` from that run's options: ``config`` (a ``TrainConfig``,
+        whose sections hold the methods' options), ``meta`` (a ``MetaConfig`` given on its own),
+        ``teacher`` (the fine-tuned model a static system learns from) and ``total_steps`` (training
+        steps of the run). The registry's ``get_method`` calls it; the default is ``cls(epochs)``."""
+        return cls(epochs)
+
     def trainable(self, name: str, epoch: int, num_layers: int) -> bool:
         return True
+
+    def final_model(self, model):
+        """The model an epoch's evaluation scores and the checkpoint keeps: the trained one (LayerDrop
+        prunes it)."""
+        return model
 
     def updates_per_batch(self, epoch: int) -> int:
         """Optimizer (Adam) steps per batch in ``epoch``: sizes the learning-rate schedule."""

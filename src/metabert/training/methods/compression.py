@@ -24,93 +24,14 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from metabert.model.multi_exit import MultiExitBert
-from metabert.common.options import option
+from metabert.training.methods.options import (INITS, STATES)
 
-INITS = ("alternate", "first", "spread")
-SCHEDULES = ("constant", "linear")
-STATES = ("cls", "pooled")
-
-
-# ------------------------------------------------------------------------------ options
-def _check(config, rules: dict[str, bool]) -> None:
-    for name, ok in rules.items():
-        if not ok:
-            raise ValueError(f"invalid {type(config).__name__}.{name}: {getattr(config, name)!r}")
-
-
-@dataclass(frozen=True)
-class StudentConfig:
-    """How a static system's student is made from the fine-tuned teacher (``--teacher``)."""
-
-    layers: int = option(0, help="student depth (0: half the teacher's, the papers' 2x compression)")
-    init: str | None = option(None, choices=INITS, help="which teacher layers the student starts from "
-                              "(default: the system's own, alternate for DistilBERT, first for PKD and Theseus)")
-
-    def __post_init__(self):
-        _check(self, {"layers": self.layers >= 0, "init": self.init is None or self.init in INITS})
-
-    def depth(self, teacher_layers: int) -> int:
-        return self.layers or max(1, teacher_layers // 2)
-
-
-@dataclass(frozen=True)
-class DistilConfig:
-    """``--method distilbert`` (Sanh et al. 2019): (1 - α) CE + α T² KL(teacher || student) + w_cos L_cos."""
-
-    temperature: float = option(2.0, help="T of the softened predictions (DistilBERT's own 2)")
-    alpha: float = option(0.5, help="weight of the distillation loss; the labels' CE weighs 1 - alpha")
-    cosine: float = option(0.0, help="weight of the cosine loss between the last hidden states (0: off)")
-
-    def __post_init__(self):
-        _check(self, {"temperature": self.temperature > 0, "alpha": 0 <= self.alpha <= 1, "cosine": self.cosine >= 0})
-
-
-@dataclass(frozen=True)
-class PKDConfig:
-    """``--method pkd`` (Sun et al. 2019, PKD-Skip): (1 - α) CE + α L_DS + β L_PT (Eq. 4)."""
-
-    temperature: float = option(10.0, help="T of the soft targets (the paper searches 5, 10, 20)")
-    alpha: float = option(0.5, help="weight of L_DS; the labels' CE weighs 1 - alpha (paper: 0.2, 0.5, 0.7)")
-    beta: float = option(100.0, help="weight of the patient loss L_PT (paper: 10 to 1000)")
-    state: str = option("cls", choices=STATES, help="the layer state compared: [CLS] (the paper) or the exits' pooling")
-
-    def __post_init__(self):
-        _check(self, {"temperature": self.temperature > 0, "alpha": 0 <= self.alpha <= 1, "beta": self.beta >= 0,
-                      "state": self.state in STATES})
-
-
-@dataclass(frozen=True)
-class TheseusConfig:
-    """``--method theseus`` (Xu et al. 2020): the replacement schedule (see ``ReplacementSchedule``)."""
-
-    schedule: str = option("linear", choices=SCHEDULES, help="replacement rate: constant, or the linear curriculum")
-    rate: float = option(0.3, help="constant rate p, or the curriculum's base rate b")
-    until: float = option(0.5, help="fraction of training that replaces modules (constant) or at which the "
-                                    "curriculum reaches 1; the rest fine-tunes the successor alone")
-
-    def replacement(self) -> "ReplacementSchedule":
-        return ReplacementSchedule(self.schedule, self.rate, self.until)
-
-    def __post_init__(self):
-        self.replacement()  # the schedule's own checks name the field
-
-
-@dataclass(frozen=True)
-class LayerDropConfig:
-    """``--method layerdrop`` (Fan et al. 2019): drop rate in training, every-other pruning after."""
-
-    rate: float = option(0.5, help="probability that a layer is skipped in a training step")
-    prune: float = option(0.5, help="pruning rate p of the every-other rule (0.5: 6 -> 3 layers)")
-
-    def __post_init__(self):
-        _check(self, {"rate": 0 <= self.rate < 1, "prune": 0 < self.prune <= 0.5})
 
 
 # ------------------------------------------------------------------------------ student layers
@@ -235,39 +156,6 @@ def cosine_hidden_loss(student: torch.Tensor, teacher: torch.Tensor, attention_m
 
 
 # ------------------------------------------------------------------------------ BERT-of-Theseus
-@dataclass(frozen=True)
-class ReplacementSchedule:
-    """Theseus' replacement rate r over training. ``constant``: r = ``rate`` for the first ``until``
-    fraction of training (the replacing phase), then 1 (successor fine-tuning). ``linear`` (the
-    paper's curriculum r_t = min(1, k t + b)): b = ``rate`` and k chosen so that r reaches 1 at the
-    ``until`` fraction of training, k = (1 - b) / (until x total steps)."""
-
-    kind: str = "linear"
-    rate: float = 0.3
-    until: float = 0.5
-
-    def __post_init__(self):
-        if self.kind not in SCHEDULES:
-            raise ValueError(f"unknown replacement schedule {self.kind!r}; choose one of: {', '.join(SCHEDULES)}")
-        if not 0 < self.rate <= 1:
-            raise ValueError(f"replacement rate must be in (0, 1], got {self.rate}")
-        if not 0 < self.until <= 1:
-            raise ValueError(f"the replacing phase must be a fraction in (0, 1] of training, got {self.until}")
-
-    def rate_at(self, step: int, total_steps: int) -> float:
-        """r at training step ``step`` (0-based) of ``total_steps``."""
-        if total_steps < 1:
-            raise ValueError(f"total_steps must be >= 1, got {total_steps}")
-        progress = step / total_steps
-        if self.kind == "constant":
-            return self.rate if progress < self.until else 1.0
-        return min(1.0, self.rate + (1 - self.rate) * progress / self.until)
-
-    def replacing(self, step: int, total_steps: int) -> bool:
-        """Whether ``step`` is in the replacing phase (r < 1), when only the successor layers train."""
-        return self.rate_at(step, total_steps) < 1.0
-
-
 def theseus_modules(predecessor_layers: int, successor_layers: int) -> list[range]:
     """The predecessor layers each successor layer replaces: consecutive modules of equal size."""
     if predecessor_layers % successor_layers:

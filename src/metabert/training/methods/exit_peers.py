@@ -21,21 +21,6 @@ import torch.nn.functional as F
 
 from metabert.data.batching import model_inputs
 from metabert.model.multi_exit import MultiExitBert, exit_losses
-from metabert.common.options import option
-
-@dataclass(frozen=True)
-class GamlConfig:
-    """``--method gaml`` (Zhu et al. 2021): loss Σ CE_i + λ L_MKD, L_MKD's gradient aligned (GA)."""
-
-    temperature: float = option(1.0, help="T of the exits' softened predictions in mutual distillation")
-    kd_weight: float = option(1.0, help="λ, weight of the mutual distillation gradient")
-    align: bool = option(True, help="gradient alignment (GA); off: the ablation without it")
-
-    def __post_init__(self):
-        for name, ok in {"temperature": self.temperature > 0, "kd_weight": self.kd_weight >= 0}.items():
-            if not ok:
-                raise ValueError(f"invalid GamlConfig.{name}: {getattr(self, name)!r}")
-
 
 SDN_START = 0.01  # τ_i at the start of training (Kaya et al., Sec. 4.1; their code's 0.01)
 

@@ -14,85 +14,17 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 from torch.func import functional_call
 
 from metabert.data.batching import model_inputs
 from metabert.model.multi_exit import MultiExitBert, exit_losses
-from metabert.common.options import option
-
-TASKS = ("episode", "exit")
-OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("interleaved", "warmstart")
-ADAPT = ("all", "exits")
-ORDERS = ("first", "second")
-
-
-@dataclass(frozen=True)
-class MetaConfig:
-    """The options of ``--method meta`` (and of ``joint-matched``, its control), each documented
-    once in its field; on the command line and in ``train_config.json`` they carry the prefix
-    ``meta_`` (``--meta-inner-lr``; ``meta_lr`` keeps its name).
-
-    ``share_gradients`` (first order, episode tasks, interleaved schedule): the gradients at θ of
-    the support and query batches, which a first-order meta-update needs for its inner step and
-    which are parts of the batch's joint gradient, are computed once and serve both: the inner
-    step, and Algorithm 2's Adam step, which then follows the batch's gradient at θ from before the
-    meta-update instead of after it (one β step stale). A meta-update then costs one more pass over
-    the query rows instead of two over the task rows (``shared_step``).
-
-    ``inner_lr=0`` is the ablation without the inner step: θ' = θ, so the meta-gradient is the
-    plain gradient of the query losses, while everything else (batches drawn, dropout masks, the
-    β step) stays as in a run with α > 0. What a run gains over that row is meta-learning's own.
-    ``meta_lr=0`` goes further: every meta-update is computed (the same batches drawn, the same
-    random numbers consumed) but moves nothing, so what ``meta`` gains over that row is its
-    meta-updates' own, and what the row gains over ``joint`` comes from the random stream alone."""
-
-    inner_lr: float = option(1e-4, help="α, inner SGD step (Eq. 2); 0: the ablation without an inner step")
-    meta_lr: float = option(1e-5, help="β, meta step (Eq. 4)")
-    inner_steps: int = option(1, help="inner SGD steps per task")
-    support_size: int = option(16, help="K: examples per support (and query) batch")
-    meta_batch: int = option(2, help="tasks per meta-update")
-    order: str = option("first", choices=ORDERS,
-                        help="first-order MAML (the query gradient at θ' stands in) or second order")
-    adapt: str = option("all", help="what the inner loop adapts", choices=ADAPT)
-    task: str = option("episode", choices=TASKS,
-                       help="a task: a support and a query batch (episode), or one exit's loss (exit)")
-    schedule: str = option("interleaved", choices=SCHEDULES,
-                           help="a meta-update before every Adam step, or meta-learning epochs first (warmstart)")
-    warmstart_epochs: int = option(1, help="--meta-schedule warmstart: meta-learning epochs before Adam")
-    optimizer: str = option(
-        "sgd", choices=OPTIMIZERS,
-        help="meta step: plain SGD θ - βg (Eq. 4) or Adam with rate β (MAML's meta-optimiser)")
-    diagnose_every: int = option(
-        20, help="steps between checks of the meta-gradient against the plain gradient (0: never)")
-    share_gradients: bool = option(
-        False, help="first order: the inner step and the Adam step share the gradients at θ "
-                    "(a meta-update costs one pass over the query rows, not two over the task rows)")
-
-    @property
-    def first_order(self) -> bool:
-        return self.order == "first"
-
-    def __post_init__(self):
-        for name, ok in {
-            "inner_lr": self.inner_lr >= 0, "meta_lr": self.meta_lr >= 0, "inner_steps": self.inner_steps >= 1,
-            "support_size": self.support_size >= 1, "meta_batch": self.meta_batch >= 1, "order": self.order in ORDERS,
-            "adapt": self.adapt in ADAPT, "task": self.task in TASKS, "schedule": self.schedule in SCHEDULES,
-            "warmstart_epochs": self.warmstart_epochs >= 1, "optimizer": self.optimizer in OPTIMIZERS,
-            "diagnose_every": self.diagnose_every >= 0,
-        }.items():
-            if not ok:
-                raise ValueError(f"invalid meta option {name}: {getattr(self, name)!r}")
-        if self.share_gradients:
-            for name, needed in {"order": "first", "task": "episode", "schedule": "interleaved"}.items():
-                if getattr(self, name) != needed:
-                    raise ValueError(f"share_gradients needs {name}={needed!r} (the shared gradient is the "
-                                     f"first inner step of an episode and the Adam step of the same batch), "
-                                     f"got {getattr(self, name)!r}")
-
+from metabert.training import distributed
+from metabert.training.methods.base import Method
+from metabert.training.methods.core import Joint
+from metabert.training.methods.options import MetaConfig, check_warmstart
 
 def parameters(model: MultiExitBert) -> dict[str, torch.Tensor]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -265,3 +197,110 @@ def apply(model: MultiExitBert, grads: dict, lr: float, optimizer: torch.optim.O
     optimizer.step()
     for n, p in model.named_parameters():
         p.grad = saved[n]
+
+
+# ------------------------------------------------------------------------ the training methods
+class JointMatched(Joint):
+    """Control for ``meta`` (issue #3): the joint loss given the same optimizer updates and the same
+    examples as ``meta`` with the same meta options. Wherever ``meta`` makes a meta-update on the
+    tasks cut from a batch, this takes an extra Adam step on those same rows (support and query
+    batches together; with ``share_gradients``, the query batches only, the rows that ``meta`` passes
+    over a second time); wherever ``meta`` takes its Adam step on the batch, so does this. A MetaBERT
+    gain counts only where it beats this, not plain ``joint``, which sees each batch once."""
+
+    name = "joint-matched"
+
+    def __init__(self, epochs: int = 1, config=None):
+        super().__init__(epochs)
+        self.config = config or MetaConfig()
+        self.meta_epochs = self.config.warmstart_epochs if self.config.schedule == "warmstart" else epochs
+
+    @classmethod
+    def from_options(cls, epochs=1, meta=None, config=None, teacher=None, total_steps=1):
+        return cls(epochs, meta or getattr(config, "meta", None))
+
+    def _steps(self, epoch: int) -> tuple[bool, bool]:
+        """(a step where meta makes its meta-update, a step where meta takes its Adam step)."""
+        return epoch < self.meta_epochs, self.config.schedule == "interleaved" or epoch >= self.meta_epochs
+
+    def updates_per_batch(self, epoch: int) -> int:
+        return sum(self._steps(epoch))
+
+    def update_batches(self, batch: dict, epoch: int) -> list[dict]:
+        """The batches this epoch's optimizer steps take, in order."""
+        on_task_rows, on_batch = self._steps(epoch)
+        out = []
+        if on_task_rows:
+            tasks = split_tasks(batch, self.config)
+            parts = [q for _, q in tasks] if self.config.share_gradients else [part for task in tasks for part in task]
+            out.append({n: torch.cat([p[n] for p in parts]) for n in batch})
+        if on_batch:
+            out.append(batch)
+        return out
+
+
+class Meta(Method):
+    """MetaBERT (Algorithm 2 around Algorithm 1): the summed exit losses trained with Adam, from
+    parameters moved by MAML meta-updates (``metabert.training.methods.meta``). ``interleaved``: every step first
+    makes a meta-update on tasks cut from the batch, then the Adam step on the batch;
+    ``warmstart``: the first ``warmstart_epochs`` epochs only meta-learn, the rest are plain
+    Algorithm 2 from the meta-learned θ. With ``share_gradients`` the meta-update and the Adam step
+    share their passes at θ (``shared_step``)."""
+
+    name = "meta"
+
+    def __init__(self, epochs: int = 1, config=None):
+        super().__init__(epochs)
+        self.config = config or MetaConfig()
+        check_warmstart(epochs, self.config)
+        self.meta_only_epochs = self.config.warmstart_epochs if self.config.schedule == "warmstart" else 0
+        self.first_selectable_epoch = self.meta_only_epochs
+
+    @classmethod
+    def from_options(cls, epochs=1, meta=None, config=None, teacher=None, total_steps=1):
+        return cls(epochs, meta or getattr(config, "meta", None))
+
+    def updates_per_batch(self, epoch: int) -> int:
+        return int(epoch >= self.meta_only_epochs)
+
+    def update_batches(self, batch: dict, epoch: int) -> list[dict | None]:
+        if self.config.share_gradients:  # before_step left the batch's gradient in .grad
+            return [None]
+        return super().update_batches(batch, epoch)
+
+    def make_optimizer(self, model):
+        """The meta-optimiser whose state the trainer keeps (and saves), or None for plain SGD."""
+        return make_optimizer(model, self.config)
+
+    def loss(self, model, batch, epoch, step=0):
+        return exit_losses(model(**model_inputs(batch)), batch["labels"]).sum()
+
+    def before_step(self, model, batch, epoch, step, world=None, diagnose=False, optimizer=None) -> dict:
+        """One meta-update (Eq. 4) on tasks cut from the (global) ``batch``; under torch.distributed
+        each process takes every world-size-th task and the meta-gradients are summed, which is
+        the single-process update. ``optimizer``: the meta-optimiser (``meta.make_optimizer``) when
+        it keeps state. Returns diagnostics."""
+        if self.config.schedule == "warmstart" and epoch >= self.meta_only_epochs:
+            return {}
+        world = world or distributed.World()
+        tasks = split_tasks(batch, self.config)
+        mine = tasks[world.rank :: world.size]
+        where = f"at step {step} (epoch {epoch + 1}) "
+        joint = None
+        if self.config.share_gradients:
+            if world.size > 1:
+                raise ValueError("--meta-share-gradients runs in one process only (under torchrun, leave it off)")
+            grads, joint, info = shared_step(model, batch, self.config, where=where, measure=diagnose)
+        elif mine:
+            grads, info = meta_gradient(model, mine, self.config, where=where, measure=diagnose)
+        else:  # more processes than tasks: take part in the sum with zeros
+            grads, info = {n: torch.zeros_like(p) for n, p in parameters(model).items()}, {}
+        grads = distributed.all_reduce_sum(grads, world)
+        if diagnose and world.size == 1:
+            info["cosine_to_query_gradient"] = cosine_to_query_gradient(model, tasks, self.config)
+        apply(model, grads, self.config.meta_lr, optimizer)
+        if joint is not None:  # the Adam step's gradient: the batch's, at θ before the meta-update
+            for n, p in model.named_parameters():
+                p.grad = joint.get(n)
+        return info
+

@@ -2,7 +2,7 @@
 ``metabert.training.methods.compression`` and ``metabert.training.methods.exit_peers``, their readings in docs/METHODS_TABLE1.md.
 
 Static systems (``distilbert``, ``pkd``, ``theseus``, ``layerdrop``) end as a model of half the
-backbone's depth trained on its last exit: ``static = True``, and ``export`` gives the model that
+backbone's depth trained on its last exit (``static`` in the registry), and ``final_model`` gives the model that
 is evaluated and saved. The three that learn from the fine-tuned full-depth model take it as
 ``teacher`` (``--teacher DIR``) and build their student from it (``build``). Dynamic systems
 (``shallow-deep``, ``gaml``) train every exit.
@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from metabert.training.methods import compression as comp
+from metabert.training.methods import options as opts
 from metabert.training.methods import exit_peers as peers
 from metabert.data.batching import model_inputs
 from metabert.training.methods.base import Method
@@ -33,14 +34,13 @@ def _run(model: MultiExitBert, batch: dict) -> tuple[list[torch.Tensor], torch.T
 class StaticMethod(Method):
     """Base of the static systems: the last exit is the model's only trained exit."""
 
-    static = True
-    needs_teacher = False
     default_init = "first"
+    section = ""  # the TrainConfig section holding the system's own options
 
-    def __init__(self, epochs: int = 1, config=None, student: comp.StudentConfig | None = None,
+    def __init__(self, epochs: int = 1, config=None, student: opts.StudentConfig | None = None,
                  teacher: MultiExitBert | None = None):
         super().__init__(epochs)
-        self.student = student or comp.StudentConfig()
+        self.student = student or opts.StudentConfig()
         self.teacher = teacher
         if teacher is not None:
             teacher.eval()
@@ -69,9 +69,9 @@ class StaticMethod(Method):
             p.requires_grad_(True)
         return student.train(model.training)
 
-    def export(self, model: MultiExitBert) -> MultiExitBert:
-        """The model evaluated and saved (the trained one itself, but for LayerDrop's pruning)."""
-        return model
+    @classmethod
+    def from_options(cls, epochs=1, meta=None, config=None, teacher=None, total_steps=1):
+        return cls(epochs, getattr(config, cls.section, None), student=getattr(config, "student", None), teacher=teacher)
 
 
 class DistilBert(StaticMethod):
@@ -79,12 +79,12 @@ class DistilBert(StaticMethod):
     (1 - α) CE + α T² KL(teacher ‖ student) + w_cos (1 - cos) on the last hidden states."""
 
     name = "distilbert"
-    needs_teacher = True
+    section = "distil"
     default_init = "alternate"
 
     def __init__(self, epochs=1, config=None, student=None, teacher=None):
         super().__init__(epochs, student=student, teacher=teacher)
-        self.config = config or comp.DistilConfig()
+        self.config = config or opts.DistilConfig()
 
     def loss(self, model, batch, epoch, step=0):
         c = self.config
@@ -103,11 +103,11 @@ class PatientKD(StaticMethod):
     the normalised states of student layers 1..k-1 and teacher layers 2, 4, ..."""
 
     name = "pkd"
-    needs_teacher = True
+    section = "pkd"
 
     def __init__(self, epochs=1, config=None, student=None, teacher=None):
         super().__init__(epochs, student=student, teacher=teacher)
-        self.config = config or comp.PKDConfig()
+        self.config = config or opts.PKDConfig()
 
     def _states(self, model, batch, states):
         if self.config.state == "cls":
@@ -135,13 +135,18 @@ class Theseus(StaticMethod):
     alone. ``total_steps`` (the run's Adam steps) places the schedule."""
 
     name = "theseus"
-    needs_teacher = True
+    section = "theseus"
 
     def __init__(self, epochs=1, config=None, student=None, teacher=None, total_steps: int = 1):
         super().__init__(epochs, student=student, teacher=teacher)
-        self.config = config or comp.TheseusConfig()
+        self.config = config or opts.TheseusConfig()
         self.schedule = self.config.replacement()
         self.total_steps = total_steps
+
+    @classmethod
+    def from_options(cls, epochs=1, meta=None, config=None, teacher=None, total_steps=1):
+        return cls(epochs, getattr(config, "theseus", None), student=getattr(config, "student", None), teacher=teacher,
+                   total_steps=total_steps)
 
     def rate(self, step: int) -> float:
         return self.schedule.rate_at(step, self.total_steps)
@@ -175,13 +180,14 @@ def _frozen_ends(model: MultiExitBert, forward):
 
 class LayerDrop(StaticMethod):
     """LayerDrop (Fan et al. 2019): the full-depth model fine-tuned on its last exit with whole layers
-    dropped at rate p, then every other layer pruned (``export``) with no further fine-tuning."""
+    dropped at rate p, then every other layer pruned (``final_model``) with no further fine-tuning."""
 
     name = "layerdrop"
+    section = "layerdrop"
 
     def __init__(self, epochs=1, config=None, student=None, teacher=None):
         super().__init__(epochs, student=student, teacher=teacher)
-        self.config = config or comp.LayerDropConfig()
+        self.config = config or opts.LayerDropConfig()
 
     def build(self, model):
         return model  # trained at full depth, from the backbone
@@ -190,7 +196,7 @@ class LayerDrop(StaticMethod):
         keep = comp.layerdrop_keep(model.num_layers, self.config.rate, training=model.training)
         return F.cross_entropy(comp.layerdrop_logits(model, batch, keep), batch["labels"])
 
-    def export(self, model):
+    def final_model(self, model):
         return comp.select_layers(model, comp.every_other(model.num_layers, self.config.prune))
 
 
@@ -214,7 +220,11 @@ class Gaml(Method):
 
     def __init__(self, epochs: int = 1, config=None):
         super().__init__(epochs)
-        self.config = config or peers.GamlConfig()
+        self.config = config or opts.GamlConfig()
+
+    @classmethod
+    def from_options(cls, epochs=1, meta=None, config=None, teacher=None, total_steps=1):
+        return cls(epochs, getattr(config, "gaml", None))
 
     def loss(self, model, batch, epoch, step=0):
         """The unaligned objective (for reporting and tests); training follows ``before_step``."""
@@ -251,28 +261,12 @@ class Gaml(Method):
                         "conflicting_steps": sum(c < 0 for c in cosines), "steps": len(cosines)}
 
 
-PEER_METHODS = (DistilBert, PatientKD, Theseus, LayerDrop, ShallowDeep, Gaml)
-
-
-def make(name: str, epochs: int, config=None, teacher: MultiExitBert | None = None, total_steps: int = 1):
-    """The Table I method ``name`` with its options from ``config`` (a ``training.TrainConfig``;
-    None: every default) and, for the static systems that learn from one, the fine-tuned ``teacher``."""
-    cls = {m.name: m for m in PEER_METHODS}[name]
-    student = getattr(config, "student", None)
-    if cls is ShallowDeep:
-        return ShallowDeep(epochs)
-    if cls is Gaml:
-        return Gaml(epochs, getattr(config, "gaml", None))
-    section = {DistilBert: "distil", PatientKD: "pkd", Theseus: "theseus", LayerDrop: "layerdrop"}[cls]
-    extra = {"total_steps": total_steps} if cls is Theseus else {}
-    return cls(epochs, getattr(config, section, None), student=student, teacher=teacher, **extra)
-
-
 def load_teacher(path: str | None, name: str) -> MultiExitBert | None:
     """The ``--teacher`` checkpoint for method ``name`` (None where the method needs none); a clear
     error where it needs one and none (or no checkpoint) is given."""
-    cls = {m.name: m for m in PEER_METHODS}.get(name)
-    if cls is None or not getattr(cls, "needs_teacher", False):
+    from metabert.training.methods import entry
+
+    if not entry(name).needs_teacher:
         return None
     if not path:
         raise ValueError(f"--method {name} learns from a fine-tuned model: give it with --teacher DIR "

@@ -9,7 +9,8 @@ from tqdm.auto import tqdm
 
 from metabert.data.batching import Encoded, collate, model_inputs
 from metabert.bench.timing import Variant, batch1_latencies
-from metabert.eval.evaluate import pyplot, candidate_policies, simulate
+from metabert.eval.evaluate import candidate_policies, simulate
+from metabert.eval.plots import pyplot
 from metabert.engine.policies import ExitPolicy
 from metabert.model.multi_exit import EagerRunner, MultiExitBert
 from metabert.eval.reports import ExitRun

@@ -1,0 +1,209 @@
+"""``bench``: the whole speed measurement of a checkpoint as one library call returning a typed report
+(``metabert bench`` parses its options into ``BenchOptions``, calls it, prints and writes the report).
+
+Every runner (eager PyTorch and ONNX Runtime, fp32 and INT8) runs the full model and early exit on
+the same dev inputs in one process, each early-exiting with its own γ: calibrated here on the
+held-out slice with that runner's logits (``max_drop``/``target_speedup``), or the one stored for it
+in the checkpoint. See ``metabert.bench.timing`` for how time is measured.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from metabert.bench import profile as profiling
+from metabert.bench import report as bench_report
+from metabert.bench.timing import INTERLEAVE, run_bench, speedups, time_tokenizer, variants
+from metabert.common.machine import hardware, hardware_summary
+from metabert.data import metrics
+from metabert.data import tasks as data_mod
+from metabert.data.batching import collate, encode, model_inputs
+from metabert.deploy.runners import RUNNERS, export_for, load_runner, temporary_folder
+from metabert.engine.dataset import runner_logits
+from metabert.engine.policies import policy_from_dict
+from metabert.engine.resolve import resolve, resolve_name
+from metabert.eval.calibrate import calibration_set, evaluation_set, guaranteed_record, point_record
+from metabert.model.multi_exit import MultiExitBert
+
+THRESHOLD_RULES = ("entropy", "norm-entropy", "max-prob")
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """What to measure and how (each a ``metabert bench`` option of the same name)."""
+
+    task: str | None = None
+    split: str = "dev"
+    data_dir: str | None = None
+    dev_file: str | None = None
+    max_seq_length: int = 128
+    policy: str | None = None
+    threshold: float | None = None
+    patience: int | None = None
+    target_speedup: float | None = None
+    max_drop: float | None = None
+    calibration_data: str | None = None
+    confidence: float = 0.95
+    no_guarantee: bool = False
+    runners: tuple[str, ...] = RUNNERS
+    repeats: int = 5
+    interleave: str = "block"
+    warmup: int = 20
+    max_examples: int | None = None
+    batch_size: int = 32
+    onnx: str | None = None
+    onnx_int8: str | None = None
+    threads: int = field(default_factory=torch.get_num_threads)
+    profile_examples: int = 100
+    memory: bool = True
+
+    def __post_init__(self):
+        unknown = [r for r in self.runners if r not in RUNNERS]
+        if unknown:
+            raise ValueError(f"unknown runner(s) {', '.join(unknown)}; choose from {', '.join(RUNNERS)}")
+        if self.interleave not in INTERLEAVE:
+            raise ValueError(f"interleave must be one of {INTERLEAVE}, got {self.interleave!r}")
+        if self.target_speedup is not None and self.max_drop is not None:
+            raise ValueError("give --target-speedup or --max-drop, not both")
+
+
+@dataclass
+class BenchReport:
+    """One run of ``bench``: every variant's figures (``variants``), one row per path and batch size
+    (``rows``), the deployment targets, every runner's per-exit dev scores, profiles, artifact sizes,
+    memory, and where it ran. ``to_dict`` is the JSON ``metabert bench --output`` writes."""
+
+    task: str
+    split: str
+    checkpoint: str
+    num_examples: int
+    policy_source: str
+    calibration: dict[str, str]
+    rows: list[dict]
+    targets: list[dict]
+    variants: dict[str, dict]
+    per_exit: dict[str, list[float]]
+    profile: dict[str, dict]
+    rss_floor_mb: float | None
+    tokenization: dict
+    batch_size: int
+    repeats: int
+    interleave: str
+    warmup: int
+    threads: int
+    ratios: dict = field(default_factory=dict)
+    date: str = field(default_factory=lambda: dt.date.today().isoformat())
+    hardware: str = field(default_factory=hardware)
+    hardware_summary: str = field(default_factory=hardware_summary)
+    python: str = field(default_factory=platform.python_version)
+    load_average_start: float = 0.0
+    load_average_end: float = 0.0
+    json_name: str | None = None
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        ratios = out.pop("ratios")
+        return {**out, **ratios}
+
+
+def pick_policy(model: MultiExitBert, runner, options: BenchOptions, held=None):
+    """(policy, where it came from, a line on its calibration) for ``runner``: calibrated on the
+    held-out slice with its own logits, or the record stored for it (``metabert.engine.resolve``)."""
+    name, patience, _ = resolve_name(options.policy, options.patience, model.config.exit_policy, runner.name)
+    if options.target_speedup is None and options.max_drop is None:
+        resolved = resolve(name=options.policy, threshold=options.threshold, patience=options.patience,
+                           stored=model.config.exit_policy, runner=runner.name)
+        return resolved.policy, resolved.source, resolved.source
+    enc, what = held
+    metric = data_mod.spec_from_dict(model.config.task).metric
+    logits = runner_logits(runner, enc, model.tokenizer.pad_token_id)
+    if options.max_drop is not None and not options.no_guarantee:  # what `metabert calibrate` stores
+        record = guaranteed_record(logits, enc.labels, metric, name, patience, max_drop=options.max_drop,
+                                   delta=round(1 - options.confidence, 12), chosen_on=what, runner=runner.name)
+        goal = f"max drop {options.max_drop} with confidence {options.confidence:g}"
+    else:
+        record = point_record(logits, enc.labels, metric, name, patience, target_speedup=options.target_speedup,
+                              max_drop=options.max_drop, chosen_on=what)
+        goal = (f"target speed-up {options.target_speedup}x" if options.target_speedup
+                else f"max drop {options.max_drop} (point estimate, no guarantee)")
+    policy, promise = policy_from_dict(record), record.get("promise")
+    note = (f"{policy.describe()}: calibration score {record['calibration_score']:.2f} (last exit "
+            f"{record['calibration_last_exit_score']:.2f}), layer speed-up {record['calibration_layer_speedup']:.2f}x"
+            + ("" if promise is None else ", " + (f"certified (p = {promise['p_value']:.3f})" if promise["certified"]
+                                                  else "nothing certified: the full model")))
+    return policy, f"calibrated per runner with its own logits for {goal} on {what}", note
+
+
+def bench(checkpoint: str | Path, options: BenchOptions | None = None, progress: bool = True) -> BenchReport:
+    """Measure ``checkpoint`` as ``options`` say (see the module docstring)."""
+    options = options or BenchOptions()
+    torch.set_num_threads(options.threads)
+    load_start = os.getloadavg()[0]
+    model = MultiExitBert.from_pretrained(checkpoint).eval()
+    task, spec, dataset = evaluation_set(model, options.task, options.split, options.data_dir, options.dev_file)
+    if options.max_examples:
+        dataset = data_mod.Dataset(dataset.examples[: options.max_examples], dataset.label_names, dataset.source)
+    encoded = encode(dataset, model.tokenizer, options.max_seq_length)
+    wanted = list(options.runners)
+    folders = {}
+    if "ort" in wanted or "ort-int8" in wanted:
+        folders["ort"] = options.onnx or export_for(model, checkpoint, "ort")
+    if "ort-int8" in wanted:
+        if options.onnx_int8:
+            folders["ort-int8"] = options.onnx_int8
+        else:
+            from metabert.deploy.quantize import quantize_export
+
+            folders["ort-int8"] = quantize_export(folders["ort"], temporary_folder("metabert-onnx-int8-"))
+    runners = [load_runner(name, model, folders.get(name), checkpoint, options.threads) for name in wanted]
+    held = None
+    if options.target_speedup is not None or options.max_drop is not None:
+        data, what = calibration_set(model, options.data_dir, options.calibration_data)
+        held = (encode(data, model.tokenizer, options.max_seq_length), what)
+    policies, sources, calibration = {}, {}, {}
+    for runner in runners:
+        policies[runner.name], sources[runner.name], calibration[runner.name] = pick_policy(model, runner, options, held)
+    per_exit = {}
+    for runner in runners:
+        logits = runner_logits(runner, encoded, model.tokenizer.pad_token_id)
+        per_exit[runner.name] = [metrics.compute(spec.metric, logits[i].argmax(-1).tolist(), encoded.labels)["score"]
+                                 for i in range(runner.num_layers)]
+    results = run_bench(model, encoded, spec.metric, variants(runners, policies), options.repeats, options.warmup,
+                        options.batch_size, progress=progress, interleave=options.interleave)
+    profile = {}
+    if options.profile_examples:
+        singles = [model_inputs(collate(encoded, [i], model.tokenizer.pad_token_id)) for i in range(len(encoded))]
+        for runner in runners:
+            if runner.name.startswith("ort") and policies[runner.name].name in THRESHOLD_RULES:
+                profile[runner.name] = profiling.profile_ort(runner, singles, policies[runner.name],
+                                                             options.profile_examples)
+            elif runner.name.startswith("eager"):
+                profile[runner.name] = profiling.profile_eager(runner, singles, policies[runner.name],
+                                                               options.profile_examples)
+    artifacts = {r.name: bench_report.artifact_bytes(r, checkpoint) for r in runners}
+    memory, floor = {}, None
+    if options.memory:
+        texts = [e.text for e in dataset.examples]
+        floor = bench_report.peak_rss_mb("none", str(checkpoint), None, texts, options.batch_size, options.threads)
+        for r in runners:
+            memory[r.name] = bench_report.peak_rss_mb(r.name, str(checkpoint), folders.get(r.name), texts,
+                                                      options.batch_size, options.threads)
+    one_source = (sources[runners[0].name] if len(set(sources.values())) == 1
+                  else "; ".join(f"{k}: {v}" for k, v in sources.items()))
+    texts = [(e.text, e.text_pair) for e in dataset.examples]
+    return BenchReport(
+        task=task, split=options.split, checkpoint=Path(checkpoint).name, num_examples=len(dataset),
+        policy_source=one_source, calibration=calibration,
+        rows=bench_report.rows(results, options.batch_size, artifacts, memory),
+        targets=bench_report.targets(results, options.batch_size, artifacts), variants=results, per_exit=per_exit,
+        profile=profile, rss_floor_mb=floor,
+        tokenization=time_tokenizer(model.tokenizer, texts, options.max_seq_length, options.batch_size),
+        batch_size=options.batch_size, repeats=options.repeats, interleave=options.interleave, warmup=options.warmup,
+        threads=options.threads, ratios=speedups(results, options.batch_size) if "eager_early" in results else {},
+        load_average_start=load_start, load_average_end=os.getloadavg()[0])

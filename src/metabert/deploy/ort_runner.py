@@ -1,0 +1,187 @@
+"""ONNX Runtime as the engine's runner: ``OrtMultiExit`` holds a session per graph of an exported
+folder (``metabert.deploy.onnx_export``, fp32 or INT8) and steps them layer by layer for
+``metabert.engine.loop.run``, as it does the eager model: after each layer the policy decides
+which rows leave and only the others go on to the next graph. At batch 1 the threshold rules run in
+one session call over a graph with the exit test inside (``metabert.deploy.onnx_fused``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from metabert.deploy.onnx_export import FORMAT, META_NAME
+from metabert.model.multi_exit import CONFIG_NAME
+
+log = logging.getLogger(__name__)
+
+
+_POOL: dict = {}
+
+
+def _shared_thread_pool(threads: int | None) -> bool:
+    """One intra-op thread pool for all our sessions (the early-exit loop hops between 8 of them;
+    per-session pools that spin would fight over the cores, and pools that do not spin wake up
+    slowly). It must be set before ONNX Runtime creates its environment, once per process."""
+    import os
+
+    try:
+        from onnxruntime.capi import _pybind_state as capi
+    except ImportError:  # pragma: no cover
+        return False
+    wanted = threads or os.cpu_count() or 1
+    if "threads" not in _POOL:
+        try:
+            capi.set_global_thread_pool_sizes(wanted, 1)
+        except Exception:  # the environment exists already (another ORT user in this process)
+            _POOL["threads"] = None
+            return False
+        _POOL["threads"] = wanted
+    if _POOL["threads"] not in (None, wanted):
+        log.warning("ONNX Runtime's shared thread pool has %s threads already; %s asked", _POOL["threads"], wanted)
+    return _POOL["threads"] is not None
+
+
+class OrtMultiExit:
+    """ONNX Runtime sessions over an exported folder: a ``metabert.engine.loop.Runner`` (``engine.run``
+    drives its early exit; ``engine.run_full`` its full model)."""
+
+    def __init__(self, directory: str | Path, threads: int | None = None, fused: bool = True):
+        import onnxruntime as ort
+        from transformers import AutoTokenizer
+
+        directory = Path(directory)
+        shared = _shared_thread_pool(threads)
+        if not (directory / META_NAME).is_file():
+            raise FileNotFoundError(f"{directory} is not an exported metabert ONNX folder (no {META_NAME}); "
+                                    "run `metabert export --format onnx` first")
+        self.meta = json.loads((directory / META_NAME).read_text())
+        if self.meta.get("format", 1) != FORMAT:
+            raise ValueError(f"{directory} was exported by an older metabert (ONNX folder format "
+                             f"{self.meta.get('format', 1)}, this one reads {FORMAT}); export it again with "
+                             "`metabert export --checkpoint CHECKPOINT --output FOLDER` (add `--quantize int8` for INT8)")
+        self.config = json.loads((directory / CONFIG_NAME).read_text())
+        self.tokenizer = AutoTokenizer.from_pretrained(directory)
+
+        def make_options(level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL, optimized_path: str | None = None):
+            options = ort.SessionOptions()
+            options.graph_optimization_level = level
+            if optimized_path:
+                options.optimized_model_filepath = optimized_path
+                options.log_severity_level = 3  # not the "hardware-specific graph" notice: it is used here and now
+            if shared:
+                options.use_per_session_threads = False
+            else:  # each session has its own pool: spinning pools of 8 sessions would fight over the cores
+                if threads:
+                    options.intra_op_num_threads = threads
+                options.inter_op_num_threads = 1
+                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            return options
+
+        options = make_options()
+
+        def session(name):
+            return ort.InferenceSession(str(directory / name), options, providers=["CPUExecutionProvider"])
+
+        self.session_options, self.directory = make_options, directory
+        self.fused = fused  # batch 1 through one graph per threshold policy (metabert.deploy.onnx_fused)
+        self._fused_sessions: dict = {}
+
+        self.embeddings = session("embeddings.onnx")
+        self.layers = [session(f"layer_{i + 1}.onnx") for i in range(self.meta["num_layers"])]
+        # what each layer graph reads (the exporter drops an unused input: "pool" under cls pooling)
+        self._layer_inputs = [{i.name for i in s.get_inputs()} for s in self.layers]
+        self.full_session = session("full.onnx")
+        self.num_layers = self.meta["num_layers"]
+        # the runner's name says its precision: calibrated policies are stored per name
+        self.name = "ort-int8" if self.meta.get("precision") == "int8" else "ort"
+        self.host_threads = 1  # the engine's exit tests in torch leave the cores to ORT's pool (engine.host_threads)
+
+    @staticmethod
+    def feeds(inputs) -> dict[str, np.ndarray]:
+        """The input arrays of the embeddings and full graphs for a batch of torch (or numpy) inputs."""
+        ids = np.asarray(inputs["input_ids"], dtype=np.int64)
+        types = inputs.get("token_type_ids")
+        return {"input_ids": ids, "attention_mask": np.asarray(inputs["attention_mask"], dtype=np.int64),
+                "token_type_ids": np.zeros_like(ids) if types is None else np.asarray(types, dtype=np.int64)}
+
+    # metabert.engine.loop.Runner: the state is (hidden, additive mask, pooling weights) as numpy arrays
+    def start(self, inputs):
+        hidden, mask, pool = self.embeddings.run(None, self.feeds(inputs))
+        return hidden, mask, pool
+
+    def layer_feeds(self, index, state) -> dict[str, np.ndarray]:
+        """Layer graph ``index``'s inputs from the runner's state."""
+        hidden, mask, pool = state
+        feeds = {"hidden": hidden, "mask": mask, "pool": pool}
+        return {name: value for name, value in feeds.items() if name in self._layer_inputs[index]}
+
+    def step(self, index, state):
+        hidden, logits = self.layers[index].run(None, self.layer_feeds(index, state))
+        return (hidden, state[1], state[2]), torch.from_numpy(logits)
+
+    def select(self, state, keep):
+        """The kept rows, without the trailing positions that are padding in all of them (as
+        ``adapters.trim_padding`` does for the eager runner)."""
+        rows = keep.numpy()
+        hidden, mask, pool = state
+        pool = pool[rows]
+        used = np.flatnonzero((pool[..., 0] != 0).any(0))
+        length = int(used[-1]) + 1 if used.size else pool.shape[1]
+        if length == pool.shape[1]:
+            return hidden[rows], mask[rows], pool
+        return (hidden[rows, :length], np.ascontiguousarray(mask[rows][..., :length]),
+                np.ascontiguousarray(pool[:, :length]))
+
+    def full(self, inputs) -> torch.Tensor:
+        return torch.from_numpy(self.full_session.run(None, self.feeds(inputs))[0])
+
+    def early_exit_one(self, inputs, policy):
+        """The whole early exit of one sample in one session call (``metabert.deploy.onnx_fused``): the
+        engine's batch-1 path for the threshold policies; None where it does not apply (another
+        policy, a batch, ``fused=False``), and the engine steps layer by layer."""
+        from metabert.engine.loop import ExitResult
+        from metabert.deploy.onnx_fused import FUSED_POLICIES, build
+
+        if not self.fused or policy.name not in FUSED_POLICIES or int(inputs["input_ids"].shape[0]) != 1:
+            return None
+        session = self._fused_sessions.get(policy.name)
+        if session is None:
+            session = self._fused_sessions[policy.name] = self._fused_session(policy.name, build)
+        feeds = self.feeds(inputs)
+        feeds["threshold"] = np.array(policy.threshold, dtype=np.float32)
+        logits, layer = session.run(None, feeds)
+        return ExitResult(logits=torch.from_numpy(logits), exit_layer=torch.from_numpy(layer.reshape(1)))
+
+    def _fused_session(self, policy_name: str, build):
+        """The fused graph composed from the graphs as ONNX Runtime optimised them for the per-layer
+        sessions, run without optimising again: the same kernels, so the same logits as the steps
+        (optimised inside ``If`` branches instead, INT8 kernels were fused differently and logits
+        moved by 0.1%)."""
+        import tempfile
+
+        import onnx
+        import onnxruntime as ort
+
+        with tempfile.TemporaryDirectory(prefix="metabert-fused-") as tmp:
+            graphs = []
+            for name in self.meta["graphs"][: 1 + self.num_layers]:
+                target = str(Path(tmp) / name)
+                ort.InferenceSession(str(self.directory / name), self.session_options(optimized_path=target),
+                                     providers=["CPUExecutionProvider"])
+                graphs.append(onnx.load(target))
+        graph = build(graphs, self.meta, policy_name).SerializeToString()
+        options = self.session_options(ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+        return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+
+    def all_exit_logits(self, inputs) -> torch.Tensor:
+        """Every exit's logits (L, B, C), for checking the export against PyTorch."""
+        state = self.start(inputs)
+        out = []
+        for i in range(self.num_layers):
+            state, logits = self.step(i, state)
+            out.append(logits)
+        return torch.stack(out)
