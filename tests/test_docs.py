@@ -64,11 +64,12 @@ def test_results_and_docs_name_no_path_of_the_machine_that_made_them():
     assert len(files) > 10
     absolute = re.compile(r"(?<![\w.:/])/(?:work|home|tmp|root|Users|mnt)/")
     offenders = [str(p.relative_to(root)) for p in files if absolute.search(p.read_text())]
-    assert not offenders, f"absolute paths in {offenders} (run scripts/relative_data_paths.py)"
+    assert not offenders, (f"absolute paths in {offenders}: name data files relative to the data folder, "
+                           "as metabert.eval.calibrate.data_name does")
 
 
 def test_bench_runs_page_is_regenerated_from_its_committed_reports():
-    """results/bench/runs/targets.md is what scripts/bench_runs.py makes of the reports beside it."""
+    """results/bench/runs/targets.md is what benchmarks/bench_runs.py makes of the reports beside it."""
     import json
 
     from metabert.recipes.pages.bench import targets_across_runs

@@ -1,4 +1,4 @@
-"""`metabert report` over a results folder laid out as scripts/foundation_results.sh writes it."""
+"""`metabert report` over a results folder laid out as benchmarks/foundation_results.sh writes it."""
 
 from metabert.cli import main
 

@@ -6,7 +6,7 @@ ran them (the work early exit cannot avoid); and the engine's early exit with to
 threads, which is what ``engine.host_threads`` avoids (torch's OpenMP workers spinning beside
 ORT's pool).
 
-Usage: GLUE_DIR=... python scripts/ort_batch_profile.py ONNX_FOLDER GAMMA [BATCH] (2 threads;
+Usage: GLUE_DIR=... python benchmarks/ort_batch_profile.py ONNX_FOLDER GAMMA [BATCH] (2 threads;
 median of 3 runs of each). Run it on an otherwise idle machine."""
 
 import os

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # MetaBERT's Table II and Fig. 2 with minilm-l6 on this machine: every method (and the matched-compute
 # control) on CoLA, RTE, MRPC and SST-2, three seeds, γ chosen on the calibration slice.
-# Epochs and learning rate per task are the joint recipe of scripts/foundation_results.sh, the same
+# Epochs and learning rate per task are the joint recipe of benchmarks/foundation_results.sh, the same
 # for every method, except that SST-2 gets 2 epochs, not 1: the staged methods need one per stage.
 # meta-adam-exits and meta-adam-exits-warm lead the MetaBERT rows of the RTE screen (docs/TUNING.md);
 # the screen's cells made with the same options are reused (REUSE, default results/tune).
@@ -15,7 +15,7 @@
 # Fig. 2 plots to docs/).
 # Cells resume: a finished cell is not trained again, and one cut short continues from its last
 # training state (saved every 500 steps: SST-2's cells take up to an hour here).
-# Usage: GLUE_DIR=... scripts/table2.sh [OUT_DIR]   (many CPU hours; NO_TRAIN=1 tabulates)
+# Usage: GLUE_DIR=... benchmarks/table2.sh [OUT_DIR]   (many CPU hours; NO_TRAIN=1 tabulates)
 set -euo pipefail
 OUT=${1:-results/table2}
 PAGE=${PAGE:-docs/TABLE2.md}

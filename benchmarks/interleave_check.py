@@ -1,7 +1,7 @@
 """Does running two paths alternately, example by example, slow them down against each path
 running alone (as a server runs it)? ORT full and early exit over an exported folder, batch 1.
 
-Usage: GLUE_DIR=... python scripts/interleave_check.py ONNX_FOLDER GAMMA [EXAMPLES] [ROUNDS]
+Usage: GLUE_DIR=... python benchmarks/interleave_check.py ONNX_FOLDER GAMMA [EXAMPLES] [ROUNDS]
 (the SST-2 dev examples in file order; 2 threads). Prints mean ms per example both ways, per round.
 Run it on an otherwise idle machine."""
 

@@ -6,7 +6,7 @@
 # docs/TABLE1.md), its per-exit plots beside it as <page name>_<task>.png (lower case: docs/table1_rte.png).
 # Another PAGE (a run of some rows or tasks, e.g. docs/TABLE1_SST2.md) gets its own summary folder,
 # $OUT/pages/<page name>, so that it leaves the full table's files as they are.
-# Usage: GLUE_DIR=... scripts/table1.sh [OUT_DIR]   (many CPU hours; cells resume, mid-training too)
+# Usage: GLUE_DIR=... benchmarks/table1.sh [OUT_DIR]   (many CPU hours; cells resume, mid-training too)
 # The DeeBERT and MetaBERT rows train exactly as Table II's two-stage and meta rows: cells finished
 # there (REUSE, default results/table2) are taken instead of trained again. `pabee-entropy` trains as PABEE
 # does and exits by entropy, which tells the training apart from the exit rule.

@@ -1,7 +1,7 @@
 """Load, overload and shutdown figures of `metabert serve` on a real checkpoint, written to
 results/serving/load.json and docs/SERVING_LOAD.md (generated; do not edit the page by hand).
 
-    python scripts/serving_load.py CHECKPOINT [--duration 60]
+    python benchmarks/serving_load.py CHECKPOINT [--duration 60]
 
 1. load: one server (1 PyTorch thread; the load generator has the other core), 16 closed-loop
    clients of one SST-2 dev text each, for --duration seconds;
@@ -113,7 +113,7 @@ def main() -> int:
     args = parser.parse_args()
     texts = [e.text for e in load_glue("sst2", "dev").examples]
     report = {"date": dt.date.today().isoformat(), "hardware": hardware(), "checkpoint": Path(args.checkpoint).name,
-              "command": f"python scripts/serving_load.py CHECKPOINT --duration {args.duration:g}"}
+              "command": f"python benchmarks/serving_load.py CHECKPOINT --duration {args.duration:g}"}
     proc, url = start(args.checkpoint)
     try:
         run_load(url, texts, clients=16, duration=5)  # warm-up

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Joint-trained minilm-l6 on SST-2, MRPC, RTE and CoLA, then every exit and an entropy-threshold
 # sweep on dev; docs/RESULTS.md is written from the outputs by `metabert report`.
-# Usage: GLUE_DIR=... scripts/foundation_results.sh [OUT_DIR]   (about 80 min on a 2-core CPU with every extra seed)
+# Usage: GLUE_DIR=... benchmarks/foundation_results.sh [OUT_DIR]   (about 80 min on a 2-core CPU with every extra seed)
 set -euo pipefail
 OUT=${1:-runs/foundation}
 METABERT=${METABERT:-metabert}

@@ -1,6 +1,6 @@
 """What the exit machinery costs at batch 1 in eager PyTorch (docs/ENGINE.md).
 
-Usage: python scripts/exit_overhead.py CHECKPOINT [TASK] [N]   (GLUE_DIR must point at GLUE)
+Usage: python benchmarks/exit_overhead.py CHECKPOINT [TASK] [N]   (GLUE_DIR must point at GLUE)
 Times, on the first N dev examples of TASK: one layer, one exit head, pooling, the entropy policy's
 step, the host check; and the whole model with and without running every exit (threshold 0: the
 early-exit loop that never leaves), interleaved, 3 rounds.

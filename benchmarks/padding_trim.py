@@ -3,7 +3,7 @@
 full model, early exit that keeps the batch's padded length, and early exit that drops the trailing
 positions no running row needs (``adapters.trim_padding``).
 
-Usage: GLUE_DIR=... python scripts/padding_trim.py CHECKPOINT GAMMA [BATCH]"""
+Usage: GLUE_DIR=... python benchmarks/padding_trim.py CHECKPOINT GAMMA [BATCH]"""
 
 import os
 import sys

@@ -14,8 +14,8 @@ trap 'rm -rf "$ONNX"' EXIT
 $METABERT export --checkpoint "$CKPT" --output "$ONNX/fp32" > /dev/null
 $METABERT bench --checkpoint "$CKPT" --task sst2 --max-drop 1 --repeats ${REPEATS:-5} --threads 2 --onnx "$ONNX/fp32" \
   --no-progress --output results/bench/sst2.bench.json --markdown docs/BENCHMARKS.md
-python scripts/int8_options.py "$CKPT" results/bench/int8_options.json sst2 200
+python benchmarks/int8_options.py "$CKPT" results/bench/int8_options.json sst2 200
 cp results/bench/int8_options.md docs/INT8_OPTIONS.md
 GAMMA=$(python -c "import json; print(json.load(open('results/bench/sst2.bench.json'))['variants']['ort_early']['policy'].split('γ=')[1].rstrip(')'))")
-{ echo "# python scripts/interleave_check.py ONNX_FOLDER $GAMMA 300 2 ($(date -u +%F), 2 threads; γ of the ort row of sst2.bench.json)"
-  python scripts/interleave_check.py "$ONNX/fp32" "$GAMMA" 300 2; } > results/bench/interleave_check.txt
+{ echo "# python benchmarks/interleave_check.py ONNX_FOLDER $GAMMA 300 2 ($(date -u +%F), 2 threads; γ of the ort row of sst2.bench.json)"
+  python benchmarks/interleave_check.py "$ONNX/fp32" "$GAMMA" 300 2; } > results/bench/interleave_check.txt

@@ -3,7 +3,7 @@
 # control, on RTE and MRPC dev (one seed each: a screen, not a verdict; the Table II run has three).
 # The last two rows change one option each (task = exit; warm-start schedule) of the best earlier row.
 # The table is written by `metabert reproduce` to $OUT/table2.md and copied to docs/TUNING.md.
-# Usage: GLUE_DIR=... scripts/tune_meta.sh [OUT_DIR]   (RTE: about 90 min on a 2-core CPU)
+# Usage: GLUE_DIR=... benchmarks/tune_meta.sh [OUT_DIR]   (RTE: about 90 min on a 2-core CPU)
 set -euo pipefail
 OUT=${1:-results/tune}
 METABERT=${METABERT:-metabert}

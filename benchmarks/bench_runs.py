@@ -1,9 +1,9 @@
 """Each deployment target of several `metabert bench` reports side by side, and in how many runs it
 was met (`metabert.recipes.pages.bench.targets_across_runs`).
 
-Usage: python scripts/bench_runs.py REPORT.json [REPORT.json ...] > OUTPUT.md
+Usage: python benchmarks/bench_runs.py REPORT.json [REPORT.json ...] > OUTPUT.md
 Files are named in the page as given; run it from the folder that holds them, e.g.
-`cd results/bench/runs && python ../../../scripts/bench_runs.py sst2-*.bench.json > targets.md`.
+`cd results/bench/runs && python ../../../benchmarks/bench_runs.py sst2-*.bench.json > targets.md`.
 """
 
 import json
