@@ -65,3 +65,23 @@ def test_command_writes_results_then_page_and_plot(tmp_path, capsys):
     assert plot.read_bytes()[:4] == b"\x89PNG"
     assert main(["validate-calibration", "--checkpoint", str(ckpt), "--splits", "10"]) == 2
     assert "at least 100" in capsys.readouterr().err
+
+
+def test_the_consistency_promise_holds_on_resampled_splits_where_the_point_estimate_does_not():
+    """Label-free: exits that agree with the last one more often the later they are; the guaranteed
+    rule breaks "agreement ≥ c" on at most about δ of the splits, the point estimate on many."""
+    from metabert.eval.validate import validate_consistency
+
+    gen = torch.Generator().manual_seed(0)
+    n, layers = 3000, 4
+    full = torch.randint(0, 2, (n,), generator=gen)
+    logits = torch.zeros(layers, n, 2)
+    for i in range(layers):
+        confidence = torch.rand(n, generator=gen) * (i + 1)  # later exits: surer
+        agree = torch.rand(n, generator=gen) < 0.9 + 0.1 * (confidence / (i + 1))
+        pred = torch.where(agree | (i == layers - 1), full, 1 - full)
+        logits[i, torch.arange(n), pred] = confidence + 0.05
+    report = validate_consistency(logits, 0.97, 600, splits=200, delta=0.1, seed=1)
+    assert report["guaranteed"]["violation_rate"] <= 0.1 + 0.06  # δ up to the splits' sampling error
+    assert report["point_estimate"]["violation_rate"] > report["guaranteed"]["violation_rate"]
+    assert report["guaranteed"]["mean_speedup"] > 1.0

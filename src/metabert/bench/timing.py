@@ -7,10 +7,10 @@ conditions. ``interleave="block"`` (the default): in a round each variant runs a
 ``BLOCK`` consecutive examples in turn, block after block, as a server runs one path for many
 requests in a row, while every variant still sees the machine at every moment of the run (whole
 passes over the dev set, tried first, let one variant meet a quiet minute the others did not: in one
-such run of scripts/benchmarks.sh ORT INT8 full measured 1.04 ms per example, against 2.37 and
+such run of benchmarks/benchmarks.sh ORT INT8 full measured 1.04 ms per example, against 2.37 and
 2.59 ms in the runs before and after it; that run was discarded, not committed); ``"example"``: each example is run by
 every variant in turn, which also evicts one variant's weights from the CPU caches with another's
-(``scripts/interleave_check.py`` times ORT full and early exit both ways; on this shared 2-core
+(``benchmarks/interleave_check.py`` times ORT full and early exit both ways; on this shared 2-core
 machine early exit ran 27% slower alternating than alone in one check and within the noise of two
 rounds in another, results/bench/interleave_check.txt).
 An example's latency is the median of its rounds; a variant's latency is the mean over examples.

@@ -1,5 +1,5 @@
 """``metabert report DIR --output docs/RESULTS.md``: Markdown (and a PNG beside it) from a results
-folder written by scripts/foundation_results.sh."""
+folder written by benchmarks/foundation_results.sh."""
 
 from __future__ import annotations
 

@@ -182,7 +182,7 @@ def quantize_eager(model: nn.Module, per_channel: bool = True, heads: bool = Tru
     MiniLM-L6's weights, so without them the INT8 model is 0.66 of the fp32 one on disk).
     ``heads``: the exit heads' pooler dense layers (H x H) are quantized the same way. At batch 1
     an exit head runs after every layer a sample passes, and its fp32 H x H weights are a third of
-    an INT8 layer's bytes (MiniLM-L6: 0.56 MiB against 1.69 MiB); ``scripts/probes/int8heads.py``
+    an INT8 layer's bytes (MiniLM-L6: 0.56 MiB against 1.69 MiB); ``scripts/probes/int8heads.py`` (removed after commit 9fc3d93)
     measures what INT8 heads save (docs/ENGINE.md). The heads' classifiers (H x C) stay fp32, as
     do position and type embeddings (small, and their lookups pass index views that the quantized
     lookup refuses)."""

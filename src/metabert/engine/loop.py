@@ -80,7 +80,7 @@ def host_threads(runner):
     A backend with its own thread pool (ONNX Runtime) wants 1: torch's OpenMP workers spin after
     each parallel region and take the cores from that pool's next call (SST-2 dev at batch 32:
     early exit 1.75x slower with torch at 2 threads than at 1, results/bench/ort_batch_profile.txt
-    from scripts/ort_batch_profile.py). Setting it costs < 1 µs."""
+    from benchmarks/ort_batch_profile.py). Setting it costs < 1 µs."""
     wanted = getattr(runner, "host_threads", None)
     before = torch.get_num_threads()
     if wanted is None or wanted == before:

@@ -92,6 +92,44 @@ def validate(logits: torch.Tensor, labels: list[int], metric: str, max_drops: li
             "num_layers": pool.num_layers, "grid_size": len(grid), "budgets": per_budget}
 
 
+def validate_consistency(logits: torch.Tensor, consistency: float, calibration_size: int, splits: int = 200,
+                         delta: float = risk.DEFAULT_DELTA, policy: str = "entropy", patience: int = 2, seed: int = 0,
+                         reference=None) -> dict:
+    """``validate`` for the label-free promise ``--consistency c`` (what ``retrofit`` certifies):
+    resampled calibration/test splits of an unlabelled pool, γ chosen on each calibration split by
+    the risk-controlled rule and by the point estimate (the fastest candidate whose agreement on the
+    calibration split is at least c), and how often each agrees with the full model (or with
+    ``reference`` predictions, (N,)) on less than c of the test split."""
+    n = logits.shape[1]
+    if not 0 < calibration_size < n:
+        raise ValueError(f"calibration size {calibration_size} must be between 1 and the pool's {n - 1}")
+    grid = risk.candidate_grid(policy, logits.shape[0], logits.shape[-1], patience)
+    pool = risk.outcomes(logits, grid, reference)
+    loss = risk.losses(pool)  # (K, N) disagreement with the reference
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(splits):
+        order = rng.permutation(n)
+        cal, test = order[:calibration_size], order[calibration_size:]
+        k = risk.certify(loss[:, cal], 1 - consistency, delta)["index"]
+        point = int(np.flatnonzero(1 - loss[:, cal].mean(axis=1) >= consistency - 1e-12).max())
+        speedups = pool.subset(test).speedups()
+        rows.append({"guaranteed_agreement": float(1 - loss[k, test].mean()), "guaranteed_speedup": float(speedups[k]),
+                     "guaranteed_full_model": k == 0, "point_agreement": float(1 - loss[point, test].mean()),
+                     "point_speedup": float(speedups[point])})
+    eps = 1e-12
+    guaranteed = {**_rate([r["guaranteed_agreement"] < consistency - eps for r in rows]),
+                  "mean_agreement": float(np.mean([r["guaranteed_agreement"] for r in rows])),
+                  "mean_speedup": float(np.mean([r["guaranteed_speedup"] for r in rows])),
+                  "full_model_share": float(np.mean([r["guaranteed_full_model"] for r in rows]))}
+    point = {**_rate([r["point_agreement"] < consistency - eps for r in rows]),
+             "mean_agreement": float(np.mean([r["point_agreement"] for r in rows])),
+             "mean_speedup": float(np.mean([r["point_speedup"] for r in rows]))}
+    return {"consistency": consistency, "delta": delta, "policy": policy, "splits": splits, "seed": seed,
+            "pool_size": n, "calibration_size": calibration_size, "test_size": n - calibration_size,
+            "guaranteed": guaranteed, "point_estimate": point, "within_delta": guaranteed["ci95"][0] <= delta}
+
+
 def _rate(flags: list[bool]) -> dict:
     """A violation rate with its Clopper-Pearson 95% interval over the splits."""
     k, n = int(sum(flags)), len(flags)
