@@ -129,3 +129,20 @@ def test_a_retrofitted_model_exports_and_its_int8_runner_answers_for_the_fp32_mo
     stored = MultiExitBert.from_pretrained(ck).config.exit_policy["runners"]["ort-int8"]
     assert stored["promise"]["kind"] == "consistency" and stored["promise"]["compared_with"] == "the fp32 model"
     assert "agreeing with the fp32 model" in stored["goal"]
+
+
+def test_the_plain_runners_answer_as_the_classifier_does(classifier, tmp_path):
+    """The baselines retrofit is timed against: the classifier in eager transformers, and its plain
+    ONNX export in ONNX Runtime (fp32 equal to 1e-4; INT8 runs)."""
+    pytest.importorskip("onnxruntime")
+    from metabert.deploy.plain import OrtFullRunner, TransformersRunner, export_classifier, quantize_classifier
+
+    hf = AutoModelForSequenceClassification.from_pretrained(classifier).eval()
+    tokenizer = AutoTokenizer.from_pretrained(classifier)
+    enc = dict(tokenizer(["good film", "a long and rather boring story about an actor"], padding=True,
+                         return_tensors="pt"))
+    want = TransformersRunner(hf).full(enc)
+    path = export_classifier(hf, tokenizer, tmp_path / "model.onnx")
+    assert torch.allclose(OrtFullRunner(path, "plain-ort", 3).full(enc), want, atol=1e-4)
+    int8 = OrtFullRunner(quantize_classifier(path, tmp_path / "int8.onnx"), "plain-ort-int8", 3).full(enc)
+    assert int8.shape == want.shape and torch.isfinite(int8).all()
