@@ -104,3 +104,12 @@ def test_empty_texts_are_bad_rows():
     got = list(read_texts(io.BytesIO(json.dumps({"text": " "}).encode() + b"\n"), "jsonl", ["text"], False, "in",
                           on_error="report"))
     assert got[0].error == "empty or missing text in 'text'"
+
+
+def test_a_stream_is_read_by_the_names_its_first_line_holds():
+    """stdin: the first line is read ahead to find the columns, then read again."""
+    sst2 = GLUE_TASKS["sst2"]
+    stream = io.BytesIO(b'{"text": "a fine film"}\n{"text": "dull"}\n')
+    assert [r.values[0] for r in texts_of(stream, sst2, "jsonl", name="-")] == ["a fine film", "dull"]
+    stream = io.BytesIO(b'{"sentence": "by the task\'s own name"}\n')
+    assert [r.values[0] for r in texts_of(stream, sst2, "jsonl", name="-")] == ["by the task's own name"]

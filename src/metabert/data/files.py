@@ -67,6 +67,23 @@ def _lines(stream: BinaryIO, errors: dict[int, str]) -> Iterator[str]:
         yield line.removeprefix("\ufeff") if number == 1 else line
 
 
+class Replayed:
+    """A binary stream (stdin) whose first line is read ahead (``first``) and read again: iterating
+    it yields that line, then the rest of the stream."""
+
+    def __init__(self, stream: BinaryIO):
+        self.stream, self.first = stream, stream.readline()
+        self.name = getattr(stream, "name", "input")
+
+    def __iter__(self):
+        if self.first:
+            yield self.first
+        yield from self.stream
+
+    def read(self, *args):  # a stream for ``_open``; only ever iterated
+        raise OSError("a replayed stream is read line by line")
+
+
 def _open(source: str | Path | BinaryIO, name: str | None) -> tuple[BinaryIO, str, bool]:
     if hasattr(source, "read"):
         return source, name or getattr(source, "name", "input"), False

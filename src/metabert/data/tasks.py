@@ -6,13 +6,15 @@ GLUE files are read with ``csv.QUOTE_NONE`` (their sentences contain unbalanced 
 
 from __future__ import annotations
 
+import io
 import os
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from metabert.data.files import DataError, Row, file_format, first_row, read_table
+from metabert.data import files
+from metabert.data.files import DataError, Replayed, Row, file_format, first_row, read_table
 
 GLUE_HINT = (
     "Put the GLUE files in the original layout (e.g. DIR/SST-2/train.tsv, DIR/MRPC/dev.tsv) and pass "
@@ -188,6 +190,14 @@ TEXT_COLUMN_NAMES = (("sentence1", "sentence2"), ("text",), ("sentence",))  # fi
 LABEL_COLUMN_NAMES = ("label",)
 
 
+def find_text_columns(columns) -> tuple | None:
+    """The text columns among ``columns`` (a header, or a JSON object's keys) by name, as the file
+    spells them: ``sentence1`` + ``sentence2`` (a pair), else ``text``, else ``sentence`` (any case)."""
+    by_lower = {str(c).strip().lower(): c for c in columns}
+    found = next((names for names in TEXT_COLUMN_NAMES if all(n in by_lower for n in names)), None)
+    return tuple(by_lower[n] for n in found) if found else None
+
+
 def detect_columns(path: str | Path, text_columns=(), label_column: str | None = None) -> tuple[tuple[str, ...], str]:
     """The text and label columns of a user's file, found by name in its header (TSV/CSV) or first
     object (JSONL) where not given: ``sentence1`` + ``sentence2`` (a pair), else ``text``, else
@@ -197,13 +207,10 @@ def detect_columns(path: str | Path, text_columns=(), label_column: str | None =
     first = first_row(path, file_format(path))
     columns = list(first) if isinstance(first, dict) else first
     by_lower = {str(c).strip().lower(): c for c in columns}
-    texts = tuple(text_columns)
+    texts = tuple(text_columns) or find_text_columns(columns)
     if not texts:
-        found = next((names for names in TEXT_COLUMN_NAMES if all(n in by_lower for n in names)), None)
-        if found is None:
-            raise DataError(f"{path}:1: no text column found among the columns {columns}; name one 'text' or "
-                            "'sentence' (or two 'sentence1' and 'sentence2'), or pass --text-columns NAME[,NAME]")
-        texts = tuple(by_lower[n] for n in found)
+        raise DataError(f"{path}:1: no text column found among the columns {columns}; name one 'text' or "
+                        "'sentence' (or two 'sentence1' and 'sentence2'), or pass --text-columns NAME[,NAME]")
     label = label_column
     if label is None:
         found = next((n for n in LABEL_COLUMN_NAMES if n in by_lower), None)
@@ -272,13 +279,14 @@ def load_split(spec: TaskSpec, split: str, data_dir=None, file=None) -> Dataset:
 
 
 # ------------------------------------------------------------------------ texts without labels
-def text_columns_for(spec: TaskSpec | None, source: str | Path, fmt: str, columns=()) -> tuple[tuple, bool]:
+def text_columns_for(spec: TaskSpec | None, source: str | Path, fmt: str, columns=(),
+                     first: list | dict | None = None) -> tuple[tuple, bool]:
     """Which columns of a file hold a task's texts, and whether it has a header: ``columns`` when
     given; a text file's one column; else the task's text columns *by name* where the file's first
-    row names them (a GLUE task's own files, its test file, a CSV or JSONL with the same names), or
-    by position in a headerless file of the task's own layout (CoLA); else the names
-    ``detect_columns`` finds (``text``, ``sentence``, ``sentence1`` + ``sentence2``). An error names
-    the file, the columns found and ``--text-columns``."""
+    row (``first``, read from ``source`` when not given) names them (a GLUE task's own files, its
+    test file, a CSV or JSONL with the same names), or by position in a headerless file of the
+    task's own layout (CoLA); else ``find_text_columns`` (``text``, ``sentence``, ``sentence1`` +
+    ``sentence2``). An error names the file, the columns found and ``--text-columns``."""
     if fmt == "txt":
         if spec is not None and len(spec.text_columns) == 2 and not columns:
             raise DataError(f"{source}: a text file holds one text per line, but this model takes sentence pairs; "
@@ -287,20 +295,17 @@ def text_columns_for(spec: TaskSpec | None, source: str | Path, fmt: str, column
     if columns:
         return tuple(columns), fmt != "jsonl"
     names = tuple(spec.text_names or spec.text_columns) if spec is not None else ()
-    first = first_row(source, fmt) if not hasattr(source, "read") else None
-    found = list(first) if isinstance(first, dict) else (first or [])
-    if names and all(isinstance(n, str) for n in names) and (first is None or all(n in found for n in names)):
+    first = first_row(source, fmt) if first is None else first
+    found = list(first) if isinstance(first, dict) else list(first)
+    if names and all(isinstance(n, str) for n in names) and all(n in found for n in names):
         return names, fmt != "jsonl"
     if spec is not None and not spec.header and fmt == spec.format and len(found) == (spec.num_columns or len(found)):
         return tuple(spec.text_columns), False  # the task's own headerless layout (CoLA)
-    if first is None:
-        raise DataError(f"{source}: name the text columns with --text-columns")
-    try:
-        texts, _ = detect_columns(source, (), "-")
-    except DataError:
+    texts = find_text_columns(found)
+    if not texts:
         want = f" (this model's task reads {list(names)})" if names else ""
         raise DataError(f"{source}:1: no text column found among the columns {found}{want}; name one 'text' or "
-                        "'sentence' (or two 'sentence1' and 'sentence2'), or pass --text-columns NAME[,NAME]") from None
+                        "'sentence' (or two 'sentence1' and 'sentence2'), or pass --text-columns NAME[,NAME]")
     return texts, fmt != "jsonl"
 
 
@@ -376,11 +381,16 @@ def subsample(dataset: Dataset, count: int | None, seed: int) -> Dataset:
 
 def texts_of(source: str | Path | BinaryIO, spec: TaskSpec | None, fmt: str | None = None, columns=(),
              name: str | None = None, on_error: str = "raise") -> Iterator[Row]:
-    """The texts (and pairs) of a file for a model trained on ``spec``: its format from ``fmt`` or the
-    extension, its columns by ``text_columns_for``, read by ``read_texts``."""
+    """The texts (and pairs) of a file or a stream (stdin) for a model trained on ``spec``: its format
+    from ``fmt`` or the extension, its columns by ``text_columns_for`` (a stream's first line is read
+    ahead for that, then read again), read by ``read_texts``."""
     name = name or str(source)
     fmt = file_format(name, fmt)
-    found, header = text_columns_for(spec, source, fmt, columns)
+    first = None
+    if hasattr(source, "read") and fmt != "txt" and not columns:
+        source = Replayed(source)
+        first = next(files.read_rows(io.BytesIO(source.first), fmt, name), Row(1, [])).values or []
+    found, header = text_columns_for(spec, source, fmt, columns, first)
     if spec is not None and len(found) != len(spec.text_columns) and not columns:
         raise DataError(f"{name}: this model reads {len(spec.text_columns)} text column(s), found {list(found)}; "
                         "pass --text-columns")
