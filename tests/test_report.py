@@ -17,5 +17,5 @@ def test_report_page_with_a_seed_spread(tmp_path, glue_dir):
     assert "| rte | accuracy | 32 | 1 |" in text
     row = next(line for line in text.splitlines() if line.startswith("| rte | 5e-05 |"))
     assert "(seed 42)" in row and "(seed 1)" in row and "±" in row
-    assert "5% of each training file is held out" in text and "one seed per task (rte: 42)" in text
+    assert "20% of each training file is held out" in text and "one seed per task (rte: 42)" in text
     assert (tmp_path / "RESULTS.png").read_bytes()[:4] == b"\x89PNG"

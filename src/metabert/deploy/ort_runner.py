@@ -6,6 +6,7 @@ one session call over a graph with the exit test inside (``metabert.deploy.onnx_
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from pathlib import Path
@@ -45,6 +46,29 @@ def _shared_thread_pool(threads: int | None) -> bool:
     return _POOL["threads"] is not None
 
 
+def session_options(threads: int | None = None, level=None, optimized_path: str | None = None):
+    """ONNX Runtime session options for a session of this process: on the one shared thread pool
+    (``_shared_thread_pool``) where it could be set up, else a pool of its own that does not spin.
+    ``level``: graph optimisation (default: all); ``optimized_path``: where to write the optimised
+    graph."""
+    import onnxruntime as ort
+
+    shared = _shared_thread_pool(threads)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if level is None else level
+    if optimized_path:
+        options.optimized_model_filepath = optimized_path
+        options.log_severity_level = 3  # not the "hardware-specific graph" notice: it is used here and now
+    if shared:
+        options.use_per_session_threads = False
+    else:  # each session has its own pool: spinning pools of 8 sessions would fight over the cores
+        if threads:
+            options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
 class OrtMultiExit:
     """ONNX Runtime sessions over an exported folder: a ``metabert.engine.loop.Runner`` (``engine.run``
     drives its early exit; ``engine.run_full`` its full model)."""
@@ -54,7 +78,6 @@ class OrtMultiExit:
         from transformers import AutoTokenizer
 
         directory = Path(directory)
-        shared = _shared_thread_pool(threads)
         if not (directory / META_NAME).is_file():
             raise FileNotFoundError(f"{directory} is not an exported metabert ONNX folder (no {META_NAME}); "
                                     "run `metabert export --format onnx` first")
@@ -66,20 +89,7 @@ class OrtMultiExit:
         self.config = json.loads((directory / CONFIG_NAME).read_text())
         self.tokenizer = AutoTokenizer.from_pretrained(directory)
 
-        def make_options(level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL, optimized_path: str | None = None):
-            options = ort.SessionOptions()
-            options.graph_optimization_level = level
-            if optimized_path:
-                options.optimized_model_filepath = optimized_path
-                options.log_severity_level = 3  # not the "hardware-specific graph" notice: it is used here and now
-            if shared:
-                options.use_per_session_threads = False
-            else:  # each session has its own pool: spinning pools of 8 sessions would fight over the cores
-                if threads:
-                    options.intra_op_num_threads = threads
-                options.inter_op_num_threads = 1
-                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            return options
+        make_options = functools.partial(session_options, threads)
 
         options = make_options()
 

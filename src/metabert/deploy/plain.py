@@ -68,16 +68,15 @@ def quantize_classifier(source: str | Path, target: str | Path, per_channel: boo
 
 
 class OrtFullRunner:
-    """One ONNX graph of a whole classifier in ONNX Runtime (all optimisations on, ``threads``)."""
+    """One ONNX graph of a whole classifier in ONNX Runtime (all optimisations on, ``threads``; the
+    same session options as the early-exit runner's, ``ort_runner.session_options``)."""
 
     def __init__(self, path: str | Path, name: str, num_layers: int, threads: int | None = None):
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        from metabert.deploy.ort_runner import session_options
+
+        self.session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.name, self.num_layers, self.host_threads = name, num_layers, 1
 

@@ -37,8 +37,9 @@ def read_report(path: Path) -> EarlyExitReport:
 
 
 def held_out(tasks: list[dict]) -> str:
-    """The calibration fractions the runs' configs record, e.g. "5%" (or "5% (rte: 10%)")."""
-    fractions = {t["task"]: t["config"]["calibration_fraction"] for t in tasks}
+    """The calibration fractions the runs held out, e.g. "5%" (or "5% (rte: 20%)"): the fraction a
+    run's config asked for, else the one its checkpoint records (the default slice's)."""
+    fractions = {t["task"]: t["config"]["calibration_fraction"] or t["held_out_fraction"] for t in tasks}
     common = max(set(fractions.values()), key=list(fractions.values()).count)
     others = [f"{k}: {v:.0%}" for k, v in fractions.items() if v != common]
     return f"{common:.0%}" + (f" ({', '.join(others)})" if others else "")
@@ -57,10 +58,12 @@ def load_task(root: Path, task: str) -> dict:
     for other in sorted((root / "seeds").glob(f"{task}-seed*")):
         if (other / "log.jsonl").exists():
             seeds.append((json.loads((other / "train_config.json").read_text())["seed"], kept_last_exit(read_log(other))))
+    stored = json.loads((ckpt / "metabert_config.json").read_text()).get("calibration") or {}
     return {
         "seeds": seeds,
         "task": task,
         "config": config,
+        "held_out_fraction": round(stored.get("fraction", 0.0), 2),
         "log": log,
         "sweep": read_report(root / f"{task}.sweep.json"),
         "timed": read_report(root / f"{task}.threshold.json").timed if (root / f"{task}.threshold.json").exists() else None,
