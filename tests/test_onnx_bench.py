@@ -13,7 +13,7 @@ from metabert.model.multi_exit import EagerRunner
 from test_cli import train_tiny
 
 pytest.importorskip("onnxruntime")
-from metabert.deploy.onnx_export import check_export, export  # noqa: E402
+from metabert.deploy.onnx_export import FORMAT, check_export, export  # noqa: E402
 from metabert.deploy.ort_runner import OrtMultiExit  # noqa: E402
 
 TEXTS = ["good", "bad film", "a long and winding review of a film that was neither good nor bad",
@@ -35,15 +35,21 @@ def test_onnx_matches_pytorch_on_every_exit(exported):
     assert (engine.run_full(EagerRunner(model), enc).logits - full.logits).abs().max() < 1e-4
 
 
-def test_folder_of_an_older_export_is_refused_with_the_command_that_redoes_it(exported, tmp_path):
-    """Format 1 folders (layer graphs fed the 0/1 mask) would run with wrong inputs: refused by name."""
+@pytest.mark.parametrize("older", [1, 2])
+def test_folder_of_an_older_export_is_refused_with_the_command_that_redoes_it(exported, tmp_path, older):
+    """Format 1 folders (layer graphs fed the 0/1 mask) would run with wrong inputs, format 2 ones
+    (BERT layout only) lack the layer inputs' description: refused by name."""
     from metabert.deploy.onnx_export import META_NAME
 
     meta = json.loads((exported[1].directory / META_NAME).read_text())
-    assert meta["format"] == 2
-    del meta["format"]
+    assert meta["format"] == FORMAT
+    if older == 1:
+        del meta["format"]
+    else:
+        meta["format"] = older
+        del meta["state"], meta["trim_padding"], meta["family"]
     (tmp_path / META_NAME).write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match=r"older metabert \(ONNX folder format 1.*metabert export --checkpoint"):
+    with pytest.raises(ValueError, match=rf"older metabert \(ONNX folder format {older}.*metabert export --checkpoint"):
         OrtMultiExit(tmp_path)
 
 

@@ -94,9 +94,12 @@ def build(graphs: list[onnx.ModelProto], meta: dict, policy: str) -> onnx.ModelP
         for o in g.opset_import:
             opsets[o.domain] = max(opsets.get(o.domain, 0), o.version)
 
+    feeds = {n: n for n in ("input_ids", "attention_mask", "token_type_ids")}
+    nodes, inits, state = _renamed(embed.graph, "e/", feeds)  # state: every embeddings output by its new name
+
     def block(i: int) -> tuple[list, list, str, str]:
         """Layers i..L (0-based i) after hidden state ``h{i}``: (nodes, initializers, logits, layer)."""
-        outer = {"hidden": f"h{i}", "mask": "e/mask", "pool": "e/pool"}
+        outer = {**state, "hidden": f"h{i}"}  # a layer graph's inputs are the embeddings graph's outputs
         nodes, inits, out = _renamed(layers[i].graph, f"l{i + 1}/", outer)
         nodes.append(helper.make_node("Identity", [out["hidden_out"]], [f"h{i + 1}"]))
         logits = out["logits"]
@@ -121,11 +124,9 @@ def build(graphs: list[onnx.ModelProto], meta: dict, policy: str) -> onnx.ModelP
         nodes.append(helper.make_node("If", [leave], [out_logits, out_layer], then_branch=then, else_branch=otherwise))
         return nodes, inits, out_logits, out_layer
 
-    feeds = {n: n for n in ("input_ids", "attention_mask", "token_type_ids")}
-    nodes, inits, out = _renamed(embed.graph, "e/", feeds)
     if policy == "entropy":
         nodes.append(helper.make_node("Neg", ["threshold"], ["neg_threshold"]))
-    nodes.append(helper.make_node("Identity", [out["hidden"]], ["h0"]))
+    nodes.append(helper.make_node("Identity", [state["hidden"]], ["h0"]))
     rest_nodes, rest_inits, logits, layer = block(0)
     nodes += rest_nodes + [helper.make_node("Identity", [logits], ["logits"]),
                            helper.make_node("Identity", [layer], ["exit_layer"])]

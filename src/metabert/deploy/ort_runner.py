@@ -101,8 +101,13 @@ class OrtMultiExit:
         self._fused_sessions: dict = {}
 
         self.embeddings = session("embeddings.onnx")
+        self._token_inputs = [i.name for i in self.embeddings.get_inputs()]  # DistilBERT, ModernBERT: no token types
+        self._state_names = [o.name for o in self.embeddings.get_outputs()][1:]  # after "hidden"
+        self._rows = {name: self.meta["state"][name]["rows"] for name in self._state_names}
+        self._sequence_axes = {name: self.meta["state"][name]["sequence_axes"] for name in self._state_names}
         self.layers = [session(f"layer_{i + 1}.onnx") for i in range(self.meta["num_layers"])]
-        # what each layer graph reads (the exporter drops an unused input: "pool" under cls pooling)
+        # what each layer graph reads (the exporter drops an unused input: "pool" under cls pooling,
+        # DeBERTa's input mask after layer 1, ModernBERT's masks and rotary tables of the other attention type)
         self._layer_inputs = [{i.name for i in s.get_inputs()} for s in self.layers]
         self.full_session = session("full.onnx")
         self.num_layers = self.meta["num_layers"]
@@ -110,41 +115,53 @@ class OrtMultiExit:
         self.name = "ort-int8" if self.meta.get("precision") == "int8" else "ort"
         self.host_threads = 1  # the engine's exit tests in torch leave the cores to ORT's pool (engine.host_threads)
 
-    @staticmethod
-    def feeds(inputs) -> dict[str, np.ndarray]:
+    def feeds(self, inputs) -> dict[str, np.ndarray]:
         """The input arrays of the embeddings and full graphs for a batch of torch (or numpy) inputs."""
         ids = np.asarray(inputs["input_ids"], dtype=np.int64)
         types = inputs.get("token_type_ids")
-        return {"input_ids": ids, "attention_mask": np.asarray(inputs["attention_mask"], dtype=np.int64),
-                "token_type_ids": np.zeros_like(ids) if types is None else np.asarray(types, dtype=np.int64)}
+        out = {"input_ids": ids, "attention_mask": np.asarray(inputs["attention_mask"], dtype=np.int64),
+               "token_type_ids": np.zeros_like(ids) if types is None else np.asarray(types, dtype=np.int64)}
+        return {name: out[name] for name in self._token_inputs}
 
-    # metabert.engine.loop.Runner: the state is (hidden, additive mask, pooling weights) as numpy arrays
+    # metabert.engine.loop.Runner: the state is (hidden, {name: array}): the hidden state and the
+    # embeddings graph's other outputs, the layer inputs of the family (onnx_meta.json's "state")
     def start(self, inputs):
-        hidden, mask, pool = self.embeddings.run(None, self.feeds(inputs))
-        return hidden, mask, pool
+        hidden, *tensors = self.embeddings.run(None, self.feeds(inputs))
+        return hidden, dict(zip(self._state_names, tensors))
 
     def layer_feeds(self, index, state) -> dict[str, np.ndarray]:
         """Layer graph ``index``'s inputs from the runner's state."""
-        hidden, mask, pool = state
-        feeds = {"hidden": hidden, "mask": mask, "pool": pool}
-        return {name: value for name, value in feeds.items() if name in self._layer_inputs[index]}
+        hidden, named = state
+        wanted = self._layer_inputs[index]
+        return {"hidden": hidden, **{name: value for name, value in named.items() if name in wanted}}
 
     def step(self, index, state):
         hidden, logits = self.layers[index].run(None, self.layer_feeds(index, state))
-        return (hidden, state[1], state[2]), torch.from_numpy(logits)
+        return (hidden, state[1]), torch.from_numpy(logits)
 
     def select(self, state, keep):
-        """The kept rows, without the trailing positions that are padding in all of them (as
-        ``adapters.trim_padding`` does for the eager runner)."""
+        """The kept rows of the per-row arrays (shared ones stay as they are), without the trailing
+        positions that are padding in all of them where the folder allows it (``trim_padding``, as
+        ``metabert.model.families.trim_padding`` does for the eager runner)."""
         rows = keep.numpy()
-        hidden, mask, pool = state
-        pool = pool[rows]
+        hidden, named = state
+        hidden = hidden[rows]
+        named = {name: value[rows] if self._rows[name] else value for name, value in named.items()}
+        if not self.meta.get("trim_padding"):
+            return hidden, named
+        pool = named["pool"]
         used = np.flatnonzero((pool[..., 0] != 0).any(0))
         length = int(used[-1]) + 1 if used.size else pool.shape[1]
         if length == pool.shape[1]:
-            return hidden[rows], mask[rows], pool
-        return (hidden[rows, :length], np.ascontiguousarray(mask[rows][..., :length]),
-                np.ascontiguousarray(pool[:, :length]))
+            return hidden, named
+
+        def cut(name, value):
+            index = [slice(None)] * value.ndim
+            for axis in self._sequence_axes[name]:
+                index[axis] = slice(0, length)
+            return np.ascontiguousarray(value[tuple(index)])
+
+        return hidden[:, :length], {name: cut(name, value) for name, value in named.items()}
 
     def full(self, inputs) -> torch.Tensor:
         return torch.from_numpy(self.full_session.run(None, self.feeds(inputs))[0])
