@@ -6,7 +6,7 @@ GLUE_DIR ?= $(abspath ../shared/data/glue)
 export GLUE_DIR
 DEMO_DIR ?= runs/demo
 
-.PHONY: install demo test clean
+.PHONY: install demo test clean node-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,16 @@ demo: install
 	$(BIN)/metabert evaluate --checkpoint $(DEMO_DIR)/sst2 --task sst2 \
 	    --thresholds auto --output $(DEMO_DIR)/sst2_sweep.json
 
-test: install
+# tests/test_single_file.py runs the single ONNX file with onnxruntime-node: its CPU binary ships in
+# the npm package; --ignore-scripts skips the postinstall that would fetch CUDA binaries
+# (again only when package-lock.json is newer than the installed tree)
+node-deps:
+	@if ! command -v npm >/dev/null 2>&1; then echo "npm not found: the Node.js check of the single ONNX file is skipped"; \
+	elif [ ! tests/node/node_modules/.package-lock.json -nt tests/node/package-lock.json ]; then \
+	    cd tests/node && npm ci --ignore-scripts --no-audit --no-fund; fi
+
+test: install node-deps
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs tests/node/node_modules

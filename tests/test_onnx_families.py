@@ -264,3 +264,14 @@ def test_distilbert_checkpoint_exports_predicts_and_serves(folders, tmp_path, ca
             body = client.post("/predict", json={"texts": ["a fine film", "awful"]}).json()
             assert [r["label"] in ("neg", "pos") for r in body["results"]] == [True, True]
             assert client.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize("family", ["distilbert", "deberta-v2", "modernbert"])
+def test_the_single_file_refuses_a_layer_state_it_does_not_carry(exports, family):
+    """The single file carries the BERT layout's (mask, pool) from layer to layer; another family's
+    state is refused with the way to serve it instead."""
+    from metabert.deploy.single_file import write
+
+    _, folder = exports(family, "base")
+    with pytest.raises(ValueError, match=r"carries the BERT layout's layer state.*metabert serve --onnx"):
+        write(folder)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from metabert.commands.common import add_progress_option
+from metabert.commands.common import add_policy_options, add_progress_option
 from metabert.eval.calibrate import calibrate_checkpoint
 from metabert.model.multi_exit import MultiExitBert
 from metabert.deploy.onnx_export import check_export
@@ -31,6 +31,17 @@ def add_parser(sub, name):
     p.add_argument("--static-examples", type=int, default=256, help="calibration examples for --quantize-method static")
     p.add_argument("--no-calibrate", action="store_true",
                    help="--quantize int8: do not calibrate the INT8 runner's γ on the held-out slice")
+    p.add_argument("--single-file", action="store_true",
+                   help="also write early_exit.onnx: one graph with the per-sample early exit inside, batched, for "
+                        "any ONNX Runtime binding (metabert.deploy.single_file); its default γ is the runner's "
+                        "calibrated one unless --policy/--threshold/--patience say otherwise")
+    p.add_argument("--batch-one-path", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --single-file: a second copy of the layers that batches of one row take, without the "
+                        "row bookkeeping (default; --no-batch-one-path: a smaller file, 3 to 9%% slower at batch 1, "
+                        "docs/SINGLE_FILE.md)")
+    p.add_argument("--triton", metavar="DIR",
+                   help="also write a Triton model repository for the single file into DIR (implies --single-file)")
+    add_policy_options(p)
     add_progress_option(p)
     p.set_defaults(run=run)
 
@@ -45,6 +56,9 @@ def _static_batches(model: MultiExitBert, count: int) -> list[dict]:
 
 
 def run(args) -> int:
+    rule = (args.policy, args.threshold, args.patience)
+    if not (args.single_file or args.triton) and any(v is not None for v in rule):
+        raise ValueError("--policy, --threshold and --patience set the single file's rule: add --single-file")
     model = MultiExitBert.from_pretrained(args.checkpoint)
     runner = "ort-int8" if args.quantize else "ort"
     config = QuantizeConfig(method=args.quantize_method, per_channel=args.per_channel)
@@ -63,4 +77,13 @@ def run(args) -> int:
             print(f"calibrated for {runner} on {record['chosen_on']}: {record['name']} γ={record['threshold']:g} "
                   f"for {record['goal']}, layer speed-up {record['calibration_layer_speedup']:.2f}x; serve it with "
                   f"`metabert serve --checkpoint {args.checkpoint} --onnx {out}`")
+    if args.single_file or args.triton:
+        from metabert.deploy.single_file import write, write_triton
+
+        path = write(out, name=args.policy, threshold=args.threshold, patience=args.patience,
+                     checkpoint=args.checkpoint, batch_one=args.batch_one_path)
+        print(f"wrote {path}: the per-sample early exit in one ONNX graph, batched, for any ONNX Runtime binding "
+              "(outputs logits, exit_layer, probabilities; what it holds: its metadata_props)")
+        if args.triton:
+            print(f"wrote the Triton model repository {write_triton(path, args.triton)}")
     return 0

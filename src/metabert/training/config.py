@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass
 
 from metabert.common.options import flatten, option, section, unflatten
+from metabert.data import DEFAULT_MAX_LENGTH
 from metabert.data import tasks as data_mod
 from metabert.model import HEAD_INITS, HEADS, POOLINGS
 from metabert.training.methods import ENTRIES, check_options
@@ -37,7 +38,7 @@ class TrainConfig:
     learning_rate: float = option(5e-5, flags=("--learning-rate", "--lr"))
     weight_decay: float = 0.01
     warmup: float = option(0.1, help="fraction of steps for linear warm-up")
-    max_seq_length: int = option(128, help="tokens per example (longer ones truncated)")
+    max_seq_length: int = option(DEFAULT_MAX_LENGTH, help="tokens per example (longer ones truncated)")
     max_train_samples: int | None = option(None, help="train on a seeded random subset of this size")
     calibration_fraction: float | None = option(
         None, help="seeded slice of the training file held out for threshold calibration (default: 5%%, but at "
