@@ -7,6 +7,7 @@ import pytest
 from conftest import diversify, make_tiny
 from metabert.bench.timing import flops_per_sample, layer_flops
 from metabert.cli import main
+from metabert.deploy.runners import RUNNERS
 from metabert.engine import loop as engine
 from metabert.engine.policies import POLICIES
 from metabert.model.multi_exit import EagerRunner
@@ -72,7 +73,7 @@ def test_bench_command_end_to_end(tmp_path, capsys):
     for key in ("layer_speedup", "wall_speedup_b1", "ort_wall_speedup_b1", "ort_early_vs_eager_full_b1",
                 "throughput_speedup_b4", "flops_speedup"):
         assert report[key] > 0, key
-    names = {f"{r}_{m}" for r in ("eager", "eager-int8", "ort", "ort-int8") for m in ("full", "early")}
+    names = {f"{r}_{m}" for r in RUNNERS for m in ("full", "early")}
     assert set(report["variants"]) == names
     v = report["variants"]
     assert v["eager_early"]["exit_counts"] == v["ort_early"]["exit_counts"]
@@ -81,12 +82,14 @@ def test_bench_command_end_to_end(tmp_path, capsys):
     assert "| eager_early |" in capsys.readouterr().out
     rows = report["rows"]
     assert {(r["runner"], r["mode"], r["batch_size"]) for r in rows} == {
-        (r, m, b) for r in ("eager", "eager-int8", "ort", "ort-int8") for m in ("full", "early") for b in (1, 4)}
+        (r, m, b) for r in RUNNERS for m in ("full", "early") for b in (1, 4)}
     for row in rows:
         assert row["mean_ms"] > 0 and row["artifact_mb"] > 0 and row["peak_rss_mb"] > 0
         assert (row["layer_speedup"] is None) == (row["mode"] == "full")
     assert {t["target"].split(" ")[0] for t in report["targets"]} >= {"ORT", "eager", "ort", "ort-int8", "eager-int8"}
-    assert set(report["per_exit"]) == {"eager", "eager-int8", "ort", "ort-int8"}
+    assert set(report["per_exit"]) == {"eager", "eager-int8", "ort", "ort-int8"}  # the single files answer one exit
+    assert v["ort-int8-single_early"]["exit_counts"] == v["ort-int8_early"]["exit_counts"]  # the same exits, one call
+    assert any(t["target"].startswith("ORT INT8 single file early vs ORT INT8 per-layer early") for t in report["targets"])
     assert report["profile"]["ort-int8"]["fused_early_exit_call_us"] > 0
     assert report["profile"]["ort"]["fused_never_exit_call_us"] > 0 and "fused_cost_per_exit_us" in report["profile"]["ort"]
     assert report["profile"]["eager"]["early_exit_us"] > 0 and report["profile"]["eager-int8"]["exit_head_us"] > 0

@@ -366,3 +366,40 @@ def test_export_command_writes_the_single_file_and_triton_repository(checkpoint,
     assert main(["export", "--checkpoint", str(checkpoint), "--output", str(out), "--threshold", "0.4"]) == 2
     assert "add --single-file" in capsys.readouterr().err
     assert (tmp_path / "triton" / "metabert_early_exit" / "1" / "model.onnx").is_file()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_the_single_file_runner_takes_its_folders_runners_exits(model, folders, runners, checkpoint, precision):
+    """``ort-single`` / ``ort-int8-single`` (``load_runner``): the engine over the single file's runner
+    takes the exits the engine takes over the per-layer runner of its folder, batched, for the file's
+    rule at several γ; its full model is the folder's full model; the calibrated γ of the folder's
+    runner answers for it."""
+    from metabert.deploy.runners import load_runner
+
+    name = "ort" if precision == "fp32" else "ort-int8"
+    single = load_runner(f"{name}-single", model, folders[precision], checkpoint)
+    assert single.name == f"{name}-single"
+    inputs = pad_all(encoded(model), model.tokenizer.pad_token_id)
+    for policy in policies(runners[precision], inputs, "entropy"):
+        want, got = engine.run(runners[precision], inputs, policy), engine.run(single, inputs, policy)
+        assert torch.equal(got.exit_layer, want.exit_layer), policy
+    torch.testing.assert_close(engine.run_full(single, inputs).logits, engine.run_full(runners[precision], inputs).logits,
+                               rtol=0, atol=1e-4 if precision == "int8" else 1e-5)
+    with pytest.raises(ValueError, match="decides by entropy, not max-prob"):
+        engine.run(single, inputs, get_policy("max-prob", 0.5))
+    with pytest.raises(ValueError, match="calibrate and score every exit with the"):
+        single.start(inputs)
+
+
+def test_the_server_answers_with_the_single_file(model, folders, checkpoint):
+    from fastapi.testclient import TestClient
+
+    from metabert.deploy.runners import load_runner
+    from metabert.deploy.server.app import create_app
+
+    runner = load_runner("ort-int8-single", model, folders["int8"], checkpoint)
+    with TestClient(create_app(model, runner=runner, threshold=0.5)) as client:
+        answer = client.post("/predict", json={"texts": TEXTS[:5]})
+    assert answer.status_code == 200
+    items = answer.json()["results"]
+    assert len(items) == 5 and all(1 <= item["exit_layer"] <= model.num_layers for item in items)

@@ -59,8 +59,11 @@ def targets(results: dict, batch_size: int, artifacts: dict[str, int]) -> list[d
                     "measured": drop, "met": bool(drop <= 1.0), "lower_is_better": True})
     if "ort-int8_early" in r:
         add("ORT INT8 early vs ORT INT8 full, batch 1 >= 2x", 2.0, b1("ort-int8_full") / b1("ort-int8_early"))
+    if "ort-int8-single_early" in r and "ort-int8_early" in r:  # one file against the per-layer path's fused graph
+        add("ORT INT8 single file early vs ORT INT8 per-layer early, batch 1 >= 1x", 1.0,
+            b1("ort-int8_early") / b1("ort-int8-single_early"))
     key = f"b{batch_size}_throughput_per_s"
-    for runner in ("eager", "eager-int8", "ort", "ort-int8"):
+    for runner in ("eager", "eager-int8", "ort", "ort-int8", "ort-single", "ort-int8-single"):
         if f"{runner}_early" not in r:
             continue
         layer = r[f"{runner}_early"]["layer_speedup"]
@@ -80,8 +83,10 @@ def targets(results: dict, batch_size: int, artifacts: dict[str, int]) -> list[d
 def artifact_bytes(runner, checkpoint: str | Path | None = None) -> int:
     """Bytes on disk of what deploys ``runner``: an ONNX folder's graphs (the per-layer graphs, the
     full graph), the checkpoint's weights for eager, the quantized state dict for eager-int8."""
-    if runner.name.startswith("ort"):
-        return sum(f.stat().st_size for f in Path(runner.directory).glob("*.onnx"))
+    if getattr(runner, "path", None) is not None:  # one file (the single ONNX file)
+        return Path(runner.path).stat().st_size
+    if runner.name.startswith("ort"):  # the per-layer graphs and the full graph, not a single file beside them
+        return sum(f.stat().st_size for f in Path(runner.directory).glob("*.onnx") if f.name != "early_exit.onnx")
     if runner.name == "eager-int8":
         with tempfile.TemporaryDirectory() as tmp:
             torch.save(runner.model.state_dict(), Path(tmp) / "int8.pt")

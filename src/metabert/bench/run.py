@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -151,26 +152,38 @@ def bench(checkpoint: str | Path, options: BenchOptions | None = None, progress:
         dataset = data_mod.Dataset(dataset.examples[: options.max_examples], dataset.label_names, dataset.source)
     encoded = encode(dataset, model.tokenizer, options.max_seq_length)
     wanted = list(options.runners)
+    bases = {name.removesuffix("-single") for name in wanted}  # a single file lives in its folder's export
     folders = {}
-    if "ort" in wanted or "ort-int8" in wanted:
+    if "ort" in bases or "ort-int8" in bases:
         folders["ort"] = options.onnx or export_for(model, checkpoint, "ort")
-    if "ort-int8" in wanted:
+    if "ort-int8" in bases:
         if options.onnx_int8:
             folders["ort-int8"] = options.onnx_int8
         else:
             from metabert.deploy.quantize import quantize_export
 
             folders["ort-int8"] = quantize_export(folders["ort"], temporary_folder("metabert-onnx-int8-"))
-    runners = [load_runner(name, model, folders.get(name), checkpoint, options.threads) for name in wanted]
+    runners = [load_runner(name, model, folders.get(name.removesuffix("-single")), checkpoint, options.threads)
+               for name in wanted]
     held = None
     if options.target_speedup is not None or options.max_drop is not None:
         data, what = calibration_set(model, options.data_dir, options.calibration_data)
         held = (encode(data, model.tokenizer, options.max_seq_length), what)
     policies, sources, calibration = {}, {}, {}
-    for runner in runners:
+    stepped = [r for r in runners if not r.name.endswith("-single")]  # runners with all-exit logits
+    for runner in stepped:
         policies[runner.name], sources[runner.name], calibration[runner.name] = pick_policy(model, runner, options, held)
-    per_exit = {}
     for runner in runners:
+        base = runner.name.removesuffix("-single")
+        if runner.name != base:  # the single file answers with its folder's runner's γ (the same logits)
+            if base in policies:
+                policies[runner.name], sources[runner.name] = policies[base], sources[base]
+                calibration[runner.name] = f"{calibration[base]} (as {base})"
+            else:
+                policies[runner.name], sources[runner.name], calibration[runner.name] = pick_policy(
+                    model, runner, dataclasses.replace(options, target_speedup=None, max_drop=None), held)
+    per_exit = {}
+    for runner in stepped:
         logits = runner_logits(runner, encoded, model.tokenizer.pad_token_id)
         per_exit[runner.name] = [metrics.compute(spec.metric, logits[i].argmax(-1).tolist(), encoded.labels)["score"]
                                  for i in range(runner.num_layers)]
@@ -179,7 +192,7 @@ def bench(checkpoint: str | Path, options: BenchOptions | None = None, progress:
     profile = {}
     if options.profile_examples:
         singles = [model_inputs(collate(encoded, [i], model.tokenizer.pad_token_id)) for i in range(len(encoded))]
-        for runner in runners:
+        for runner in stepped:
             if runner.name.startswith("ort") and policies[runner.name].name in THRESHOLD_RULES:
                 profile[runner.name] = profiling.profile_ort(runner, singles, policies[runner.name],
                                                              options.profile_examples)
@@ -192,7 +205,7 @@ def bench(checkpoint: str | Path, options: BenchOptions | None = None, progress:
         texts = [e.text for e in dataset.examples]
         floor = bench_report.peak_rss_mb("none", str(checkpoint), None, texts, options.batch_size, options.threads)
         for r in runners:
-            memory[r.name] = bench_report.peak_rss_mb(r.name, str(checkpoint), folders.get(r.name), texts,
+            memory[r.name] = bench_report.peak_rss_mb(r.name, str(checkpoint), folders.get(r.name.removesuffix("-single")), texts,
                                                       options.batch_size, options.threads)
     one_source = (sources[runners[0].name] if len(set(sources.values())) == 1
                   else "; ".join(f"{k}: {v}" for k, v in sources.items()))

@@ -1,4 +1,5 @@
-"""The runners a user can deploy, by name: ``eager``, ``eager-int8``, ``ort``, ``ort-int8``.
+"""The runners a user can deploy, by name: ``eager``, ``eager-int8``, ``ort``, ``ort-int8``, and the
+single ONNX file of an ``ort`` or ``ort-int8`` export (``ort-single``, ``ort-int8-single``).
 
 Every command that runs a model (calibrate, predict, serve, bench) builds its runner here, so that
 a runner's name always means the same backend and precision, and the calibrated policy stored for
@@ -19,7 +20,7 @@ from metabert.model.multi_exit import EagerRunner, MultiExitBert
 
 log = logging.getLogger(__name__)
 
-RUNNERS = ("eager", "eager-int8", "ort", "ort-int8")
+RUNNERS = ("eager", "eager-int8", "ort", "ort-int8", "ort-single", "ort-int8-single")
 
 
 class EagerInt8Runner(EagerRunner):
@@ -99,11 +100,19 @@ def load_runner(name: str | None, model: MultiExitBert, onnx: str | Path | None 
         return EagerInt8Runner(model)
     from metabert.deploy.ort_runner import OrtMultiExit
 
+    base = name.removesuffix("-single")  # the single file lives in its folder's export
     if onnx is None:
         log.info("exporting the checkpoint for %s to a temporary folder (give --onnx to reuse an export)", name)
-        onnx = export_for(model, checkpoint, name)
+        onnx = export_for(model, checkpoint, base)
     found = onnx_folder_runner(onnx)
-    if found != name:
-        raise ValueError(f"{onnx} is an export for {found}, not {name} "
-                         f"({'export with --quantize int8' if name == 'ort-int8' else 'export without --quantize'})")
-    return OrtMultiExit(onnx, threads=threads)
+    if found != base:
+        raise ValueError(f"{onnx} is an export for {found}, not {base} "
+                         f"({'export with --quantize int8' if base == 'ort-int8' else 'export without --quantize'})")
+    if name == base:
+        return OrtMultiExit(onnx, threads=threads)
+    from metabert.deploy.single_file import FILE_NAME, SingleFileRunner, write
+
+    if not (Path(onnx) / FILE_NAME).is_file():
+        log.info("writing %s into %s", FILE_NAME, onnx)
+        write(onnx, checkpoint=checkpoint)
+    return SingleFileRunner(onnx, threads=threads)

@@ -46,7 +46,9 @@ import logging
 import math
 from pathlib import Path
 
+import numpy as np
 import onnx
+import torch
 from onnx import TensorProto, helper
 
 from metabert.engine.policies import ExitPolicy
@@ -589,3 +591,71 @@ def write_triton(model_file: str | Path, directory: str | Path, name: str = "met
     (root / TRITON_LABELS).write_text("".join(f"{label}\n" for label in labels))
     (root / "config.pbtxt").write_text(triton_config(name, inputs, len(labels), max_batch_size, max_queue_delay_us))
     return root
+
+
+class SingleFileRunner:
+    """``early_exit.onnx`` as an engine runner: the whole per-sample early exit of a batch in one
+    session call (``early_exit_all``, which ``engine.loop.run`` takes at every batch size), and the
+    full model as the same call with a threshold no exit passes. Its name is its folder's runner's
+    with ``-single`` (``ort-single``, ``ort-int8-single``): the γ calibrated for ``ort``/``ort-int8``
+    answers for it (the file's layers are that folder's graphs, their logits the same)."""
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        from metabert.deploy.ort_runner import session_options
+
+        path = Path(path)
+        if path.is_dir():
+            path = path / FILE_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no single ONNX file; write it with `metabert export ... --single-file`")
+        from transformers import AutoTokenizer
+
+        self.path, self.metadata = path, read_metadata(path)
+        self.tokenizer = AutoTokenizer.from_pretrained(path.parent)
+        self.session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+        # the rule's settings are inputs with a stored default: ONNX Runtime lists them apart
+        self.inputs = {i.name for i in [*self.session.get_inputs(), *self.session.get_overridable_initializers()]}
+        self.policy = self.metadata["policy"]
+        self.num_layers = int(self.metadata["num_layers"])
+        base = "ort-int8" if self.metadata.get("precision") == "int8" else "ort"
+        self.name, self.host_threads = base + "-single", 1
+
+    def _run(self, inputs, policy) -> tuple[torch.Tensor, torch.Tensor]:
+        feeds = {k: np.asarray(inputs[k], dtype=np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")
+                 if k in self.inputs and k in inputs}
+        if "token_type_ids" in self.inputs and "token_type_ids" not in feeds:
+            feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
+        if policy is not None:
+            if policy.name != self.policy:
+                raise ValueError(f"this single file decides by {self.policy}, not {policy.name}: export it again "
+                                 f"with `--single-file --policy {policy.name}`")
+            if "threshold" in self.inputs:
+                feeds["threshold"] = np.array(policy.threshold, dtype=np.float32)
+            if "patience" in self.inputs:
+                feeds["patience"] = np.array(policy.patience, dtype=np.int64)
+        logits, layers, _ = self.session.run(["logits", "exit_layer", "probabilities"], feeds)
+        return torch.from_numpy(logits), torch.from_numpy(layers.reshape(-1))
+
+    def early_exit_all(self, inputs, policy):
+        """The engine's early exit of a whole batch, in one call."""
+        from metabert.engine.loop import ExitResult
+
+        logits, layers = self._run(inputs, policy)
+        return ExitResult(logits=logits, exit_layer=layers)
+
+    def full(self, inputs) -> torch.Tensor:
+        """Every sample at the last exit: the file's rule at a setting no exit passes."""
+        from metabert.engine.policies import get_policy
+
+        never = {"entropy": 0.0, "norm-entropy": 0.0, "patience-entropy": 0.0, "max-prob": 1.0}
+        if self.policy == "patience":
+            policy = get_policy("patience", patience=self.num_layers)
+        else:
+            policy = get_policy(self.policy, threshold=never[self.policy], patience=1)
+        return self._run(inputs, policy)[0]
+
+    def start(self, inputs):
+        raise ValueError(f"{self.name} runs a whole early exit per call, not layer by layer: calibrate and score "
+                         f"every exit with the {self.name.removesuffix('-single')} runner over the same export")

@@ -67,6 +67,8 @@ class Runner(Protocol):
         """The plain classifier early exit is measured against: every layer, last exit, (B, C)."""
         ...
 
+    # optional: ``early_exit_all(inputs, policy) -> ExitResult``, the whole early exit of any batch in
+    # one backend call (the single ONNX file, metabert.deploy.single_file), taking the same exits.
     # optional: ``early_exit_one(inputs, policy) -> ExitResult | None``, a whole batch-1 early exit
     # in one backend call (ONNX Runtime: the exit test inside the graph), taking the same exits;
     # None where it does not apply. ``run`` uses it at batch 1.
@@ -104,6 +106,9 @@ def run(runner: Runner, inputs: dict[str, Any], policy: ExitPolicy) -> ExitResul
 
 def _run(runner: Runner, inputs: dict[str, Any], policy: ExitPolicy) -> ExitResult:
     batch = int(inputs["input_ids"].shape[0])
+    whole = getattr(runner, "early_exit_all", None)  # the whole early exit in one call, at any batch size
+    if whole is not None:
+        return whole(inputs, policy)
     fused = getattr(runner, "early_exit_one", None) if batch == 1 else None
     if fused is not None:
         result = fused(inputs, policy)

@@ -38,6 +38,7 @@ def record_for(stored: dict | None, runner: str = "eager", warn: bool = True) ->
     """The calibrated record of ``stored`` (a checkpoint's ``exit_policy`` field) for ``runner``, and
     a note when it was chosen with another runner's logits ("" when it is the runner's own)."""
     stored = stored or {}
+    runner = runner.removesuffix("-single")  # the single file's layers are its folder's: the same logits
     own = (stored.get("runners") or {}).get(runner)
     if own:
         return own, ""
