@@ -68,7 +68,7 @@ def test_bench_command_end_to_end(tmp_path, capsys):
     assert main(["bench", "--checkpoint", str(ckpt), "--task", "custom", "--dev-file", str(dev),
                  "--target-speedup", "1.2", "--repeats", "2", "--warmup", "2", "--batch-size", "4",
                  "--output", str(out), "--markdown", str(tmp_path / "BENCHMARKS.md"), "--profile-examples", "3",
-                 "--no-progress"]) == 0
+                 "--plain", "", "--no-progress"]) == 0  # the plain recipes: test_bench_times_the_plain_recipes_beside_ours
     report = json.loads(out.read_text())
     for key in ("layer_speedup", "wall_speedup_b1", "ort_wall_speedup_b1", "ort_early_vs_eager_full_b1",
                 "throughput_speedup_b4", "flops_speedup"):
@@ -167,3 +167,23 @@ def test_batch1_latencies_time_every_example_of_every_variant(interleave):
     assert all(len(o) == 5 and all(x is not None for x in o) for o in outputs.values())
     with pytest.raises(ValueError, match="interleave"):
         batch1_latencies(group, singles, repeats=1, warmup=0, interleave="sometimes")
+
+
+def test_bench_times_the_plain_recipes_beside_ours(tmp_path):
+    """The plain full-model recipes a user would pick, each with its score, timed interleaved with
+    metabert's rows of the same library, and every early path against the fastest of them."""
+    ckpt, dev = train_tiny(tmp_path, "--calibration-fraction", "0.25")
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--checkpoint", str(ckpt), "--task", "custom", "--dev-file", str(dev), "--runners",
+                 "eager,ort-int8", "--plain", "plain-ort-int8,plain-ort-opt-int8,plain-torch-int8", "--threshold", "0.5",
+                 "--repeats", "2", "--warmup", "2", "--batch-size", "4", "--output", str(out), "--markdown",
+                 str(tmp_path / "BENCHMARKS.md"), "--profile-examples", "0", "--no-memory", "--no-progress"]) == 0
+    report = json.loads(out.read_text())
+    v = report["variants"]
+    for name in ("plain-ort-int8_full", "plain-ort-opt-int8_full", "plain-torch-int8_full"):
+        assert v[name]["plain"] and v[name]["mode"] == "full" and 0 <= v[name]["score"] <= 100
+    assert not v["ort-int8_early"]["plain"] and v["plain-ort-int8_full"]["backend"] == "onnxruntime"
+    assert report["fastest_plain_b1"] in v and report["vs_fastest_plain_b1"]["ort-int8_early"] > 0
+    assert any("fastest plain recipe" in t["target"] for t in report["targets"])
+    page = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "## Against the plain recipes a deploying user would pick" in page and "| plain-torch-int8_full |" in page

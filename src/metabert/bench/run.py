@@ -20,11 +20,12 @@ import torch
 
 from metabert.bench import profile as profiling
 from metabert.bench import report as bench_report
-from metabert.bench.timing import INTERLEAVE, run_bench, speedups, time_tokenizer, variants
+from metabert.bench.timing import INTERLEAVE, Variant, run_bench, speedups, time_tokenizer, variants
 from metabert.common.machine import hardware, hardware_summary
 from metabert.data import metrics
 from metabert.data import tasks as data_mod
 from metabert.data.batching import collate, encode, model_inputs
+from metabert.deploy.plain import PLAIN, plain_runners
 from metabert.deploy.runners import RUNNERS, export_for, load_runner, temporary_folder
 from metabert.engine.dataset import runner_logits
 from metabert.engine.policies import policy_from_dict
@@ -63,6 +64,7 @@ class BenchOptions:
     threads: int = field(default_factory=torch.get_num_threads)
     profile_examples: int = 100
     memory: bool = True
+    plain: tuple[str, ...] = PLAIN  # the plain recipes timed beside ours (deploy.plain; OpenVINO if installed)
 
     def __post_init__(self):
         unknown = [r for r in self.runners if r not in RUNNERS]
@@ -70,6 +72,9 @@ class BenchOptions:
             raise ValueError(f"unknown runner(s) {', '.join(unknown)}; choose from {', '.join(RUNNERS)}")
         if self.interleave not in INTERLEAVE:
             raise ValueError(f"interleave must be one of {INTERLEAVE}, got {self.interleave!r}")
+        unknown = [r for r in self.plain if r not in PLAIN]
+        if unknown:
+            raise ValueError(f"unknown plain recipe(s) {', '.join(unknown)}; choose from {', '.join(PLAIN)}")
         if self.target_speedup is not None and self.max_drop is not None:
             raise ValueError("give --target-speedup or --max-drop, not both")
 
@@ -99,6 +104,7 @@ class BenchReport:
     warmup: int
     threads: int
     ratios: dict = field(default_factory=dict)
+    plain_notes: dict[str, str] = field(default_factory=dict)  # plain recipes left out, and why
     date: str = field(default_factory=lambda: dt.date.today().isoformat())
     hardware: str = field(default_factory=hardware)
     hardware_summary: str = field(default_factory=hardware_summary)
@@ -187,7 +193,19 @@ def bench(checkpoint: str | Path, options: BenchOptions | None = None, progress:
         logits = runner_logits(runner, encoded, model.tokenizer.pad_token_id)
         per_exit[runner.name] = [metrics.compute(spec.metric, logits[i].argmax(-1).tolist(), encoded.labels)["score"]
                                  for i in range(runner.num_layers)]
-    results = run_bench(model, encoded, spec.metric, variants(runners, policies), options.repeats, options.warmup,
+    plain, plain_notes = [], {}
+    if options.plain:
+        try:
+            slice_, _ = calibration_set(model, options.data_dir, options.calibration_data)
+            held_enc = encode(slice_, model.tokenizer, options.max_seq_length)
+            calibration_inputs = [model_inputs(collate(held_enc, [i], model.tokenizer.pad_token_id))
+                                  for i in range(min(300, len(held_enc)))]  # NNCF's calibration (never dev)
+        except ValueError:
+            calibration_inputs = None
+        plain, plain_notes = plain_runners(model, options.plain, temporary_folder("metabert-plain-"), options.threads,
+                                           calibration_inputs)
+    timed = variants(runners, policies) + [Variant(r, None) for r in plain]
+    results = run_bench(model, encoded, spec.metric, timed, options.repeats, options.warmup,
                         options.batch_size, progress=progress, interleave=options.interleave)
     profile = {}
     if options.profile_examples:
@@ -199,7 +217,7 @@ def bench(checkpoint: str | Path, options: BenchOptions | None = None, progress:
             elif runner.name.startswith("eager"):
                 profile[runner.name] = profiling.profile_eager(runner, singles, policies[runner.name],
                                                                options.profile_examples)
-    artifacts = {r.name: bench_report.artifact_bytes(r, checkpoint) for r in runners}
+    artifacts = {r.name: bench_report.artifact_bytes(r, checkpoint) for r in runners + plain}
     memory, floor = {}, None
     if options.memory:
         texts = [e.text for e in dataset.examples]
@@ -218,5 +236,5 @@ def bench(checkpoint: str | Path, options: BenchOptions | None = None, progress:
         profile=profile, rss_floor_mb=floor,
         tokenization=time_tokenizer(model.tokenizer, texts, options.max_seq_length, options.batch_size),
         batch_size=options.batch_size, repeats=options.repeats, interleave=options.interleave, warmup=options.warmup,
-        threads=options.threads, ratios=speedups(results, options.batch_size) if "eager_early" in results else {},
+        threads=options.threads, ratios=speedups(results, options.batch_size), plain_notes=plain_notes,
         load_average_start=load_start, load_average_end=os.getloadavg()[0])

@@ -100,13 +100,23 @@ def time_tokenizer(tokenizer, texts: list[tuple[str, str | None]], max_length: i
     return {"tokenize_b1_ms": one * 1e3, f"tokenize_b{batch_size}_ms_per_example": batched * 1e3}
 
 
+def backend(runner) -> str:
+    """The library a runner computes with (``torch``, ``onnxruntime``, ``openvino``): its ``backend``,
+    else what its name says (``eager*``: torch; ``ort*``: onnxruntime)."""
+    found = getattr(runner, "backend", None)
+    if found:
+        return found
+    return "torch" if runner.name.startswith("eager") else "onnxruntime"
+
+
 def backends(variants: list[Variant]) -> list[list[Variant]]:
-    """Variants grouped by backend (the name's prefix). Each backend is measured in a phase of its
-    own: PyTorch's OpenMP threads and ONNX Runtime's pool both spin for a while after their work,
-    and interleaving the two backends made each slow the other down by 2-3x on 2 cores."""
+    """Variants grouped by backend (``backend``). Each backend is measured in a phase of its own:
+    PyTorch's OpenMP threads and ONNX Runtime's pool both spin for a while after their work, and
+    interleaving the two backends made each slow the other down by 2-3x on 2 cores. Inside a phase
+    every variant is interleaved with every other, ours and the plain recipes alike."""
     groups: dict[str, list[Variant]] = {}
     for v in variants:
-        groups.setdefault(v.name.split("_")[0], []).append(v)
+        groups.setdefault(backend(v.runner), []).append(v)
     return list(groups.values())
 
 
@@ -186,6 +196,8 @@ def run_bench(model: MultiExitBert, data: Encoded, metric: str, variants: list[V
         is_full = v.name.endswith("_full")
         out[v.name] = {
             "runner": v.runner.name,
+            "plain": bool(getattr(v.runner, "plain", False)),
+            "backend": backend(v.runner),
             "mode": "full" if is_full else "early",
             "policy": None if is_full else v.policy.describe(),
             **{k: val for k, val in metrics.compute(metric, preds[v.name].tolist(), data.labels).items()},
@@ -214,14 +226,15 @@ def speedups(results: dict, batch_size: int = 32) -> dict:
     """The headline ratios (each a ratio of means over the same examples, taken in the same run)."""
     r = results
     key = f"b{batch_size}_throughput_per_s"
-    out = {
+    out = {} if "eager_early" not in r else {
         "layer_speedup": r["eager_early"]["layer_speedup"],
         "flops_speedup": r["eager_full"]["flops_per_sample"] / r["eager_early"]["flops_per_sample"],
         "wall_speedup_b1": r["eager_full"]["b1_latency_ms_mean"] / r["eager_early"]["b1_latency_ms_mean"],
         f"throughput_speedup_b{batch_size}": r["eager_early"][key] / r["eager_full"][key],
     }
-    out["ideal_wall_speedup_b1"] = r["eager_early"]["ideal_b1_speedup"]
-    if "ort_early" in r:
+    if "eager_early" in r:
+        out["ideal_wall_speedup_b1"] = r["eager_early"]["ideal_b1_speedup"]
+    if "ort_early" in r and "eager_full" in r:
         out.update(
             ort_wall_speedup_b1=r["ort_full"]["b1_latency_ms_mean"] / r["ort_early"]["b1_latency_ms_mean"],
             ort_early_vs_eager_full_b1=r["eager_full"]["b1_latency_ms_mean"] / r["ort_early"]["b1_latency_ms_mean"],
@@ -229,6 +242,12 @@ def speedups(results: dict, batch_size: int = 32) -> dict:
             ort_full_vs_eager_full_b1=r["eager_full"]["b1_latency_ms_mean"] / r["ort_full"]["b1_latency_ms_mean"],
             **{f"ort_throughput_speedup_b{batch_size}": r["ort_early"][key] / r["ort_full"][key]},
         )
+    plain = {name: v for name, v in r.items() if v.get("plain")}
+    if plain:  # every early path against the fastest plain recipe, batch 1 (mean latency)
+        fastest = min(plain, key=lambda name: plain[name]["b1_latency_ms_mean"])
+        out["fastest_plain_b1"] = fastest
+        out["vs_fastest_plain_b1"] = {name: plain[fastest]["b1_latency_ms_mean"] / v["b1_latency_ms_mean"]
+                                      for name, v in r.items() if v["mode"] == "early" or name.endswith("_full")}
     return out
 
 
@@ -241,5 +260,8 @@ def format_table(results: dict, ratios: dict, batch_size: int = 32) -> str:
                      f"{r['b1_latency_ms_mean']:.2f} | {r['b1_latency_ms_p50']:.2f} | {r['b1_latency_ms_p95']:.2f} | "
                      f"{r[key]:.0f} |")
     lines += ["", "| ratio (of means over the same examples, in the same run) | value |", "|---|---|"]
-    lines += [f"| {k} | {v:.2f}x |" for k, v in ratios.items()]
+    lines += [f"| {k} | {v:.2f}x |" for k, v in ratios.items() if isinstance(v, float)]
+    if "fastest_plain_b1" in ratios:
+        lines += [f"| {k} vs {ratios['fastest_plain_b1']}, batch 1 | {v:.2f}x |"
+                  for k, v in ratios["vs_fastest_plain_b1"].items()]
     return "\n".join(lines)

@@ -20,6 +20,7 @@ from metabert.bench.run import BenchOptions, bench
 from metabert.bench.timing import INTERLEAVE, format_table
 from metabert.commands.common import add_data_options, add_policy_options, add_progress_option
 from metabert.common.options import comma_list
+from metabert.deploy.plain import PLAIN
 from metabert.deploy.runners import RUNNERS
 from metabert.recipes.pages import bench as pages
 
@@ -53,6 +54,9 @@ def add_parser(sub, name):
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="threads for PyTorch and ORT")
     p.add_argument("--profile-examples", type=int, default=100, help="examples for the batch-1 profiles (0: none)")
     p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True, help="peak memory of each runner (fresh processes)")
+    p.add_argument("--plain", type=comma_list, default=list(PLAIN),
+                   help="the plain full-model recipes timed beside ours, comma-separated, of " + ", ".join(PLAIN)
+                        + " (default: all; OpenVINO where installed; '' for none)")
     p.add_argument("--output", help="JSON file for the results (a .png plot beside it)")
     p.add_argument("--markdown", help="also write the benchmarks page (docs/BENCHMARKS.md) from this run")
     add_progress_option(p)
@@ -63,10 +67,13 @@ def run(args) -> int:
     fields = {f.name for f in dataclasses.fields(BenchOptions)}
     given = {k: v for k, v in vars(args).items() if k in fields}
     runners = [r for r in given.pop("runners") if not (args.no_onnx and r.startswith("ort"))]
-    options = BenchOptions(**given, runners=tuple(runners))
+    plain = [r for r in given.pop("plain") if not (args.no_onnx and "ort" in r)]
+    options = BenchOptions(**given, runners=tuple(runners), plain=tuple(plain))
     report = bench(args.checkpoint, options, progress=args.progress)
     report.json_name = Path(args.output).name if args.output else None
     source_line = "; ".join(f"{k}: {v}" for k, v in report.calibration.items())
+    for name, note in report.plain_notes.items():
+        print(f"{name}: {note}")
     print(f"{report.task} {report.split}, {report.num_examples} examples, {report.threads} threads, load average "
           f"{report.load_average_start:.2f} -> {report.load_average_end:.2f}; policies: {source_line}\n")
     print(format_table(report.variants, report.ratios, report.batch_size))

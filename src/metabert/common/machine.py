@@ -20,10 +20,27 @@ def cpu_model() -> str:
     return model
 
 
+INT8_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")  # what INT8 speed depends on
+
+
+def cpu_flags() -> list[str]:
+    """The instruction sets among ``INT8_FLAGS`` that this CPU has (from /proc/cpuinfo)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                found = set(line.split(":", 1)[1].split())
+                return [f for f in INT8_FLAGS if f in found]
+    except OSError:
+        pass
+    return []
+
+
 def hardware() -> str:
-    """CPU model, core count, torch version and threads, Python version."""
-    return (f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
+    """CPU model and the instruction sets INT8 speed depends on, core count, torch version and
+    threads, Python version."""
+    flags = cpu_flags()
+    return (f"{cpu_model()}{' (' + ', '.join(flags) + ')' if flags else ''}, {os.cpu_count()} cores, torch "
+            f"{torch.__version__} ({torch.get_num_threads()} threads), Python {platform.python_version()}")
 
 
 def hardware_summary() -> str:

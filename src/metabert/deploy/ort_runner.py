@@ -73,6 +73,8 @@ class OrtMultiExit:
     """ONNX Runtime sessions over an exported folder: a ``metabert.engine.loop.Runner`` (``engine.run``
     drives its early exit; ``engine.run_full`` its full model)."""
 
+    backend = "onnxruntime"  # the library it computes with (bench measures each library in a phase of its own)
+
     def __init__(self, directory: str | Path, threads: int | None = None, fused: bool = True):
         import onnxruntime as ort
         from transformers import AutoTokenizer

@@ -614,13 +614,15 @@ class SingleFileRunner:
 
         self.path, self.metadata = path, read_metadata(path)
         self.tokenizer = AutoTokenizer.from_pretrained(path.parent)
-        self.session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+        options = session_options(threads)
+        options.log_severity_level = 3  # not the notice that the rule's settings are inputs with defaults: by design
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         # the rule's settings are inputs with a stored default: ONNX Runtime lists them apart
         self.inputs = {i.name for i in [*self.session.get_inputs(), *self.session.get_overridable_initializers()]}
         self.policy = self.metadata["policy"]
         self.num_layers = int(self.metadata["num_layers"])
         base = "ort-int8" if self.metadata.get("precision") == "int8" else "ort"
-        self.name, self.host_threads = base + "-single", 1
+        self.name, self.host_threads, self.backend = base + "-single", 1, "onnxruntime"
 
     def _run(self, inputs, policy) -> tuple[torch.Tensor, torch.Tensor]:
         feeds = {k: np.asarray(inputs[k], dtype=np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")

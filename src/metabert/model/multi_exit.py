@@ -375,6 +375,8 @@ class MultiExitBert(nn.Module):
 class EagerRunner:
     """``metabert.engine.loop.Runner`` for a ``MultiExitBert`` in eager PyTorch (inference mode)."""
 
+    backend = "torch"  # the library it computes with (bench measures each library in a phase of its own)
+
     name = "eager"
 
     def __init__(self, model: MultiExitBert):

@@ -30,14 +30,16 @@ def markdown(report: dict, command: str, plot_name: str | None) -> str:
         layer = f"{r['layer_speedup']:.2f}x" if r["layer_speedup"] else ""
         art = f"{r['artifact_mb']:.1f}" if r["artifact_mb"] else ""
         mem = f"{r['peak_rss_mb']:.0f}" if r["peak_rss_mb"] else ""
+        speed = f"{r['speedup_vs_eager_full']:.2f}x" if r["speedup_vs_eager_full"] is not None else ""
         out.append(f"| {r['runner']} | {r['mode']} | {r['batch_size']} | {r['score']:.2f} | {r['mean_exit_layer']:.2f} | "
                    f"{layer} | {r['mean_ms']:.2f} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['throughput_per_s']:.0f} | "
-                   f"{r['speedup_vs_eager_full']:.2f}x | {art} | {mem} | {r['policy'] or 'every layer'} |")
+                   f"{speed} | {art} | {mem} | {r['policy'] or 'every layer'} |")
     out += ["", f"Batch 1: latency per example; batch {b}: per batch of {b} (file order, mixed lengths); speed-ups "
                 "are ratios of mean latencies (batch 1) or throughputs (batch B) in this run. Artifact: the ONNX "
                 "folder's graphs (per-layer graphs and the full graph, each holding its weights) or the PyTorch "
                 f"weights. Peak RSS: a fresh process loading the runner and running the dev set at batch {b} "
-                f"(the same process without a model: {report.get('rss_floor_mb', 0):.0f} MiB).", ""]
+                + (f"(the same process without a model: {report['rss_floor_mb']:.0f} MiB)." if report.get("rss_floor_mb")
+                   else "(not measured in this run: --no-memory)."), ""]
     if plot_name:
         out += [f"![score against speed-up]({plot_name})", ""]
     out += ["## Targets", "", "| target | needed | measured | met |", "|---|---|---|---|"]
@@ -46,6 +48,27 @@ def markdown(report: dict, command: str, plot_name: str | None) -> str:
         sign = "<=" if t.get("lower_is_better") else ">="
         out.append(f"| {t['target']} | {sign} {t['needed']:.2f}{unit} | {t['measured']:.2f}{unit} | "
                    f"{'yes' if t['met'] else '**no**'} |")
+    plain = {name: v for name, v in report.get("variants", {}).items() if v.get("plain")}
+    if plain or report.get("plain_notes"):
+        out += ["", "## Against the plain recipes a deploying user would pick", "",
+                "Each plain row is the full model (every layer, the last exit) by a standard recipe, without early "
+                "exit, timed in the same process, interleaved with metabert's rows of the same library: "
+                "`plain-ort-int8` (one `torch.onnx.export` graph, ONNX Runtime `quantize_dynamic`, per channel), "
+                "`plain-ort-opt-int8` (ONNX Runtime's transformer optimizer, opt level 2, then the same INT8), "
+                "`plain-openvino-int8` (OpenVINO, NNCF post-training INT8 with its transformer preset on 300 "
+                "held-out training inputs), `plain-torch-int8` (PyTorch `quantize_dynamic` on every Linear layer).", ""]
+        for name, note in report.get("plain_notes", {}).items():
+            out.append(f"- {name}: {note}")
+        if plain:
+            fastest = min(plain, key=lambda n: plain[n]["b1_latency_ms_mean"])
+            base = plain[fastest]["b1_latency_ms_mean"]
+            out += ["", f"The fastest plain row at batch 1: `{plain[fastest]['runner']}` "
+                        f"({base:.2f} ms, score {plain[fastest]['score']:.2f}). Every path against it (batch 1, ratio "
+                        "of mean latencies, this run):", "",
+                    "| path | score | batch-1 mean ms | speed-up over the fastest plain row |", "|---|---|---|---|"]
+            for name, v in sorted(report["variants"].items(), key=lambda kv: kv[1]["b1_latency_ms_mean"]):
+                out.append(f"| {name} | {v['score']:.2f} | {v['b1_latency_ms_mean']:.2f} | "
+                           f"{base / v['b1_latency_ms_mean']:.2f}x |")
     ceilings = [(name, v) for name, v in report.get("variants", {}).items() if "ideal_b1_speedup" in v]
     if ceilings:
         out += ["", "## Batch 1: layer speed-up, its wall-clock ceiling, and what was reached", "",
