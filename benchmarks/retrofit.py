@@ -58,6 +58,10 @@ def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name).strip("-").replace("--", "-")
 
 
+def labels_of(dataset) -> list[int]:
+    return [e.label for e in dataset.examples]
+
+
 def run(args: list[str]) -> None:
     print("$ metabert " + " ".join(args), flush=True)
     if metabert(args) != 0:
@@ -66,13 +70,13 @@ def run(args: list[str]) -> None:
 
 def dev_figures(model: MultiExitBert, dev, logits: torch.Tensor) -> dict:
     """Per exit: agreement with the last exit (the original model) and accuracy; at the calibrated γ."""
-    labels = torch.tensor(dev.labels)
+    labels = torch.tensor(labels_of(dev))
     original = logits[-1].argmax(-1)
     per_exit = [{"exit": i + 1, "agreement": float((logits[i].argmax(-1) == original).float().mean()),
                  "accuracy": float((logits[i].argmax(-1) == labels).float().mean() * 100)} for i in range(len(logits))]
     record = record_for(model.config.exit_policy, "eager", warn=False)[0]
     policy = policy_from_dict(record)
-    result = simulate(logits, dev.labels, "accuracy", policy)
+    result = simulate(logits, labels_of(dev), "accuracy", policy)
     layers = simulate_exits(logits, policy)
     chosen = logits[layers - 1, torch.arange(logits.shape[1])].argmax(-1)
     return {"per_exit": per_exit, "policy": policy.describe(), "threshold": policy.threshold,
@@ -128,7 +132,7 @@ def latency(ck: Path, int8: Path, classifier: Path, work: Path, dev, repeats: in
             layers = [int(o.exit_layer[0]) for o in outputs[v.name]]
             out[v.name] = {"mean_ms": float(ms.mean()), "p50_ms": float(np.percentile(ms, 50)),
                            "p95_ms": float(np.percentile(ms, 95)),
-                           "accuracy": 100 * float(np.mean(np.array(preds) == np.array(dev.labels))),
+                           "accuracy": 100 * float(np.mean(np.array(preds) == np.array(labels_of(dev)))),
                            "mean_exit_layer": float(np.mean(layers)), "predictions": preds}
     reference = out["plain-eager_full"]["predictions"]
     for name, r in out.items():
@@ -182,7 +186,7 @@ def main() -> int:
         calibration = record.pop("calibration")
         record.pop("config")
         report["variants"][name] = {"options": extra, "retrofit": record, **dev_figures(model, dev, logits),
-                                    "curve": curve(logits, dev.labels),
+                                    "curve": curve(logits, labels_of(dev)),
                                     "calibration_chosen_on": calibration["chosen_on"]}
     main_ck = work / f"retrofit-{slug(MAIN)}"
     # 4: INT8 export, calibrated against the fp32 answers
@@ -203,8 +207,8 @@ def main() -> int:
         model = MultiExitBert.from_pretrained(ck).eval()
         logits = all_exit_logits(model, encode(dev, model.tokenizer, 128))
         report.setdefault("trained", {})[method] = {
-            "epochs": int(epochs), "curve": curve(logits, dev.labels),
-            "per_exit_accuracy": [float((logits[i].argmax(-1) == torch.tensor(dev.labels)).float().mean() * 100)
+            "epochs": int(epochs), "curve": curve(logits, labels_of(dev)),
+            "per_exit_accuracy": [float((logits[i].argmax(-1) == torch.tensor(labels_of(dev))).float().mean() * 100)
                                   for i in range(len(logits))],
             "train_seconds": sum(r["train_seconds"] for r in read_log(ck))}
     # 5: latency
