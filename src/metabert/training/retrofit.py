@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from metabert.common.options import option
+from metabert.data import DEFAULT_MAX_LENGTH
 from metabert.data import tasks as data_mod
 from metabert.data.batching import Encoded, eval_batches, iterate, model_inputs, tokenize
 from metabert.data.files import DataError, file_format, read_table
@@ -47,29 +49,38 @@ RECORD_NAME = "retrofit.json"
 
 @dataclass(frozen=True)
 class RetrofitConfig:
-    """Options of ``metabert retrofit``, each documented once here."""
+    """Options of ``metabert retrofit``, each documented once here (``metabert.common.options`` turns
+    the fields into the command's options)."""
 
-    model: str  # the fine-tuned *ForSequenceClassification: a local folder or a hub name
-    texts: str  # one text per line (.txt), or a TSV/CSV/JSONL file with a text column (two for a pair classifier)
-    output: str  # the checkpoint folder to write
-    text_columns: tuple[str, ...] = ()  # default: text, sentence, or sentence1 + sentence2, found by name
-    label_column: str | None = None  # labels where the user has them (class names or indices): adds a CE term
-    format: str | None = None  # default: from the extension
-    consistency: float = 0.99  # promised agreement with the original model
-    confidence: float = 0.95  # 1 - δ of that promise
-    calibration_fraction: float = 0.2  # seeded part of the texts held out to choose γ (never trained on)
-    pooling: str = "mean"  # how the new exits read their layer
-    exit_head: str = "linear"  # the new exits: linear, or pooler (dense + tanh + linear: larger)
-    epochs: int = 20  # passes of head training over the cache
-    learning_rate: float = 2e-3
-    batch_size: int = 256  # head training
-    temperature: float = 1.0  # of the distillation from the original model's predictions
-    label_weight: float = 0.5  # weight of the labels' cross-entropy, where --label-column is given
-    max_seq_length: int = 128
-    forward_batch_size: int = 64  # the forward pass over the texts
-    max_cache_mb: float = 2048.0  # above it, the feature cache is a memory-mapped file on disk
-    max_texts: int | None = None  # the first N texts only
-    seed: int = 0
+    model: str = option(help="the fine-tuned sequence classifier: a local folder (save_pretrained) or a hub "
+                             "name")
+    texts: str = option(help="your texts: a .txt file (one per line) or a TSV/CSV/JSONL file")
+    output: str = option(help="the checkpoint folder to write")
+    text_columns: tuple[str, ...] = option(
+        (), help="one or two text columns (default: text, sentence, or sentence1+sentence2, by name)")
+    label_column: str | None = option(
+        None, help="a label column, where you have labels: adds a cross-entropy term (never read otherwise)")
+    format: str | None = option(None, help="the texts' format (default: from the extension)",
+                                choices=("tsv", "csv", "jsonl", "txt"))
+    consistency: float = option(0.99, help="promised agreement with the original model (default 0.99)")
+    confidence: float = option(0.95, help="confidence of that promise, 1-δ (default 0.95)")
+    calibration_fraction: float = option(
+        0.2, help="part of the texts held out to choose γ, never trained on (default 0.2)")
+    pooling: str = option("mean", help="how the new exits read their layer (default mean)", choices=POOLINGS)
+    exit_head: str = option("linear", help="the new exits: linear (default), or pooler (dense + tanh + linear)",
+                            choices=HEADS)
+    epochs: int = option(20, help="passes of head training over the cached features (default 20)")
+    learning_rate: float = option(2e-3, help="of the exit heads (default 2e-3)")
+    batch_size: int = option(256, help="head training batch (default 256)")
+    temperature: float = option(1.0, help="of the distillation (default 1)")
+    label_weight: float = option(
+        0.5, help="weight of the labels' cross-entropy with --label-column (default 0.5)")
+    max_seq_length: int = option(DEFAULT_MAX_LENGTH, help="tokens per text (default 128)")
+    forward_batch_size: int = option(64, help="texts per forward pass of the model (default 64)")
+    max_cache_mb: float = option(
+        2048.0, help="above this the feature cache is a memory-mapped file on disk (default 2048)")
+    max_texts: int | None = option(None, help="the first N texts only")
+    seed: int = option(0, help="the held-out split and the new heads' initialisation (default 0)")
 
     def __post_init__(self):
         checks = {"consistency": 0 < self.consistency < 1, "confidence": 0 < self.confidence < 1,
