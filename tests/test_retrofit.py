@@ -146,3 +146,17 @@ def test_the_plain_runners_answer_as_the_classifier_does(classifier, tmp_path):
     assert torch.allclose(OrtFullRunner(path, "plain-ort", 3).full(enc), want, atol=1e-4)
     int8 = OrtFullRunner(quantize_classifier(path, tmp_path / "int8.onnx"), "plain-ort-int8", 3).full(enc)
     assert int8.shape == want.shape and torch.isfinite(int8).all()
+
+
+def test_the_first_texts_only(classifier, tmp_path):
+    """--max-texts: the slice is cut from the first N texts, and export's INT8 calibration finds it again."""
+    texts = tmp_path / "texts.txt"
+    write_texts(texts, 2500)
+    ck = tmp_path / "ck"
+    record = retrofit(RetrofitConfig(model=str(classifier), texts=str(texts), output=str(ck), epochs=1,
+                                     max_texts=1600), progress=False)
+    assert record["texts"] == 1600 and record["held_out"] == 320
+    from metabert.eval.calibrate import calibration_texts
+
+    encoded, what = calibration_texts(MultiExitBert.from_pretrained(ck))
+    assert len(encoded) == 320 and "1600 texts" in what

@@ -216,6 +216,8 @@ def calibration_texts(model, max_length: int = 128) -> tuple[Encoded, str]:
     for row in data_mod.read_texts(record["source"], record["format"], record["columns"], record["header"]):
         texts.append(row.values[0])
         pairs.append(row.values[1])
+        if len(texts) == record["rows"]:  # the slice was cut from the first rows (``--max-texts``)
+            break
     if len(texts) != record["rows"]:
         raise ValueError(f"{record['source']} has {len(texts)} texts but the checkpoint's calibration slice was cut "
                          f"from {record['rows']}: is it the same file?")
