@@ -52,6 +52,7 @@ VARIANTS = {  # name -> extra retrofit options
     "linear heads, 5,000 texts": ["--max-texts", "5000"],
 }
 MAIN = "linear heads, all 67,349 texts"
+INT8_CONSISTENCY = 0.98  # INT8 of the full model alone agrees with fp32 on 98.7% of the held-out texts
 
 
 def slug(name: str) -> str:
@@ -152,8 +153,12 @@ def validation(ck: Path, int8: Path, splits: int) -> dict:
     half = eager_logits.shape[1] // 2
     out["eager"] = validate_consistency(eager_logits, promise["consistency"], half, splits, promise["delta"])
     int8_logits = runner_logits(OrtMultiExit(int8), encoded, pad)
-    out["ort-int8"] = validate_consistency(int8_logits, promise["consistency"], half, splits, promise["delta"],
-                                           reference=eager_logits[-1].argmax(-1).numpy())
+    reference = eager_logits[-1].argmax(-1)
+    out["int8_full_agreement"] = float((int8_logits[-1].argmax(-1) == reference).float().mean())
+    int8_promise = model.config.exit_policy["runners"]["ort-int8"]["promise"]
+    out["int8_consistency"] = int8_promise["consistency"]
+    out["ort-int8"] = validate_consistency(int8_logits, int8_promise["consistency"], half, splits, promise["delta"],
+                                           reference=reference.numpy())
     return out
 
 
@@ -194,7 +199,13 @@ def main() -> int:
     if not (int8 / "onnx_meta.json").is_file():
         run(["export", "--checkpoint", str(main_ck), "--quantize", "int8", "--output", str(int8), "--no-progress"])
     stored = MultiExitBert.from_pretrained(main_ck).config.exit_policy["runners"]["ort-int8"]
-    report["int8_calibration"] = {k: stored[k] for k in ("name", "threshold", "goal", "calibration_layer_speedup")}
+    keys = ("name", "threshold", "goal", "calibration_layer_speedup")
+    report["int8_calibration"] = {"at_export": {k: stored[k] for k in keys}}
+    if stored["promise"]["consistency"] != INT8_CONSISTENCY:  # INT8 alone moves answers: a promise it can keep
+        run(["calibrate", "--checkpoint", str(main_ck), "--onnx", str(int8), "--consistency", str(INT8_CONSISTENCY),
+             "--no-progress"])
+        stored = MultiExitBert.from_pretrained(main_ck).config.exit_policy["runners"]["ort-int8"]
+    report["int8_calibration"]["chosen"] = {k: stored[k] for k in keys}
     # 3: the promise on resampled splits
     report["validation"] = validation(main_ck, int8, args.splits)
     # 6: metabert's own training on the classifier's training sentences
@@ -298,9 +309,19 @@ def render(report: dict) -> str:
               "|---|---|---|---|---|"]
     for runner in ("eager", "ort-int8"):
         g, pt = val[runner]["guaranteed"], val[runner]["point_estimate"]
-        lines.append(f"| {runner}{' (against the fp32 answers)' if runner != 'eager' else ''} | {g['violation_rate']:.3f} "
+        target = val["consistency"] if runner == "eager" else val["int8_consistency"]
+        lines.append(f"| {runner} (agreement ≥ {target:g}{' with the fp32 answers' if runner != 'eager' else ''}) | "
+                     f"{g['violation_rate']:.3f} "
                      f"[{g['ci95'][0]:.3f}, {g['ci95'][1]:.3f}] | {g['mean_speedup']:.2f}x | {pt['violation_rate']:.3f} | "
                      f"{pt['mean_speedup']:.2f}x |")
+    i8 = report["int8_calibration"]
+    lines += ["", f"INT8 (ONNX Runtime dynamic, per channel) alone moves answers: its full model agrees with the fp32 "
+                  f"original on {100 * val['int8_full_agreement']:.2f}% of the held-out texts, so `export --quantize int8`'s "
+                  f"calibration for the eager promise ({i8['at_export']['goal']}) certifies no early exit (layer speed-up "
+                  f"{i8['at_export']['calibration_layer_speedup']:.2f}x). `metabert calibrate --checkpoint CK --onnx INT8 "
+                  f"--consistency {val['int8_consistency']:g}` asks for a promise INT8 can keep, against the fp32 answers: "
+                  f"{i8['chosen']['name']} γ={i8['chosen']['threshold']:.4g}, {i8['chosen']['calibration_layer_speedup']:.2f}x "
+                  "on the held-out texts."]
     rows = lat["rows"]
     base = rows["plain-eager_full"]["mean_ms"]
     lines += ["", f"δ = {val['delta']:g}: the guaranteed rule should break its promise on at most about "

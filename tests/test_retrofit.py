@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification
 
-from metabert.cli import main
+from metabert.cli import build_parser, main
 from metabert.data.files import DataError
 from metabert.model.backbones import minilm_path
 from metabert.model.multi_exit import MultiExitBert
@@ -129,6 +129,15 @@ def test_a_retrofitted_model_exports_and_its_int8_runner_answers_for_the_fp32_mo
     stored = MultiExitBert.from_pretrained(ck).config.exit_policy["runners"]["ort-int8"]
     assert stored["promise"]["kind"] == "consistency" and stored["promise"]["compared_with"] == "the fp32 model"
     assert "agreeing with the fp32 model" in stored["goal"]
+    # calibrate again for another promise: the held-out texts, against the fp32 answers
+    assert main(["calibrate", "--checkpoint", str(ck), "--onnx", str(tmp_path / "int8"), "--consistency", "0.9",
+                 "--no-progress"]) == 0
+    again = MultiExitBert.from_pretrained(ck).config.exit_policy["runners"]["ort-int8"]
+    assert again["promise"]["consistency"] == 0.9 and again["promise"]["compared_with"] == "the fp32 model"
+    with pytest.raises(ValueError, match="calibrate with --consistency"):
+        from metabert.commands import calibrate
+
+        calibrate.run(build_args(["calibrate", "--checkpoint", str(ck), "--max-drop", "1"]))
 
 
 def test_the_plain_runners_answer_as_the_classifier_does(classifier, tmp_path):
@@ -160,3 +169,9 @@ def test_the_first_texts_only(classifier, tmp_path):
 
     encoded, what = calibration_texts(MultiExitBert.from_pretrained(ck))
     assert len(encoded) == 320 and "1600 texts" in what
+
+
+def build_args(argv):
+    args = build_parser().parse_args(argv)
+    args.command_line = "metabert " + " ".join(argv)
+    return args

@@ -9,7 +9,8 @@ import json
 
 from metabert.data import tasks as data_mod
 from metabert.data.batching import encode
-from metabert.eval.calibrate import calibration_set, guaranteed_record, point_record, unlabelled_set, ways_out
+from metabert.eval.calibrate import (calibrate_checkpoint, calibration_set, guaranteed_record, point_record,
+                                    unlabelled_set, ways_out)
 from metabert.commands.common import add_inference_options
 from metabert.engine.policies import POLICIES, policy_from_dict
 from metabert.model.multi_exit import MultiExitBert
@@ -49,6 +50,18 @@ def run(args) -> int:
     if args.task and stored_task and args.task != stored_task:
         raise ValueError(f"the checkpoint was trained on {stored_task}, not {args.task}")
     check_goal(args)
+    if model.config.calibration.get("kind") == "texts" and not (args.texts or args.calibration_data):
+        # a retrofitted checkpoint: its held-out texts, agreement with the fp32 model for every runner
+        if args.consistency is None or args.no_guarantee:
+            raise ValueError("this checkpoint holds out unlabelled texts (metabert retrofit): calibrate with "
+                             "--consistency C (agreement with the original fp32 model), or give --calibration-data")
+        record = calibrate_checkpoint(args.checkpoint, delta=round(1 - args.confidence, 12), batch_size=args.batch_size,
+                                      max_length=args.max_seq_length, runner=args.runner, onnx=args.onnx,
+                                      consistency=args.consistency, store=not args.dry_run)
+        print(summary(record, "accuracy", args.checkpoint))
+        if not args.dry_run:
+            print(f"stored in {args.checkpoint} for {record['runner']}")
+        return 0
     if args.texts:
         encoded, what = unlabelled_set(model, args.texts, args.max_seq_length)
     else:

@@ -232,14 +232,14 @@ def calibration_texts(model, max_length: int = 128) -> tuple[Encoded, str]:
 def calibrate_checkpoint(directory: str | Path, max_drop: float = 1.0, delta: float = risk.DEFAULT_DELTA,
                          data_dir: str | None = None, batch_size: int = 64, max_length: int = 128,
                          runner: str = "eager", onnx: str | Path | None = None,
-                         consistency: float | None = None) -> dict | None:
+                         consistency: float | None = None, store: bool = True) -> dict | None:
     """Risk-controlled calibration of a saved checkpoint on the slice held out when it was made, with
     ``runner``'s own logits (``onnx``: its export folder), stored in it as that runner's record (what
     ``metabert train`` and ``retrofit`` do last for eager, and ``metabert export --quantize int8`` for
     ort-int8). A labelled slice (``train``): at most ``max_drop`` points below the full model. Texts
     (``retrofit``): agreement with the fp32 model on at least ``consistency`` of inputs (default: the
     eager record's), so an INT8 runner's promise covers its quantization error too. None, with a
-    warning, when there is no slice."""
+    warning, when there is no slice. ``store=False``: return the record without storing it."""
     from metabert.deploy.runners import load_runner
     from metabert.engine.dataset import run_dataset, runner_logits
     from metabert.engine.resolve import record_for, resolve_name, store_record
@@ -272,6 +272,7 @@ def calibrate_checkpoint(directory: str | Path, max_drop: float = 1.0, delta: fl
         logits = runner_logits(backend, encoded, pad, batch_size)
         record = guaranteed_record(logits, encoded.labels, metric, name, patience, max_drop=max_drop, delta=delta,
                                    chosen_on=what, runner=backend.name)
-    model.with_config(exit_policy=store_record(model.config.exit_policy, backend.name, record))
-    model.save_config(directory)
+    if store:
+        model.with_config(exit_policy=store_record(model.config.exit_policy, backend.name, record))
+        model.save_config(directory)
     return record

@@ -187,9 +187,14 @@ def choose_guaranteed(logits: torch.Tensor, labels=None, policy: str = "entropy"
     result = outcomes(logits, grid, reference)
     verdict = certify(losses(result, labels), alpha, delta)
     if not verdict["certified"]:
-        log.warning("%d calibration examples cannot certify any early exit at risk %.3g and δ=%.3g (need at "
-                    "least %d with no loss): keeping the full model", verdict["n"], alpha, delta,
-                    min_examples(alpha, delta))
+        need, first = min_examples(alpha, delta), float(losses(result, labels)[0].mean())
+        if verdict["n"] >= need and first > 0:  # even the full model's loss rate is too high to certify
+            log.warning("%d calibration examples certify no early exit at risk %.3g and δ=%.3g: the full model itself "
+                        "has a loss rate of %.4f on them (%s), too close to or above the budget: keeping the full "
+                        "model", verdict["n"], alpha, delta, first, loss_name)
+        else:
+            log.warning("%d calibration examples cannot certify any early exit at risk %.3g and δ=%.3g (need at "
+                        "least %d with no loss): keeping the full model", verdict["n"], alpha, delta, need)
     return {**verdict, "policy": grid[verdict["index"]], "alpha": alpha, "delta": delta, "loss": loss_name,
             "layer_speedup": float(result.speedups()[verdict["index"]])}
 

@@ -112,7 +112,8 @@ def validate_consistency(logits: torch.Tensor, consistency: float, calibration_s
         order = rng.permutation(n)
         cal, test = order[:calibration_size], order[calibration_size:]
         k = risk.certify(loss[:, cal], 1 - consistency, delta)["index"]
-        point = int(np.flatnonzero(1 - loss[:, cal].mean(axis=1) >= consistency - 1e-12).max())
+        within = np.flatnonzero(1 - loss[:, cal].mean(axis=1) >= consistency - 1e-12)
+        point = int(within.max()) if within.size else 0  # none within: the full model (which breaks it too)
         speedups = pool.subset(test).speedups()
         rows.append({"guaranteed_agreement": float(1 - loss[k, test].mean()), "guaranteed_speedup": float(speedups[k]),
                      "guaranteed_full_model": k == 0, "point_agreement": float(1 - loss[point, test].mean()),
