@@ -100,6 +100,13 @@ def test_bench_command_end_to_end(tmp_path, capsys):
     assert "## Batch 1: layer speed-up, its wall-clock ceiling" in page and "## Profile: eager at batch 1" in page
     assert "| each exit inside the fused graph (never exit - full graph call, / 2) |" in page
     assert "| each exit inside the loop (never exit - full model, / 2) |" in page
+    # one layer's kernels by what they compute, beside the machine's bound
+    layer = report["layer_profile"]["ort-int8"]
+    assert "QAttention" in layer["ops"] and layer["kernel_us"]["attention (QKV projection, scores, context)"] > 0
+    assert layer["kernel_us"]["exit head"] > 0 and layer["unprofiled_call_us"] > 0
+    bound = layer["bound"]
+    assert bound["bound_us"] == max(bound["memory_us"], bound["compute_us"]) > 0
+    assert "## ort-int8: where one layer's time goes, against the machine's limit (batch 1)" in page
 
 
 def test_curves_command(tmp_path, capsys):

@@ -202,12 +202,11 @@ def test_file_metadata_and_interface(model, folders, checkpoint, tmp_path):
     assert props["precision"] == "int8" and props["runner"] == "ort-int8"
     assert props["calibration_goal"] == "a goal" and json.loads(props["calibration_promise"]) == stored["promise"]
     assert props["tokenizer"] == "sentence-transformers/all-MiniLM-L6-v2" and props["max_length"] == "96"
-    assert props["metabert_version"] and props["contrib_ops"] == "none"
-    assert props["format"] == single_file.FORMAT
+    assert props["metabert_version"] and props["format"] == single_file.FORMAT
     assert "/tmp" not in json.dumps(props) and str(tmp_path) not in json.dumps(props)
     proto = onnx.load(str(path))
-    assert {o.domain for o in proto.opset_import} <= {"", "ai.onnx"}
-    assert single_file.contrib_ops(proto) == []
+    # the layers' fused attention (metabert.deploy.fused_layers) is ONNX Runtime's, and the file says so
+    assert props["contrib_ops"] == "com.microsoft:QAttention" == ", ".join(single_file.contrib_ops(proto))
     initializers = {i.name: i for i in proto.graph.initializer}
     assert [i.name for i in proto.graph.input] == ["input_ids", "attention_mask", "token_type_ids", "threshold"]
     assert onnx.numpy_helper.to_array(initializers["threshold"]).item() == pytest.approx(0.61)
@@ -403,3 +402,12 @@ def test_the_server_answers_with_the_single_file(model, folders, checkpoint):
     assert answer.status_code == 200
     items = answer.json()["results"]
     assert len(items) == 5 and all(1 <= item["exit_layer"] <= model.num_layers for item in items)
+
+
+def test_torch_layers_give_a_file_of_standard_operators(model, checkpoint, tmp_path):
+    """``export(layers="torch")``: no ONNX Runtime contrib operator anywhere in the file."""
+    folder = export(model, checkpoint, tmp_path / "torch", layers="torch")
+    path = single_file.write(folder, checkpoint=checkpoint)
+    proto = onnx.load(str(path))
+    assert single_file.read_metadata(path)["contrib_ops"] == "none" and single_file.contrib_ops(proto) == []
+    assert {o.domain for o in proto.opset_import} <= {"", "ai.onnx"}

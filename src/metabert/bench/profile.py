@@ -117,3 +117,147 @@ def _stepped(runner, inputs, policy):
         runner.fused = fused
 
 
+
+
+# the kernels of an exported layer graph, by what they compute (names from metabert.deploy.fused_layers
+# and from torch.onnx.export of a transformers layer; the exit head sits under "exit/" or "exits.")
+KERNEL_GROUPS = ("attention (QKV projection, scores, context)", "attention output projection",
+                 "FFN (two projections + activation)", "layer norms and residual adds", "exit head", "other")
+
+
+def _group(node: str, op: str) -> str:
+    low = node.lower()
+    if "exit" in low or "pool" in low:
+        return KERNEL_GROUPS[4]
+    if "norm" in low or "residual" in low or op in ("LayerNormalization", "SkipLayerNormalization"):
+        return KERNEL_GROUPS[3]
+    if "attention_output" in low or "attention/output" in low:
+        return KERNEL_GROUPS[1]
+    if op in ("Attention", "QAttention", "Softmax") or "attention" in low or low.startswith("hidden_quantize"):
+        return KERNEL_GROUPS[0]
+    if op in ("Gelu", "FastGelu", "BiasGelu") or any(k in low for k in ("intermediate", "activation", "output")):
+        return KERNEL_GROUPS[2]
+    return KERNEL_GROUPS[5]
+
+
+def layer_kernels(runner, singles: list[dict], index: int = 1, count: int = 100, repeats: int = 5) -> dict:
+    """One layer graph of an ``OrtMultiExit`` (layer ``index`` 0-based, with its exit) at batch 1 under
+    ONNX Runtime's profiler, over the first ``count`` examples: per run, µs of its kernels summed by
+    ``KERNEL_GROUPS`` and the run's time between kernels (the executor); medians over runs. Beside
+    them, the median unprofiled call (the profiler inflates each kernel, so the groups' sum can exceed
+    it)."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    import onnxruntime as ort
+
+    from metabert.deploy.fused_layers import SLOW_FUSIONS
+
+    feeds = []
+    for inputs in singles[:count]:
+        state = runner.start(inputs)
+        for i in range(index):
+            state, _ = runner.step(i, state)
+        feeds.append(runner.layer_feeds(index, state))
+    name = runner.meta["graphs"][1 + index]
+    with tempfile.TemporaryDirectory(prefix="metabert-profile-") as tmp:
+        options = runner.session_options()
+        options.enable_profiling, options.profile_file_prefix = True, str(Path(tmp) / "layer")
+        session = ort.InferenceSession(str(runner.directory / name), options, providers=["CPUExecutionProvider"],
+                                       disabled_optimizers=list(SLOW_FUSIONS))
+        walls = []
+        for f in feeds[:10]:
+            session.run(None, f)
+        for _ in range(repeats):
+            for f in feeds:
+                start = time.perf_counter()
+                runner.layers[index].run(None, f)
+                walls.append(time.perf_counter() - start)
+                session.run(None, f)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    runs = sorted(({"start": e["ts"], "end": e["ts"] + e["dur"], "dur": e["dur"], "kernels": []} for e in events
+                   if e.get("cat") == "Session" and e["name"] == "model_run"), key=lambda r: r["start"])
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            run = next((r for r in runs if r["start"] <= e["ts"] <= r["end"]), None)
+            if run is not None:
+                run["kernels"].append((e["name"][: -len("_kernel_time")], e.get("args", {}).get("op_name", ""), e["dur"]))
+    runs = [r for r in runs if r["kernels"]][10:]  # without the warm-up calls
+    groups = {g: float(np.median([sum(d for node, op, d in r["kernels"] if _group(node, op) == g) for r in runs]))
+              for g in KERNEL_GROUPS}
+    kernels = [sum(d for _, _, d in r["kernels"]) for r in runs]
+    ops = sorted({op for r in runs for _, op, _ in r["kernels"]})
+    return {"graph": name, "examples": len(feeds), "runs": len(runs),
+            "tokens_mean": float(np.mean([f["hidden"].shape[1] for f in feeds])),
+            "kernels_per_run": len(runs[0]["kernels"]) if runs else 0, "ops": ops,
+            "kernel_us": {g: v for g, v in groups.items() if v > 0},
+            "executor_us": float(np.median([r["dur"] - k for r, k in zip(runs, kernels)])),
+            "unprofiled_call_us": float(np.median(walls) * 1e6)}
+
+
+def _matmul_rate(m: int, k: int, n: int, integer: bool, session_options, seconds: float = 0.5) -> float:
+    """Multiply-accumulates per second of one ONNX Runtime ``MatMulInteger`` (uint8 x int8) or fp32
+    ``MatMul`` of (m, k) x (k, n), B a constant, fastest call."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    if integer:
+        inits = [numpy_helper.from_array(rng.integers(-127, 127, (k, n), dtype=np.int8), "B"),
+                 numpy_helper.from_array(np.array(128, dtype=np.uint8), "zero")]
+        node, kind = helper.make_node("MatMulInteger", ["A", "B", "zero"], ["Y"]), TensorProto.UINT8
+        feed, out = rng.integers(0, 255, (m, k), dtype=np.uint8), TensorProto.INT32
+    else:
+        inits = [numpy_helper.from_array(rng.standard_normal((k, n), dtype=np.float32), "B")]
+        node, kind = helper.make_node("MatMul", ["A", "B"], ["Y"]), TensorProto.FLOAT
+        feed, out = rng.standard_normal((m, k), dtype=np.float32), TensorProto.FLOAT
+    graph = helper.make_graph([node], "matmul", [helper.make_tensor_value_info("A", kind, [m, k])],
+                              [helper.make_tensor_value_info("Y", out, [m, n])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    session = ort.InferenceSession(model.SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
+    best, begin = float("inf"), time.perf_counter()
+    while time.perf_counter() - begin < seconds:
+        start = time.perf_counter()
+        session.run(None, {"A": feed})
+        best = min(best, time.perf_counter() - start)
+    return m * k * n / best
+
+
+def _read_rate(nbytes: int, repeats: int = 20) -> float:
+    """Bytes per second numpy's sum reads from a float32 array of ``nbytes`` (fastest pass; the cores
+    may read faster than numpy does, so a time derived from it is an upper estimate)."""
+    data = np.ones(max(nbytes, 1 << 20) // 4, dtype=np.float32)
+    data.sum()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        data.sum()
+        best = min(best, time.perf_counter() - start)
+    return data.nbytes / best
+
+
+def layer_bound(runner, tokens: float, index: int = 1) -> dict:
+    """The least time one layer graph (``index``, with its exit) can take on this machine at batch 1
+    and ``tokens`` positions: reading its weights once (their bytes over numpy's read rate of an
+    array the size of the whole encoder's weights) or doing its arithmetic (its projections' MACs over
+    ONNX Runtime's best MatMulInteger rate at the FFN's shape for an INT8 graph, MatMul's for fp32,
+    plus the attention scores and context in fp32), whichever is longer."""
+    import onnx
+
+    model = onnx.load(str(runner.directory / runner.meta["graphs"][1 + index]))
+    weights = sum(onnx.numpy_helper.to_array(i).nbytes for i in model.graph.initializer)
+    encoder = weights * runner.num_layers
+    hidden, inter = (int(runner.config["backbone_config"][k]) for k in ("hidden_size", "intermediate_size"))
+    t = max(1, round(tokens))
+    int8 = runner.meta.get("precision") == "int8"
+    projections = t * (4 * hidden * hidden + 2 * hidden * inter)
+    attention = 2 * t * t * hidden
+    rate = _matmul_rate(t, hidden, inter, int8, runner.session_options)
+    fp32_rate = rate if not int8 else _matmul_rate(t, hidden, inter, False, runner.session_options)
+    read = _read_rate(encoder)
+    memory_us, compute_us = weights / read * 1e6, (projections / rate + attention / fp32_rate) * 1e6
+    return {"tokens": t, "weight_bytes": weights, "read_gb_s": read / 1e9, "macs": projections + attention,
+            "projection_gmac_s": rate / 1e9, "fp32_gmac_s": fp32_rate / 1e9, "memory_us": memory_us,
+            "compute_us": compute_us, "bound_us": max(memory_us, compute_us)}

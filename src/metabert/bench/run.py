@@ -105,6 +105,7 @@ class BenchReport:
     threads: int
     ratios: dict = field(default_factory=dict)
     plain_notes: dict[str, str] = field(default_factory=dict)  # plain recipes left out, and why
+    layer_profile: dict[str, dict] = field(default_factory=dict)  # per ort runner: one layer's kernels, its bound
     date: str = field(default_factory=lambda: dt.date.today().isoformat())
     hardware: str = field(default_factory=hardware)
     hardware_summary: str = field(default_factory=hardware_summary)
@@ -207,13 +208,15 @@ def bench(checkpoint: str | Path, options: BenchOptions | None = None, progress:
     timed = variants(runners, policies) + [Variant(r, None) for r in plain]
     results = run_bench(model, encoded, spec.metric, timed, options.repeats, options.warmup,
                         options.batch_size, progress=progress, interleave=options.interleave)
-    profile = {}
+    profile, layer_profile = {}, {}
     if options.profile_examples:
         singles = [model_inputs(collate(encoded, [i], model.tokenizer.pad_token_id)) for i in range(len(encoded))]
         for runner in stepped:
             if runner.name.startswith("ort") and policies[runner.name].name in THRESHOLD_RULES:
                 profile[runner.name] = profiling.profile_ort(runner, singles, policies[runner.name],
                                                              options.profile_examples)
+                kernels = profiling.layer_kernels(runner, singles, count=options.profile_examples)
+                layer_profile[runner.name] = {**kernels, "bound": profiling.layer_bound(runner, kernels["tokens_mean"])}
             elif runner.name.startswith("eager"):
                 profile[runner.name] = profiling.profile_eager(runner, singles, policies[runner.name],
                                                                options.profile_examples)
@@ -233,7 +236,7 @@ def bench(checkpoint: str | Path, options: BenchOptions | None = None, progress:
         policy_source=one_source, calibration=calibration,
         rows=bench_report.rows(results, options.batch_size, artifacts, memory),
         targets=bench_report.targets(results, options.batch_size, artifacts), variants=results, per_exit=per_exit,
-        profile=profile, rss_floor_mb=floor,
+        profile=profile, layer_profile=layer_profile, rss_floor_mb=floor,
         tokenization=time_tokenizer(model.tokenizer, texts, options.max_seq_length, options.batch_size),
         batch_size=options.batch_size, repeats=options.repeats, interleave=options.interleave, warmup=options.warmup,
         threads=options.threads, ratios=speedups(results, options.batch_size), plain_notes=plain_notes,

@@ -10,7 +10,7 @@ import argparse
 from metabert.commands.common import add_policy_options, add_progress_option
 from metabert.eval.calibrate import calibrate_checkpoint
 from metabert.model.multi_exit import MultiExitBert
-from metabert.deploy.onnx_export import check_export
+from metabert.deploy.onnx_export import LAYERS, check_export
 from metabert.deploy.ort_runner import OrtMultiExit
 from metabert.deploy.quantize import METHODS, QuantizeConfig
 from metabert.deploy.runners import export_for
@@ -39,6 +39,10 @@ def add_parser(sub, name):
                    help="with --single-file: a second copy of the layers that batches of one row take, without the "
                         "row bookkeeping (default; --no-batch-one-path: a smaller file, 3 to 9%% slower at batch 1, "
                         "docs/SINGLE_FILE.md)")
+    p.add_argument("--layers", choices=LAYERS, default="fused",
+                   help="fused (default): BERT-layout layers with ONNX Runtime's fused attention (contrib operators, "
+                        "docs/FUSED_LAYERS.md; other layouts fall back to torch); torch: torch.onnx.export of the "
+                        "layers, standard ONNX operators only")
     p.add_argument("--triton", metavar="DIR",
                    help="also write a Triton model repository for the single file into DIR (implies --single-file)")
     add_policy_options(p)
@@ -63,10 +67,11 @@ def run(args) -> int:
     runner = "ort-int8" if args.quantize else "ort"
     config = QuantizeConfig(method=args.quantize_method, per_channel=args.per_channel)
     batches = _static_batches(model, args.static_examples) if args.quantize and config.method == "static" else None
-    out = export_for(model, args.checkpoint, runner, args.output, config, batches, progress=args.progress)
+    out = export_for(model, args.checkpoint, runner, args.output, config, batches, progress=args.progress,
+                     layers=args.layers)
     diff = check_export(model, OrtMultiExit(out))
     print(f"exported {model.num_layers} layers with their exits to {out} (the {runner} runner); "
-          f"max |PyTorch - ONNX Runtime| over every exit's logits: {diff:.2e}")
+          f"max |PyTorch - ONNX Runtime| over every exit's logits and the full graph's: {diff:.2e}")
     if args.quantize:
         print(f"INT8 ({config.method}{', per channel' if config.per_channel else ''}) logits differ by design "
               "from the fp32 ones, so the INT8 runner gets its own γ")

@@ -12,10 +12,15 @@ its rotary tables, ``.0``/``.1`` for cos/sin). Each layer graph takes ``hidden``
 embeddings graph's outputs alone. The family's own masking and position code (transformers'
 ``create_bidirectional_mask``, sliding windows, DeBERTa's relative-position buckets) is traced once,
 inside the embeddings graph: the tensors it makes are data the layers read, not code they run.
+
+BERT-layout layers are written by default with ONNX Runtime's fused attention
+(``metabert.deploy.fused_layers``; ``layers="torch"`` keeps to standard operators): their ``mask`` is
+then the (B, T) int32 0/1 mask, and each exit head is exported alone and joined to its layer.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import shutil
@@ -164,15 +169,20 @@ def graph_state(outputs) -> dict[str, dict]:
 
 
 class _Embed(nn.Module):
-    """The embeddings and every tensor the layers read: (ids, mask, types) -> (hidden, *slots)."""
+    """The embeddings and every tensor the layers read: (ids, mask, types) -> (hidden, *slots).
+    ``raw_mask``: the ``mask`` slot is the (B, T) 0/1 mask as int32, as fused attention reads it."""
 
-    def __init__(self, model: MultiExitBert, state: LayerState):
+    def __init__(self, model: MultiExitBert, state: LayerState, raw_mask: bool = False):
         super().__init__()
-        self.model, self.slots = model, state.slots
+        self.model, self.slots, self.raw_mask = model, state.slots, raw_mask
 
     def forward(self, input_ids, attention_mask, token_type_ids):
         hidden, inputs = self.model.begin(input_ids, attention_mask, token_type_ids)
-        return (hidden,) + flatten(inputs, self.slots)
+        tensors = flatten(inputs, self.slots)
+        if self.raw_mask:
+            tensors = tuple(attention_mask.to(torch.int32) if s.name == "mask" else t
+                            for s, t in zip(self.slots, tensors))
+        return (hidden,) + tensors
 
 
 class _Layer(nn.Module):
@@ -188,6 +198,18 @@ class _Layer(nn.Module):
         return hidden, self.model.exit_logits(self.index, hidden, inputs, train=False)
 
 
+class _Exit(nn.Module):
+    """Exit i alone on its layer's output: (hidden, *slots) -> logits (the fused layers' heads)."""
+
+    def __init__(self, model: MultiExitBert, index: int, state: LayerState):
+        super().__init__()
+        self.model, self.index, self.state = model, index, state
+
+    def forward(self, hidden, *tensors):
+        inputs = unflatten(self.state.slots, tensors, self.state.example)
+        return self.model.exit_logits(self.index, hidden, inputs, train=False)
+
+
 class _Full(nn.Module):
     """The plain classifier: every layer, then the last exit only."""
 
@@ -199,22 +221,23 @@ class _Full(nn.Module):
         return self.model.full_logits(input_ids, attention_mask, token_type_ids)
 
 
-def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str], dynamic: dict):
+def _export(module: nn.Module, args: tuple, path, inputs: list[str], outputs: list[str], dynamic: dict):
     # the wrapper must be in eval mode: the exporter puts it back in its mode afterwards, and a
     # fresh nn.Module is in training mode, which would switch the model's dropout on
     module.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
+        torch.onnx.export(module, args, path if isinstance(path, io.BytesIO) else str(path), input_names=inputs, output_names=outputs,
                           dynamic_axes=dynamic, opset_version=17, dynamo=False)
 
 
 SEQ = {0: "batch", 1: "sequence"}
 
 
-def _export_embeddings(model: MultiExitBert, state: LayerState, args: tuple, output: Path) -> None:
-    _export(_Embed(model, state), args, output / "embeddings.onnx", TOKENS, ["hidden"] + state.names,
-            {**{name: SEQ for name in TOKENS}, "hidden": SEQ, **state.axes})
+def _export_embeddings(model: MultiExitBert, state: LayerState, args: tuple, output: Path, raw_mask: bool) -> None:
+    axes = {**state.axes, **({"mask": SEQ} if raw_mask else {})}
+    _export(_Embed(model, state, raw_mask), args, output / "embeddings.onnx", TOKENS, ["hidden"] + state.names,
+            {**{name: SEQ for name in TOKENS}, "hidden": SEQ, **axes})
 
 
 def _export_torch_layers(model: MultiExitBert, state: LayerState, args: tuple, output: Path, bar) -> None:
@@ -230,12 +253,58 @@ def _export_torch_layers(model: MultiExitBert, state: LayerState, args: tuple, o
     bar.update()
 
 
-def export(model: MultiExitBert, checkpoint: str | Path | None, output: str | Path, progress: bool = False) -> Path:
-    """Write the graphs, ``onnx_meta.json``, the tokenizer and the metabert config to ``output``
-    (``progress``: a bar of graphs written, on stderr). Every family: the embeddings graph computes
-    the family's layer inputs once (``layer_state``), the layer graphs read them by name."""
+def _exit_graph(model: MultiExitBert, index: int, state: LayerState, hidden, tensors):
+    """Exit ``index``'s head alone as an ONNX graph (inputs ``hidden`` and the state it reads)."""
     import onnx
 
+    buffer = io.BytesIO()
+    _export(_Exit(model, index, state), (hidden, *tensors), buffer, ["hidden"] + state.names, ["logits"],
+            {"hidden": SEQ, **state.axes, "logits": {0: "batch"}})
+    head = onnx.load_from_string(buffer.getvalue())
+    if "mask" in {i.name for i in head.graph.input}:
+        raise ValueError("an exit head that reads the attention mask cannot sit on fused layers")
+    return head
+
+
+def _write_fused_layers(model: MultiExitBert, state: LayerState, args: tuple, output: Path, bar) -> None:
+    """Every layer graph and the full graph with ONNX Runtime's fused attention
+    (``metabert.deploy.fused_layers``), each exit head exported through ``torch.onnx.export``."""
+    import onnx
+
+    from metabert.deploy import fused_layers
+
+    hidden, *tensors = _Embed(model, state)(*args)
+    for i in range(model.num_layers):
+        head = _exit_graph(model, i, state, hidden, tensors)
+        onnx.save(fused_layers.layer_graph(model, i, head), str(output / f"layer_{i + 1}.onnx"))
+        bar.update()
+    embeddings = onnx.load(str(output / "embeddings.onnx"))
+    onnx.save(fused_layers.full_graph(model, embeddings, head), str(output / "full.onnx"))
+    bar.update()
+
+
+LAYERS = ("fused", "torch")
+
+
+def export(model: MultiExitBert, checkpoint: str | Path | None, output: str | Path, progress: bool = False,
+           layers: str = "fused") -> Path:
+    """Write the graphs, ``onnx_meta.json``, the tokenizer and the metabert config to ``output``
+    (``progress``: a bar of graphs written, on stderr). Every family: the embeddings graph computes
+    the family's layer inputs once (``layer_state``), the layer graphs read them by name.
+
+    layers: ``fused`` (default) writes each BERT-layout layer from its weights with ONNX Runtime's
+      fused attention (``metabert.deploy.fused_layers``: contrib operators, ONNX Runtime only) where
+      the model allows it, else ``torch``; ``torch``: ``torch.onnx.export`` of the layers (standard
+      operators only). ``onnx_meta.json`` records which was written."""
+    import onnx
+
+    from metabert.deploy import fused_layers
+
+    if layers not in LAYERS:
+        raise ValueError(f"layers must be one of {', '.join(LAYERS)}, got {layers!r}")
+    if layers == "fused" and (reason := fused_layers.unsupported(model)):
+        log.info("layers exported through torch.onnx.export, without fused attention: %s", reason)
+        layers = "torch"
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     model = model.eval()
@@ -245,9 +314,9 @@ def export(model: MultiExitBert, checkpoint: str | Path | None, output: str | Pa
     args = (tok["input_ids"], tok["attention_mask"], tok.get("token_type_ids", torch.zeros_like(tok["input_ids"])))
     bar = tqdm(total=model.num_layers + 2, desc="export", unit="graph", disable=not progress)
     with torch.no_grad():
-        _export_embeddings(model, state, args, output)
+        _export_embeddings(model, state, args, output, raw_mask=layers == "fused")
         bar.update()
-        _export_torch_layers(model, state, args, output, bar)
+        (_write_fused_layers if layers == "fused" else _export_torch_layers)(model, state, args, output, bar)
     bar.close()
     model.tokenizer.save_pretrained(output)
     if checkpoint is not None and (Path(checkpoint) / CONFIG_NAME).is_file():
@@ -257,7 +326,7 @@ def export(model: MultiExitBert, checkpoint: str | Path | None, output: str | Pa
     embeddings = onnx.load(str(output / "embeddings.onnx"), load_external_data=False).graph
     names = [o.name for o in embeddings.output][1:]
     meta = {"num_layers": model.num_layers, "num_labels": model.config.num_labels, "opset": 17, "precision": "fp32",
-            "format": FORMAT, "family": model.encoder.config.model_type,
+            "format": FORMAT, "family": model.encoder.config.model_type, "layers": layers,
             # the layer graphs' inputs besides "hidden", every one an output of the embeddings graph
             "state": graph_state(embeddings.output[1:]),
             # cut trailing padding when rows leave only where nothing but the masks is sized by the
@@ -269,10 +338,10 @@ def export(model: MultiExitBert, checkpoint: str | Path | None, output: str | Pa
 
 
 def check_export(model: MultiExitBert, runtime) -> float:
-    """Largest absolute difference of every exit's logits, PyTorch against ONNX Runtime, on a
-    padded batch of three sentences of different lengths."""
+    """Largest absolute difference of every exit's logits (layer graphs) and of the full graph's,
+    PyTorch against ONNX Runtime, on a padded batch of three sentences of different lengths."""
     texts = ["a short one", "a somewhat longer input sentence , with punctuation and more words in it", "mid size"]
     enc = dict(model.tokenizer(texts, padding=True, return_tensors="pt"))
     with torch.inference_mode():
-        ref = model(**enc)
-    return float((ref - runtime.all_exit_logits(enc)).abs().max())
+        ref, full = model(**enc), model.full_logits(**enc)
+    return max(float((ref - runtime.all_exit_logits(enc)).abs().max()), float((full - runtime.full(enc)).abs().max()))

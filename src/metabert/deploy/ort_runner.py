@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from metabert.deploy.fused_layers import SLOW_FUSIONS
 from metabert.deploy.onnx_export import FORMAT, META_NAME
 from metabert.model.multi_exit import CONFIG_NAME
 
@@ -96,7 +97,8 @@ class OrtMultiExit:
         options = make_options()
 
         def session(name):
-            return ort.InferenceSession(str(directory / name), options, providers=["CPUExecutionProvider"])
+            return ort.InferenceSession(str(directory / name), options, providers=["CPUExecutionProvider"],
+                                        disabled_optimizers=list(SLOW_FUSIONS))
 
         self.session_options, self.directory = make_options, directory
         self.fused = fused  # batch 1 through one graph per threshold policy (metabert.deploy.onnx_fused)
@@ -200,7 +202,7 @@ class OrtMultiExit:
             for name in self.meta["graphs"][: 1 + self.num_layers]:
                 target = str(Path(tmp) / name)
                 ort.InferenceSession(str(self.directory / name), self.session_options(optimized_path=target),
-                                     providers=["CPUExecutionProvider"])
+                                     providers=["CPUExecutionProvider"], disabled_optimizers=list(SLOW_FUSIONS))
                 graphs.append(onnx.load(target))
         graph = build(graphs, self.meta, policy_name).SerializeToString()
         options = self.session_options(ort.GraphOptimizationLevel.ORT_DISABLE_ALL)

@@ -47,10 +47,11 @@ def onnx_folder_runner(folder: str | Path) -> str:
 
 
 def export_for(model: MultiExitBert, checkpoint: str | Path | None, runner: str, output: str | Path | None = None,
-               quantize_config=None, calibration_batches=None, progress: bool = False) -> Path:
+               quantize_config=None, calibration_batches=None, progress: bool = False, layers: str = "fused") -> Path:
     """Export (and for ``ort-int8`` quantize, see ``metabert.deploy.quantize.quantize_export``) ``model``
-    into ``output`` (default: a temporary folder). The fp32 graphs are checked against PyTorch
-    (INT8 ones differ by design; calibration chooses γ on their own logits)."""
+    into ``output`` (default: a temporary folder; ``layers``: see ``onnx_export.export``). The fp32
+    graphs (every exit and the full graph) are checked against PyTorch (INT8 ones differ by design;
+    calibration chooses γ on their own logits)."""
     from metabert.deploy.onnx_export import check_export, export
     from metabert.deploy.ort_runner import OrtMultiExit
 
@@ -58,11 +59,12 @@ def export_for(model: MultiExitBert, checkpoint: str | Path | None, runner: str,
         raise ValueError(f"only the ort runners are exported, not {runner!r}")
     int8 = runner == "ort-int8"
     fp32 = export(model, checkpoint, temporary_folder("metabert-onnx-") if int8 or output is None else output,
-                  progress=progress)
+                  progress=progress, layers=layers)
     diff = check_export(model, OrtMultiExit(fp32))
     if diff > 1e-4:
         raise ValueError(f"exported graphs differ from PyTorch by {diff:.2e} (> 1e-4)")
-    log.info("exported %d layers with their exits to %s; max |PyTorch - ORT| over every exit's logits: %.2e",
+    log.info("exported %d layers with their exits to %s; max |PyTorch - ORT| over every exit's logits and the "
+             "full graph's: %.2e",
              model.num_layers, fp32, diff)
     if not int8:
         return fp32

@@ -29,8 +29,10 @@ their longest row, where this cuts nothing.
 
 Every rule of ``metabert.engine.policies`` is built, each computed as its torch ``step`` computes it, in
 float32: the threshold rules (entropy, norm-entropy, max-prob) and the patience rules, whose state
-(previous argmax, run length) travels with the rows. Only standard ONNX operators (opset 17) are
-used; ``metadata_props`` say so (``contrib_ops``), and carry the labels, the policy and γ, what the
+(previous argmax, run length) travels with the rows. The rule's operators are standard ONNX (opset
+17); the layers are the folder's, so a folder exported with fused attention (the default for the BERT
+layout) brings ONNX Runtime's ``Attention``/``QAttention`` and ``export(layers="torch")`` none;
+``metadata_props`` name them (``contrib_ops``), and carry the labels, the policy and γ, what the
 calibration promised, the tokenizer and the precision.
 
 Batches of one row take a path of their own (``build(batch_one=True)``, the default): the layers
@@ -60,7 +62,7 @@ FORMAT = "metabert-early-exit/1"  # metadata_props["format"]: what a reader of t
 POLICIES = ("entropy", "norm-entropy", "max-prob", "patience", "patience-entropy")
 OPSET = 17
 STANDARD_DOMAINS = ("", "ai.onnx")
-I64, F32, BOOL = TensorProto.INT64, TensorProto.FLOAT, TensorProto.BOOL
+I64, I32, F32, BOOL = TensorProto.INT64, TensorProto.INT32, TensorProto.FLOAT, TensorProto.BOOL
 
 
 def _const(name: str, value, dtype=I64, dims=()) -> onnx.NodeProto:
@@ -244,10 +246,11 @@ def _chain(g: _Graph, layers: list[onnx.GraphProto], i: int, rows: dict[str, str
 
 
 def _level(g: _Graph, layers: list[onnx.GraphProto], i: int, rows: dict[str, str], policy: str,
-           num_labels: int) -> tuple[str, str]:
+           num_labels: int, raw_mask: bool = False) -> tuple[str, str]:
     """Append to ``g`` layer ``i`` (0-based) on the rows ``rows`` ({hidden, mask, pool, attention,
     and the policy's state}), its exit test and the rest of the model for the rows that stay:
-    returns the names of those rows' (R, C) logits and (R,) exit layers."""
+    returns the names of those rows' (R, C) logits and (R,) exit layers. ``raw_mask``: the layers'
+    mask is the (B, T) int32 0/1 mask of fused attention, not the additive (B, 1, 1, T) one."""
     k = i + 1
     hidden, logits, hidden_size = _layer(g, layers, i, rows, f"l{k}/")
     if k == len(layers):
@@ -274,7 +277,7 @@ def _level(g: _Graph, layers: list[onnx.GraphProto], i: int, rows: dict[str, str
     flat = chosen.add("Squeeze", [index, chosen.const(s + "axis0", [0], dims=[1])], s + "idx")  # (R',)
     chosen.add("Transpose", [index], s + "column")  # (R', 1), where ScatterND puts their answers back
     picked = {n: chosen.add("Gather", [carried[n], flat], s + "g_" + n, axis=0) for n in names}
-    axes = {"hidden": 1, "mask": 3, "pool": 1, "attention": 1}
+    axes = {"hidden": 1, "mask": 1 if raw_mask else 3, "pool": 1, "attention": 1}
     cut = _trim(chosen, picked["attention"], {n: (picked[n], axes[n]) for n in axes}, s + "t/")
     picked.update(cut)
     for n in names:
@@ -284,8 +287,10 @@ def _level(g: _Graph, layers: list[onnx.GraphProto], i: int, rows: dict[str, str
         every_row.add("Identity", [carried[n]], f"a{k}/{n}")
     every_row.const(f"a{k}/column", [], dims=[0, 1])  # not read: no answer to put back
     types = {n: (I64 if n in ("attention", "pred", "runs") else F32) for n in names}
+    types["mask"] = I32 if raw_mask else F32
     rows_, seq = f"rows_{k + 1}", f"seq_{k + 1}"
-    shapes = {"hidden": [rows_, seq, hidden_size], "mask": [rows_, 1, 1, seq], "pool": [rows_, seq, 1],
+    shapes = {"hidden": [rows_, seq, hidden_size], "mask": [rows_, seq] if raw_mask else [rows_, 1, 1, seq],
+              "pool": [rows_, seq, 1],
               "attention": [rows_, seq], "pred": [rows_], "runs": [rows_]}
     selected = [f"{q}{n}" for n in names]
     rest.add("If", [some], selected + [q + "column"],
@@ -293,7 +298,7 @@ def _level(g: _Graph, layers: list[onnx.GraphProto], i: int, rows: dict[str, str
                                       + [_out(s + "column", I64, [rows_, 1])]),
              else_branch=every_row.graph(f"keep_{k}", [_out(f"a{k}/{n}", types[n], shapes[n]) for n in names]
                                          + [_out(f"a{k}/column", I64, [0, 1])]))
-    after_logits, after_layer = _level(rest, layers, i + 1, dict(zip(names, selected)), policy, num_labels)
+    after_logits, after_layer = _level(rest, layers, i + 1, dict(zip(names, selected)), policy, num_labels, raw_mask)
     back = _Graph()  # some rows had left: the others' answers go back to their places
     back.add("ScatterND", [logits, q + "column", after_logits], f"b{k}/logits")
     back.add("ScatterND", [back.fill(logits, k, f"b{k}/here"), q + "column", after_layer], f"b{k}/layer")
@@ -343,6 +348,7 @@ def build(graphs: list[onnx.ModelProto], num_labels: int, policy: ExitPolicy,
     g.inits += inits
     g.infos += infos
     rows = {"hidden": out["hidden"], "mask": out["mask"], "pool": out["pool"], "attention": cut["attention_mask"]}
+    raw_mask = next(o for o in embed.graph.output if o.name == "mask").type.tensor_type.elem_type == I32
     inputs = list(feeds)
     defaults = []
     if policy.name != "patience":
@@ -360,7 +366,7 @@ def build(graphs: list[onnx.ModelProto], num_labels: int, policy: ExitPolicy,
         one_logits, one_layer = _chain(one, layers, 0, rows, policy.name, num_labels)
         one.add("Identity", [one_logits], "one/logits")
         one.add("Identity", [one_layer], "one/layer")
-        many_logits, many_layer = _level(many, layers, 0, rows, policy.name, num_labels)
+        many_logits, many_layer = _level(many, layers, 0, rows, policy.name, num_labels, raw_mask)
         many.add("Identity", [many_logits], "many/logits")
         many.add("Identity", [many_layer], "many/layer")
         size = g.add("Shape", [cut["input_ids"]], "in/B", start=0, end=1)
@@ -372,7 +378,7 @@ def build(graphs: list[onnx.ModelProto], num_labels: int, policy: ExitPolicy,
                                                _out("many/layer", I64, ["rows_1"])]))
         logits, layer = "logits_", "exit_layer_"
     else:
-        logits, layer = _level(g, layers, 0, rows, policy.name, num_labels)
+        logits, layer = _level(g, layers, 0, rows, policy.name, num_labels, raw_mask)
     g.add("Identity", [logits], "logits")
     g.add("Identity", [layer], "exit_layer")
     g.add("Softmax", ["logits"], "probabilities", axis=-1)
@@ -497,7 +503,8 @@ def write(folder: str | Path, output: str | Path | None = None, policy: ExitPoli
     meta = json.loads((folder / META_NAME).read_text())
     state = meta.get("state", {})
     carried = sorted(state)
-    bert_layout = carried == ["mask", "pool"] and state["mask"]["sequence_axes"] == [3]  # an additive (B, 1, 1, T) mask
+    # an additive (B, 1, 1, T) mask, or fused attention's (B, T) one
+    bert_layout = carried == ["mask", "pool"] and state["mask"]["sequence_axes"] in ([3], [1])
     if not bert_layout:  # the layers' state this graph cuts and carries row by row
         raise ValueError(f"{folder}: the single file carries the BERT layout's layer state (mask, pool) from layer to "
                          f"layer; this export's layers read {carried or 'another state'} ({meta.get('family', '?')}). "
@@ -603,6 +610,7 @@ class SingleFileRunner:
     def __init__(self, path: str | Path, threads: int | None = None):
         import onnxruntime as ort
 
+        from metabert.deploy.fused_layers import SLOW_FUSIONS
         from metabert.deploy.ort_runner import session_options
 
         path = Path(path)
@@ -616,7 +624,8 @@ class SingleFileRunner:
         self.tokenizer = AutoTokenizer.from_pretrained(path.parent)
         options = session_options(threads)
         options.log_severity_level = 3  # not the notice that the rule's settings are inputs with defaults: by design
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                                            disabled_optimizers=list(SLOW_FUSIONS))
         # the rule's settings are inputs with a stored default: ONNX Runtime lists them apart
         self.inputs = {i.name for i in [*self.session.get_inputs(), *self.session.get_overridable_initializers()]}
         self.policy = self.metadata["policy"]

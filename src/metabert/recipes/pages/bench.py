@@ -108,6 +108,29 @@ def markdown(report: dict, command: str, plot_name: str | None) -> str:
                            f"| {value:.1f} |")
             elif key.endswith("_us"):
                 out.append(f"| {key[:-3].replace('_', ' ')} | {value:.1f} |")
+    for name, layer in report.get("layer_profile", {}).items():
+        bound = layer["bound"]
+        out += ["", f"## {name}: where one layer's time goes, against the machine's limit (batch 1)", "",
+                f"`{layer['graph']}` (the layer and its exit) under ONNX Runtime's profiler over the first "
+                f"{layer['examples']} dev examples ({layer['tokens_mean']:.1f} tokens on average), {layer['runs']} runs, "
+                f"{layer['kernels_per_run']} kernels per run ({', '.join(layer['ops'])}); medians, µs. The profiler "
+                "inflates each kernel, so the pieces may add up to more than the unprofiled call.", "",
+                "| piece | µs |", "|---|---|"]
+        out += [f"| {group} | {us:.1f} |" for group, us in layer["kernel_us"].items()]
+        out += [f"| executor between the kernels | {layer['executor_us']:.1f} |",
+                f"| the call, unprofiled | {layer['unprofiled_call_us']:.1f} |"]
+        if name in report.get("profile", {}):
+            prof = report["profile"][name]
+            out += [f"| host exit test (per layer, from the profile above) | {prof['exit_test_host_us']:.1f} |",
+                    f"| a session call that does nothing | {prof['empty_session_call_us']:.1f} |"]
+        out += ["", f"Lower bound for this layer at {bound['tokens']} tokens: reading its "
+                    f"{bound['weight_bytes'] / 2 ** 20:.2f} MiB of weights at {bound['read_gb_s']:.1f} GB/s (numpy's "
+                    f"read of an array the size of the encoder's weights) takes {bound['memory_us']:.1f} µs; its "
+                    f"{bound['macs'] / 1e6:.1f} M multiply-accumulates at {bound['projection_gmac_s']:.0f} GMAC/s "
+                    f"(ONNX Runtime's best {'MatMulInteger' if name.endswith('int8') else 'MatMul'} at the FFN's shape; "
+                    f"attention scores in fp32 at {bound['fp32_gmac_s']:.0f}) take {bound['compute_us']:.1f} µs. "
+                    f"Bound {bound['bound_us']:.1f} µs; the unprofiled call takes "
+                    f"{layer['unprofiled_call_us'] / bound['bound_us']:.1f}x that."]
     for note in report.get("notes", []):
         out += ["", note]
     return "\n".join(out) + "\n"
