@@ -237,7 +237,7 @@ def test_distilbert_checkpoint_exports_predicts_and_serves(folders, tmp_path, ca
     fp32, int8 = tmp_path / "onnx", tmp_path / "onnx-int8"
     assert main(["export", "--checkpoint", str(ckpt), "--output", str(fp32)]) == 0
     said = capsys.readouterr().out
-    assert "(the ort runner)" in said and float(said.split("logits: ")[1].split()[0]) < 1e-4
+    assert "(the ort runner)" in said and float(said.split("full graph's: ")[1].split()[0]) < 1e-4
     assert main(["export", "--checkpoint", str(ckpt), "--output", str(int8), "--quantize", "int8"]) == 0
     assert "(the ort-int8 runner)" in capsys.readouterr().out
 

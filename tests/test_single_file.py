@@ -42,11 +42,12 @@ TEXTS = ["good", "bad film", "a long and winding review of a film that was neith
          "two hours of my life i will not get back"]
 LABELS = ("neg", "pos", "mixed")
 FIXED_LENGTH = 40  # a client that pads every batch to one length
-# |file - engine| of the logits of the exit taken: fp32 absolute; INT8 x the largest |logit|. The
-# file carries the exporter's shapes, so ONNX Runtime fuses each inlined layer as it fuses the layer
-# graph alone (same kernels: equal to the last bit here); without them Add + LayerNormalization stayed
-# unfused and INT8 logits moved by ~1e-3 of their scale. A row answered at another exit is off by ~100%.
-LOGIT_TOL = {"fp32": 1e-5, "int8": 1e-4}
+# |file - engine| of the logits of the exit taken: fp32 absolute; INT8 x the largest |logit|. A plain
+# client's session keeps ONNX Runtime's default fusions, which our runner's sessions leave out
+# (fused_layers.SLOW_FUSIONS: Add + LayerNormalization into SkipLayerNormalization): other kernels, so
+# INT8 logits move by up to ~1e-3 of their scale (measured 9.3e-4 here); fp32 stays within 1e-5. A
+# row answered at another exit is off by ~100%; the exits themselves must be the engine's.
+LOGIT_TOL = {"fp32": 1e-5, "int8": 2e-3}
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +207,7 @@ def test_file_metadata_and_interface(model, folders, checkpoint, tmp_path):
     assert "/tmp" not in json.dumps(props) and str(tmp_path) not in json.dumps(props)
     proto = onnx.load(str(path))
     # the layers' fused attention (metabert.deploy.fused_layers) is ONNX Runtime's, and the file says so
-    assert props["contrib_ops"] == "com.microsoft:QAttention" == ", ".join(single_file.contrib_ops(proto))
+    assert props["contrib_ops"] == "com.microsoft:Gelu, com.microsoft:QAttention" == ", ".join(single_file.contrib_ops(proto))
     initializers = {i.name: i for i in proto.graph.initializer}
     assert [i.name for i in proto.graph.input] == ["input_ids", "attention_mask", "token_type_ids", "threshold"]
     assert onnx.numpy_helper.to_array(initializers["threshold"]).item() == pytest.approx(0.61)
@@ -406,6 +407,8 @@ def test_the_server_answers_with_the_single_file(model, folders, checkpoint):
 
 def test_torch_layers_give_a_file_of_standard_operators(model, checkpoint, tmp_path):
     """``export(layers="torch")``: no ONNX Runtime contrib operator anywhere in the file."""
+    import onnx
+
     folder = export(model, checkpoint, tmp_path / "torch", layers="torch")
     path = single_file.write(folder, checkpoint=checkpoint)
     proto = onnx.load(str(path))
