@@ -30,13 +30,18 @@ EXPORTABLE = ("bert", "roberta", "xlm-roberta", "electra")  # one additive mask 
 
 
 class _Embed(nn.Module):
-    def __init__(self, model: MultiExitBert):
+    """Embeddings and what every layer needs: the mask as the layers take it (``raw_mask``: the
+    (B, T) 0/1 mask as int32, for fused attention; else the additive (B, 1, 1, T) mask) and the
+    exits' pooling weights."""
+
+    def __init__(self, model: MultiExitBert, raw_mask: bool = False):
         super().__init__()
-        self.model = model
+        self.model, self.raw_mask = model, raw_mask
 
     def forward(self, input_ids, attention_mask, token_type_ids):
         hidden = self.model.embed(input_ids, token_type_ids)
-        return hidden, additive_mask(attention_mask, hidden.dtype), pool_weights(attention_mask, hidden.dtype)
+        mask = attention_mask.to(torch.int32) if self.raw_mask else additive_mask(attention_mask, hidden.dtype)
+        return hidden, mask, pool_weights(attention_mask, hidden.dtype)
 
 
 class _Layer(nn.Module):
@@ -73,12 +78,28 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outpu
                           dynamic_axes=dynamic, opset_version=17, dynamo=False)
 
 
-def export(model: MultiExitBert, checkpoint: str | Path | None, output: str | Path) -> Path:
-    """Write the graphs, ``onnx_meta.json``, the tokenizer and the metabert config to ``output``."""
+LAYERS = ("fused", "torch")
+
+
+def export(model: MultiExitBert, checkpoint: str | Path | None, output: str | Path, layers: str = "fused") -> Path:
+    """Write the graphs, ``onnx_meta.json``, the tokenizer and the metabert config to ``output``.
+
+    layers: ``fused`` (default) writes each layer with ONNX Runtime's fused kernels (attention, skip
+      layer norm, bias GELU; ``metabert.deploy.fused_layers``) where the model's layers allow it, else
+      falls back to ``torch``: ``torch.onnx.export`` of the layers (about 30 unfused nodes each).
+      ``onnx_meta.json`` records which was written."""
+    from metabert.deploy import fused_layers
+
     family = model.encoder.config.model_type
     if family not in EXPORTABLE:
         raise ValueError(f"ONNX export supports the BERT-layout families ({', '.join(EXPORTABLE)}); "
                          f"this model is {family!r}")
+    if layers not in LAYERS:
+        raise ValueError(f"layers must be one of {LAYERS}, got {layers!r}")
+    if layers == "fused" and (reason := fused_layers.unsupported(model)):
+        log.info("layers exported unfused through torch.onnx.export: %s", reason)
+        layers = "torch"
+    fused = layers == "fused"
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     model = model.eval()
@@ -88,29 +109,42 @@ def export(model: MultiExitBert, checkpoint: str | Path | None, output: str | Pa
     types = tok.get("token_type_ids", torch.zeros_like(ids))
     seq = {0: "batch", 1: "sequence"}
     with torch.no_grad():
-        _export(_Embed(model), (ids, att, types), output / "embeddings.onnx",
+        _export(_Embed(model, raw_mask=fused), (ids, att, types), output / "embeddings.onnx",
                 ["input_ids", "attention_mask", "token_type_ids"], ["hidden", "mask", "pool"],
                 {"input_ids": seq, "attention_mask": seq, "token_type_ids": seq, "hidden": seq,
-                 "mask": {0: "batch", 3: "sequence"}, "pool": seq})
-        hidden, mask, pool = _Embed(model)(ids, att, types)
-        for i in range(model.num_layers):
-            _export(_Layer(model, i), (hidden, mask, pool), output / f"layer_{i + 1}.onnx",
-                    ["hidden", "mask", "pool"], ["hidden_out", "logits"],
-                    {"hidden": seq, "mask": {0: "batch", 3: "sequence"}, "pool": seq,
-                     "hidden_out": seq, "logits": {0: "batch"}})
-        _export(_Full(model), (ids, att, types), output / "full.onnx",
-                ["input_ids", "attention_mask", "token_type_ids"], ["logits"],
-                {"input_ids": seq, "attention_mask": seq, "token_type_ids": seq, "logits": {0: "batch"}})
+                 "mask": seq if fused else {0: "batch", 3: "sequence"}, "pool": seq})
+        if fused:
+            import onnx
+
+            for i in range(model.num_layers):
+                onnx.save(fused_layers.layer_graph(model, i), str(output / f"layer_{i + 1}.onnx"))
+            onnx.save(fused_layers.full_graph(model, onnx.load(str(output / "embeddings.onnx"))),
+                      str(output / "full.onnx"))
+        else:
+            _export_torch_layers(model, output, (ids, att, types), seq)
     model.tokenizer.save_pretrained(output)
     if checkpoint is not None and (Path(checkpoint) / CONFIG_NAME).is_file():
         shutil.copy(Path(checkpoint) / CONFIG_NAME, output / CONFIG_NAME)
     else:
         model.save_config_to(output)
     meta = {"num_layers": model.num_layers, "num_labels": model.config.num_labels, "opset": 17, "precision": "fp32",
-            "format": FORMAT,
+            "format": FORMAT, "layers": layers,
             "graphs": ["embeddings.onnx"] + [f"layer_{i + 1}.onnx" for i in range(model.num_layers)] + ["full.onnx"]}
     (output / META_NAME).write_text(json.dumps(meta, indent=2))
     return output
+
+
+def _export_torch_layers(model: MultiExitBert, output: Path, args: tuple, seq: dict) -> None:
+    """The layer graphs and the full graph through ``torch.onnx.export`` (``layers="torch"``)."""
+    hidden, mask, pool = _Embed(model)(*args)
+    for i in range(model.num_layers):
+        _export(_Layer(model, i), (hidden, mask, pool), output / f"layer_{i + 1}.onnx",
+                ["hidden", "mask", "pool"], ["hidden_out", "logits"],
+                {"hidden": seq, "mask": {0: "batch", 3: "sequence"}, "pool": seq,
+                 "hidden_out": seq, "logits": {0: "batch"}})
+    _export(_Full(model), args, output / "full.onnx",
+            ["input_ids", "attention_mask", "token_type_ids"], ["logits"],
+            {"input_ids": seq, "attention_mask": seq, "token_type_ids": seq, "logits": {0: "batch"}})
 
 
 _POOL: dict = {}
@@ -281,10 +315,11 @@ class OrtMultiExit:
 
 
 def check_export(model: MultiExitBert, runtime: OrtMultiExit) -> float:
-    """Largest absolute difference of every exit's logits, PyTorch against ONNX Runtime, on a
-    padded batch of three sentences of different lengths."""
+    """Largest absolute difference of every exit's logits (layer graphs) and of the full graph's
+    logits, PyTorch against ONNX Runtime, on a padded batch of three sentences of different lengths."""
     texts = ["a short one", "a somewhat longer input sentence , with punctuation and more words in it", "mid size"]
     enc = dict(model.tokenizer(texts, padding=True, return_tensors="pt"))
     with torch.inference_mode():
-        ref = model(**enc)
-    return float((ref - runtime.all_exit_logits(enc)).abs().max())
+        ref, ref_full = model(**enc), model.full_logits(**enc)
+    return max(float((ref - runtime.all_exit_logits(enc)).abs().max()),
+               float((ref_full - runtime.full(enc)).abs().max()))

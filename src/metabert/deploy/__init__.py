@@ -1,0 +1,1 @@
+"""Deployment: exported graphs and their runtimes (the restructured layout's ``metabert.deploy``)."""
