@@ -8,16 +8,15 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_tiny
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
-from metabert.backbones import load_backbone  # noqa: E402
-from metabert.deploy import fused_layers  # noqa: E402
-from metabert.modeling import MultiExitBert  # noqa: E402
-from metabert.onnx_runtime import META_NAME, OrtMultiExit, check_export, export  # noqa: E402
-from metabert.quantize import quantize_export  # noqa: E402
+from metabert.backbones import load_backbone
+from metabert.deploy import fused_layers
+from metabert.modeling import MultiExitBert
+from metabert.onnx_runtime import META_NAME, OrtMultiExit, check_export, export
+from metabert.quantize import quantize_export
 
 SENTENCES = ["a delightful , moving film that is great fun from start to finish", "dull", "a mess , but fun",
              "wonderful acting and a story that never lets go of you , even when it stumbles", "not bad at all"]
@@ -28,13 +27,23 @@ def ops(path) -> collections.Counter:
 
 
 def assert_fused(folder, num_layers: int, attention: str = "Attention"):
-    """Each layer graph holds one fused attention and no unfused softmax; the full graph one per layer."""
+    """Each layer graph holds one fused attention, no unfused softmax and its two layer norms; the
+    full graph one attention per layer."""
     for i in range(num_layers):
         counts = ops(folder / f"layer_{i + 1}.onnx")
         assert counts[attention] == 1 and counts["Softmax"] == 0, counts
-        assert counts["SkipLayerNormalization"] == 2, counts
+        assert counts["LayerNormalization"] == 2, counts
     full = ops(folder / "full.onnx")
     assert full[attention] == num_layers and full["Softmax"] == 0, full
+
+
+def ort_ops(folder, name, **runner) -> collections.Counter:
+    """The op types of graph ``name`` as the runner's ONNX Runtime session runs it (after its graph
+    optimisations)."""
+    runtime = OrtMultiExit(folder, **runner)
+    target = folder.parent / f"{folder.name}-{name}.optimized.onnx"
+    runtime._session(name, runtime._make_options(optimized_path=str(target)))
+    return ops(target)
 
 
 @pytest.mark.parametrize("pooling,head", [("mean", "pooler"), ("mean", "linear"), ("cls", "pooler"), ("cls", "linear")])
@@ -92,6 +101,28 @@ def test_every_bert_layout_family_exports_fused_and_matches(families, family, tm
     folder = export(model, None, tmp_path)
     assert_fused(folder, model.num_layers)
     assert check_export(model, OrtMultiExit(folder)) < 1e-4
+
+
+@pytest.mark.parametrize("attention,skip_norms", [("MultiHeadAttention", False), ("lean", False), ("Attention", True)])
+def test_other_kernels_match_pytorch(tiny_model, tmp_path, attention, skip_norms):
+    """The alternatives the benchmark measures (benchmarks/fused_attention.py) compute the same logits."""
+    folder = export(tiny_model, None, tmp_path, attention=attention, skip_norms=skip_norms)
+    counts = ops(folder / "layer_2.onnx")
+    assert counts["SkipLayerNormalization"] == (2 if skip_norms else 0), counts
+    assert counts["Softmax"] == (1 if attention == "lean" else 0), counts
+    assert check_export(tiny_model, OrtMultiExit(folder)) < 1e-4
+
+
+def test_runner_keeps_onnx_runtime_from_fusing_the_layer_norms(tiny_model, tmp_path):
+    """ONNX Runtime would fuse Add + LayerNormalization into its SkipLayerNormalization kernel and
+    Add + Gelu into BiasGelu, both slower on CPU (``onnx_runtime.SLOW_FUSIONS``): the runner's
+    sessions leave them apart, for our graphs and for the torch-exported ones."""
+    fused = export(tiny_model, None, tmp_path / "fused")
+    kept = ort_ops(fused, "layer_1.onnx")
+    assert kept["LayerNormalization"] == 2 and kept["SkipLayerNormalization"] == 0 and kept["BiasGelu"] == 0, kept
+    assert ort_ops(fused, "layer_1.onnx", disabled_fusions=())["SkipLayerNormalization"] == 2
+    plain = export(tiny_model, None, tmp_path / "torch", layers="torch")
+    assert ort_ops(plain, "layer_1.onnx")["SkipLayerNormalization"] == 0
 
 
 @pytest.mark.parametrize("act,kernel", [("gelu_new", "FastGelu"), ("relu", "Relu"), ("silu", "Sigmoid")])

@@ -81,14 +81,19 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outpu
 LAYERS = ("fused", "torch")
 
 
-def export(model: MultiExitBert, checkpoint: str | Path | None, output: str | Path, layers: str = "fused") -> Path:
+def export(model: MultiExitBert, checkpoint: str | Path | None, output: str | Path, layers: str = "fused",
+           attention: str | None = None, skip_norms: bool = False) -> Path:
     """Write the graphs, ``onnx_meta.json``, the tokenizer and the metabert config to ``output``.
 
-    layers: ``fused`` (default) writes each layer with ONNX Runtime's fused kernels (attention, skip
-      layer norm, bias GELU; ``metabert.deploy.fused_layers``) where the model's layers allow it, else
-      falls back to ``torch``: ``torch.onnx.export`` of the layers (about 30 unfused nodes each).
-      ``onnx_meta.json`` records which was written."""
+    layers: ``fused`` (default) writes each layer from its weights with ONNX Runtime's attention
+      kernel (``metabert.deploy.fused_layers``) where the model's layers allow it, else falls back to
+      ``torch``: ``torch.onnx.export`` of the layers (about 30 unfused nodes each).
+      ``onnx_meta.json`` records which was written.
+    attention, skip_norms: the fused layers' attention kernel and norms (``fused_layers.layer``;
+      the defaults measured fastest, the others are there to measure them: benchmarks/fused_attention.py)."""
     from metabert.deploy import fused_layers
+
+    attention = attention or fused_layers.DEFAULT_ATTENTION
 
     family = model.encoder.config.model_type
     if family not in EXPORTABLE:
@@ -109,17 +114,18 @@ def export(model: MultiExitBert, checkpoint: str | Path | None, output: str | Pa
     types = tok.get("token_type_ids", torch.zeros_like(ids))
     seq = {0: "batch", 1: "sequence"}
     with torch.no_grad():
-        _export(_Embed(model, raw_mask=fused), (ids, att, types), output / "embeddings.onnx",
+        raw = fused and fused_layers.raw_mask(attention)
+        _export(_Embed(model, raw_mask=raw), (ids, att, types), output / "embeddings.onnx",
                 ["input_ids", "attention_mask", "token_type_ids"], ["hidden", "mask", "pool"],
                 {"input_ids": seq, "attention_mask": seq, "token_type_ids": seq, "hidden": seq,
-                 "mask": seq if fused else {0: "batch", 3: "sequence"}, "pool": seq})
+                 "mask": seq if raw else {0: "batch", 3: "sequence"}, "pool": seq})
         if fused:
             import onnx
 
             for i in range(model.num_layers):
-                onnx.save(fused_layers.layer_graph(model, i), str(output / f"layer_{i + 1}.onnx"))
-            onnx.save(fused_layers.full_graph(model, onnx.load(str(output / "embeddings.onnx"))),
-                      str(output / "full.onnx"))
+                onnx.save(fused_layers.layer_graph(model, i, attention, skip_norms), str(output / f"layer_{i + 1}.onnx"))
+            embeddings = onnx.load(str(output / "embeddings.onnx"))
+            onnx.save(fused_layers.full_graph(model, embeddings, attention, skip_norms), str(output / "full.onnx"))
         else:
             _export_torch_layers(model, output, (ids, att, types), seq)
     model.tokenizer.save_pretrained(output)
@@ -129,6 +135,7 @@ def export(model: MultiExitBert, checkpoint: str | Path | None, output: str | Pa
         model.save_config_to(output)
     meta = {"num_layers": model.num_layers, "num_labels": model.config.num_labels, "opset": 17, "precision": "fp32",
             "format": FORMAT, "layers": layers,
+            **({"attention": attention, "skip_norms": skip_norms} if fused else {}),
             "graphs": ["embeddings.onnx"] + [f"layer_{i + 1}.onnx" for i in range(model.num_layers)] + ["full.onnx"]}
     (output / META_NAME).write_text(json.dumps(meta, indent=2))
     return output
@@ -146,6 +153,12 @@ def _export_torch_layers(model: MultiExitBert, output: Path, args: tuple, seq: d
             ["input_ids", "attention_mask", "token_type_ids"], ["logits"],
             {"input_ids": seq, "attention_mask": seq, "token_type_ids": seq, "logits": {0: "batch"}})
 
+
+# ONNX Runtime graph fusions left out of our sessions: on CPU their kernels are slower than what
+# they replace (one layer norm of 25 x 384 floats, 1 thread: SkipLayerNormalization 48 µs, Add +
+# LayerNormalization 12; BiasGelu 33 µs, Add + Gelu 27 on 25 x 1536; benchmarks/fused_attention.py
+# measures each layer graph both ways)
+SLOW_FUSIONS = ("SkipLayerNormFusion", "BiasGeluFusion")
 
 _POOL: dict = {}
 
@@ -177,7 +190,8 @@ class OrtMultiExit:
     """ONNX Runtime sessions over an exported folder: a ``metabert.engine.Runner`` (``engine.run``
     drives its early exit; ``engine.run_full`` its full model)."""
 
-    def __init__(self, directory: str | Path, threads: int | None = None, fused: bool = True):
+    def __init__(self, directory: str | Path, threads: int | None = None, fused: bool = True,
+                 disabled_fusions: tuple[str, ...] = SLOW_FUSIONS):
         import onnxruntime as ort
         from transformers import AutoTokenizer
 
@@ -211,10 +225,11 @@ class OrtMultiExit:
 
         options = make_options()
 
-        def session(name):
-            return ort.InferenceSession(str(directory / name), options, providers=["CPUExecutionProvider"])
+        def session(name, session_options=options):
+            return ort.InferenceSession(str(directory / name), session_options, providers=["CPUExecutionProvider"],
+                                        disabled_optimizers=list(disabled_fusions))
 
-        self._make_options, self._directory = make_options, directory
+        self._make_options, self._directory, self._session = make_options, directory, session
         self.fused = fused  # batch 1 through one graph per threshold policy (metabert.onnx_fused)
         self._fused_sessions: dict = {}
 
@@ -297,8 +312,7 @@ class OrtMultiExit:
             graphs = []
             for name in self.meta["graphs"][: 1 + self.num_layers]:
                 target = str(Path(tmp) / name)
-                ort.InferenceSession(str(self._directory / name), self._make_options(optimized_path=target),
-                                     providers=["CPUExecutionProvider"])
+                self._session(name, self._make_options(optimized_path=target))
                 graphs.append(onnx.load(target))
         graph = build(graphs, self.meta, policy_name).SerializeToString()
         options = self._make_options(ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
