@@ -249,22 +249,50 @@ def category(name: str, op: str) -> str:
     return "other"
 
 
+def bare_call_us(feeds: list[dict], repeats: int) -> float:
+    """Median µs of a session call that does nothing (Identity) on the same inputs as a layer graph:
+    the Python call, binding the inputs and returning one output of the hidden state's size."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    first = feeds[0]
+    kinds = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.int32): TensorProto.INT32}
+    inputs = [helper.make_tensor_value_info(name, kinds[value.dtype], [None] * value.ndim) for name, value in first.items()]
+    nodes = [helper.make_node("Identity", ["hidden"], ["hidden_out"])]
+    nodes += [helper.make_node("Identity", [name], [f"{name}_out"]) for name in first if name != "hidden"]
+    outputs = [helper.make_tensor_value_info(n.output[0], kinds[first[n.input[0]].dtype], None) for n in nodes]
+    model = helper.make_model(helper.make_graph(nodes, "bare", inputs, outputs),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    options = ort.SessionOptions()
+    options.use_per_session_threads = False
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    walls = []
+    for _ in range(repeats):
+        for f in feeds:
+            start = time.perf_counter()
+            session.run(["hidden_out"], f)
+            walls.append(time.perf_counter() - start)
+    return float(np.median(walls) * 1e6)
+
+
 def profile_layer(path: Path, feeds: list[dict], repeats: int, tmp: Path,
                   disabled: tuple = SLOW_FUSIONS) -> dict:
-    """µs per call of each kernel (median over calls) from ONNX Runtime's profiler, summed by
-    category; the profiled ``model_run`` and the unprofiled wall time of the same calls (medians)."""
+    """One layer graph at batch 1 under ONNX Runtime's profiler: per run, µs of each kernel summed
+    by category, and the run's own time beyond its kernels (the executor between them); medians
+    over runs. Beside them the median unprofiled call and the cost of a call that does nothing."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.use_per_session_threads = False  # the shared pool, as the runners
-    options.enable_profiling = True
-    options.profile_file_prefix = str(tmp / f"profile-{path.parent.name}")
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
-                                   disabled_optimizers=list(disabled))
-    plain_options = ort.SessionOptions()
-    plain_options.use_per_session_threads = False
-    plain = ort.InferenceSession(str(path), plain_options, providers=["CPUExecutionProvider"],
-                                 disabled_optimizers=list(disabled))
+    def make(profile: bool):
+        options = ort.SessionOptions()
+        options.use_per_session_threads = False  # the shared pool, as the runners
+        if profile:
+            options.enable_profiling = True
+            options.profile_file_prefix = str(tmp / f"profile-{path.parent.name}")
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
+                                    disabled_optimizers=list(disabled))
+
+    session, plain = make(True), make(False)
     for f in feeds[:10]:
         plain.run(None, f)
     walls = []
@@ -275,28 +303,31 @@ def profile_layer(path: Path, feeds: list[dict], repeats: int, tmp: Path,
             plain.run(None, f)
             walls.append(time.perf_counter() - start)
     events = json.loads(Path(session.end_profiling()).read_text())
-    per_node: dict = collections.defaultdict(list)
-    runs = []
+    runs, current = [], None
+    for e in sorted(events, key=lambda e: e["ts"]):
+        if e.get("cat") == "Session" and e["name"] == "model_run":
+            # a run's event is written when it ends: its kernels are the ones inside its span
+            runs.append({"start": e["ts"], "end": e["ts"] + e["dur"], "dur": e["dur"], "kernels": []})
+    runs.sort(key=lambda r: r["start"])
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            per_node[(e.get("args", {}).get("op_name", ""), e["name"][: -len("_kernel_time")])].append(e["dur"])
-        elif e.get("cat") == "Session" and e["name"] == "model_run":
-            runs.append(e["dur"])
-    medians = {key: float(np.median(v)) for key, v in per_node.items()}
-    fastest = {key: float(np.min(v)) for key, v in per_node.items()}
-    per_cat: dict = collections.defaultdict(float)
-    for (op, node), us in medians.items():
-        per_cat[category(node, op)] += us
-    return {"graph": path.name, "calls": len(runs), "nodes": len(medians),
-            "kernel_us_by_category": {k: v for k, v in sorted(per_cat.items(), key=lambda x: -x[1])},
-            "kernel_us_by_node": {f"{op} {node}": v for (op, node), v in sorted(medians.items(), key=lambda x: -x[1])},
-            "kernels_us": sum(medians.values()), "kernels_us_min": sum(fastest.values()),
-            "profiled_model_run_us": float(np.median(runs)),
-            "unprofiled_wall_us": float(np.median(walls) * 1e6), "unprofiled_wall_us_min": float(np.min(walls) * 1e6),
-            # what a call costs besides its kernels: the executor between them and the Python call
-            # (fastest unprofiled call against the sum of each kernel's fastest profiled run, which
-            # the profiler's own timestamps inflate a little: a low estimate)
-            "call_overhead_us": float(np.min(walls) * 1e6 - sum(fastest.values()))}
+            node, op = e["name"][: -len("_kernel_time")], e.get("args", {}).get("op_name", "")
+            current = next((r for r in runs if r["start"] <= e["ts"] <= r["end"]), None)
+            if current is not None:
+                current["kernels"].append((op, node, e["dur"]))
+    runs = [r for r in runs if r["kernels"]][min(10, len(feeds)):]  # without the first calls
+    categories = sorted({category(node, op) for r in runs for op, node, _ in r["kernels"]})
+    per_cat = {c: float(np.median([sum(d for op, node, d in r["kernels"] if category(node, op) == c) for r in runs]))
+               for c in categories}
+    kernels = [sum(d for _, _, d in r["kernels"]) for r in runs]
+    return {"graph": path.name, "runs": len(runs), "kernels_per_run": len(runs[0]["kernels"]) if runs else 0,
+            "kernel_us_by_category": dict(sorted(per_cat.items(), key=lambda x: -x[1])),
+            "kernels_us": float(np.median(kernels)),
+            "executor_us": float(np.median([r["dur"] - k for r, k in zip(runs, kernels)])),
+            "profiled_run_us": float(np.median([r["dur"] for r in runs])),
+            "unprofiled_call_us": float(np.median(walls) * 1e6),
+            "unprofiled_call_us_min": float(np.min(walls) * 1e6),
+            "bare_call_us": bare_call_us(feeds, repeats)}
 
 
 # ------------------------------------------------------------------------------ machine limits
@@ -573,9 +604,10 @@ def page(r: dict) -> str:
     lines += ["", f"## Profile of INT8 layer {lb['layer']} at batch 1 (µs per call, ONNX Runtime profiler)", ""]
     for name, p in r["profile_batch1"].items():
         parts = ", ".join(f"{k} {v:.1f}" for k, v in p["kernel_us_by_category"].items())
-        lines.append(f"- {name} ({p['nodes']} kernels, medians): {parts}; all kernels {p['kernels_us']:.1f}; "
-                     f"fastest call {p['unprofiled_wall_us_min']:.1f} against its kernels' fastest runs "
-                     f"{p['kernels_us_min']:.1f}: {p['call_overhead_us']:.1f} of executor and call overhead")
+        lines.append(f"- {name} ({p['kernels_per_run']} kernels; medians over {p['runs']} runs): {parts}; all kernels "
+                     f"{p['kernels_us']:.1f}, the executor between them {p['executor_us']:.1f} (profiled run "
+                     f"{p['profiled_run_us']:.1f}); unprofiled call {p['unprofiled_call_us']:.1f}, of which a call "
+                     f"that does nothing with the same inputs costs {p['bare_call_us']:.1f}")
     m = lb["machine"]
     lines += ["", "## Lower bound of that layer", "",
               (f"{lb['int8_macs'] / 1e6:.2f} M INT8 MACs + {lb['fp32_macs'] / 1e6:.3f} M fp32 MACs, "
