@@ -49,7 +49,7 @@ def run(args) -> int:
     out = export_for(model, args.checkpoint, runner, args.output, config, batches)
     diff = check_export(model, OrtMultiExit(out))
     print(f"exported {model.num_layers} layers with their exits to {out} (the {runner} runner); "
-          f"max |PyTorch - ONNX Runtime| over every exit's logits: {diff:.2e}")
+          f"max |PyTorch - ONNX Runtime| over every exit's logits and the full graph's: {diff:.2e}")
     if args.quantize:
         print(f"INT8 ({config.method}{', per channel' if config.per_channel else ''}) logits differ by design "
               "from the fp32 ones, so the INT8 runner gets its own γ")

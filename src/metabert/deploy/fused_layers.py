@@ -1,22 +1,26 @@
-"""BERT-layout layers written with ONNX Runtime's fused contrib kernels.
+"""BERT-layout layers written from their weights, with ONNX Runtime's fused attention.
 
 ``torch.onnx.export`` of a transformers-5 BERT layer gives ONNX Runtime about 30 small nodes per
 layer and no pattern its transformer optimizer turns into fused attention (the export scales Q and K
 each by d^-1/4, adds a Reshape before the output transpose, and our layer graphs took a ready additive
-mask). Here each layer is written directly from its weights with the kernels ONNX Runtime has for a
-BERT layer (domain ``com.microsoft``):
+mask). Here each layer is written directly from its weights (``layer``):
 
-* ``Attention``: packed Q/K/V projection, scaled dot product over the heads, softmax with the (B, T)
-  0/1 ``mask`` (int32, 0 on padding), heads merged: one node instead of about 20;
-* ``SkipLayerNormalization``: output projection's bias + residual + LayerNorm, twice per layer;
-* ``BiasGelu`` (erf GELU, ``gelu``) or ``FastGelu`` (tanh GELU, ``gelu_new`` and its aliases) after
-  the intermediate projection; ReLU and SiLU as plain nodes.
+* ``Attention`` (domain ``com.microsoft``): packed Q/K/V projection, scaled dot product over the
+  heads, softmax with the (B, T) 0/1 ``mask`` (int32, 0 on padding), heads merged: one node instead
+  of about 20; ``quantize_dynamic`` makes it ``QAttention``;
+* output projections as ``MatMul`` + bias ``Add`` (INT8: ``MatMulInteger``, which ONNX Runtime fuses
+  with the bias into one ``DynamicQuantizeMatMul``), the residual ``Add`` and ``LayerNormalization``;
+* the intermediate activation: ``Gelu`` (erf, ``gelu``), ``FastGelu`` (tanh: ``gelu_new`` and its
+  aliases), ReLU or SiLU.
 
-Projections stay plain ``MatMul`` on constant weights, so ``quantize_dynamic`` turns them into INT8
-``MatMulInteger`` (fused by ONNX Runtime into ``DynamicQuantizeMatMul``) and ``Attention`` into
-``QAttention``. Exit heads are written as the torch export writes them (``Gemm``), so that dynamic
-quantization treats them as it treated the earlier export's (it rewrites each as an INT8 MatMul and
-an Add).
+The layer norms are not ONNX Runtime's ``SkipLayerNormalization`` nor the GELU its ``BiasGelu``:
+on CPU those kernels are slower than the plain ops (benchmarks/ort_kernels.py; ``skip_norms=True``
+writes them, to measure), and the runner keeps ONNX Runtime from fusing them back
+(``metabert.onnx_runtime.SLOW_FUSIONS``). ``ATTENTION_KERNELS`` lists the attention alternatives
+benchmarks/fused_attention.py measures: ``MultiHeadAttention`` (one QKV MatMul, a Split and that
+kernel) and ``lean`` (plain ops, one QKV MatMul with the 1/sqrt(d) folded into it, the additive mask).
+Exit heads are written as the torch export writes them (``Gemm``), so that dynamic quantization
+treats them as it treated the earlier export's (it rewrites each as an INT8 MatMul and an Add).
 
 ``unsupported`` says why a model cannot be written this way (another family, relative position
 attention, a decoder, an activation without a kernel here); ``metabert.onnx_runtime.export`` then
@@ -162,9 +166,10 @@ def exit_head(g: _Graph, head, pooling: str, hidden: str, pool: str | None, out:
     logits' name (B, C), ``out`` if given."""
     if pooling == "cls":
         pooled = g.node("Gather", [hidden, g.const("first", np.array(0), np.int64)], "pooled", axis=1)
-    else:
-        weighted = g.node("Mul", [hidden, pool], "weighted")
-        pooled = g.node("ReduceSum", [weighted, g.const("sequence_axis", [1], np.int64)], "pooled", keepdims=0)
+    else:  # the weighted sum over positions as one product, (B, 1, T) x (B, T, H), then (B, H)
+        # (batch 1: 2 µs against 6 for Mul + ReduceSum)
+        weighted = g.node("FusedMatMul", [pool, hidden], "weighted", domain=MS, transA=1)
+        pooled = g.node("Reshape", [weighted, g.const("pooled_shape", [0, -1], np.int64)], "pooled")
     if head.dense is not None:
         dense = g.node("Gemm", [pooled, g.const("dense_weight", head.dense.weight),
                                 g.const("dense_bias", head.dense.bias)], "dense", transB=1)
