@@ -236,7 +236,7 @@ def summarise(times: dict) -> dict:
 # ------------------------------------------------------------------------------ profile
 def category(name: str, op: str) -> str:
     low = name.lower()
-    if "exit" in low:
+    if "exit" in low or (op in ("Mul", "ReduceSum") and "layer" not in low):  # torch: pooling outside the layer
         return "exit head"
     if op in ("SkipLayerNormalization", "LayerNormalization") or "norm" in low or "residual" in low:
         return "layer norms and residual adds"
@@ -244,7 +244,7 @@ def category(name: str, op: str) -> str:
         return "attention output projection"
     if op in ("Attention", "QAttention", "Softmax") or "attention" in low or name == "hidden_QuantizeLinear":
         return "attention (QKV projection, scores, context)"
-    if any(k in low for k in ("intermediate", "activation", "output")):
+    if op in ("Gelu", "BiasGelu", "FastGelu") or any(k in low for k in ("intermediate", "activation", "output")):
         return "FFN (two projections + GELU)"
     return "other"
 
@@ -320,8 +320,14 @@ def profile_layer(path: Path, feeds: list[dict], repeats: int, tmp: Path,
     per_cat = {c: float(np.median([sum(d for op, node, d in r["kernels"] if category(node, op) == c) for r in runs]))
                for c in categories}
     kernels = [sum(d for _, _, d in r["kernels"]) for r in runs]
+    per_node: dict = collections.defaultdict(list)
+    for r in runs:
+        for op, node, d in r["kernels"]:
+            per_node[f"{op} {node}"].append(d)
     return {"graph": path.name, "runs": len(runs), "kernels_per_run": len(runs[0]["kernels"]) if runs else 0,
             "kernel_us_by_category": dict(sorted(per_cat.items(), key=lambda x: -x[1])),
+            "kernel_us_by_node": {k: float(np.median(v)) for k, v in
+                                  sorted(per_node.items(), key=lambda x: -float(np.median(x[1])))},
             "kernels_us": float(np.median(kernels)),
             "executor_us": float(np.median([r["dur"] - k for r, k in zip(runs, kernels)])),
             "profiled_run_us": float(np.median([r["dur"] for r in runs])),
