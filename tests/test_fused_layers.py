@@ -57,7 +57,7 @@ def test_fused_layers_match_pytorch_for_each_pooling_and_head(tmp_path, pooling,
     assert check_export(model, runtime) < 1e-4  # every exit and the full graph, on a padded batch
 
 
-def test_full_graph_and_batch1_graph_match_pytorch_on_unpadded_and_padded_rows(tiny_model, tmp_path):
+def test_full_graph_and_every_exit_match_pytorch_padded_and_alone(tiny_model, tmp_path):
     runtime = OrtMultiExit(export(tiny_model, None, tmp_path))
     enc = dict(tiny_model.tokenizer(SENTENCES, padding=True, return_tensors="pt"))
     assert not enc["attention_mask"].all()
