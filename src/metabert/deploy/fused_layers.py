@@ -130,31 +130,17 @@ def attach(head: onnx.ModelProto, prefix: str, hidden: str):
     ``logits``) to be joined to a graph where its hidden state is ``hidden``: its inner names put under
     ``prefix``, its inputs and its output keeping theirs. Returns (nodes, initializers, value infos,
     inputs other than ``hidden``)."""
+    from metabert.deploy.onnx_fused import renamed
+
     graph = head.graph
-    keep = {i.name for i in graph.input} | {o.name for o in graph.output} | {""}
-
-    def name(n: str) -> str:
-        return hidden if n == "hidden" else n if n in keep else prefix + n
-
-    nodes = []
-    for node in graph.node:
-        copy = onnx.NodeProto()
-        copy.CopyFrom(node)
-        copy.name = prefix + (node.name or node.op_type)
-        copy.input[:] = [name(n) for n in node.input]
-        copy.output[:] = [name(n) for n in node.output]
-        nodes.append(copy)
-    inits = []
-    for init in graph.initializer:
-        copy = onnx.TensorProto()
-        copy.CopyFrom(init)
-        copy.name = name(init.name)
-        inits.append(copy)
+    kept = {n: n for n in [i.name for i in graph.input] + [o.name for o in graph.output]}
+    outer = {**kept, "hidden": hidden}
+    nodes, inits, _ = renamed(graph, prefix, outer)
     infos = []
     for info in graph.value_info:
         copy = onnx.ValueInfoProto()
         copy.CopyFrom(info)
-        copy.name = name(info.name)
+        copy.name = outer.get(info.name, prefix + info.name)
         infos.append(copy)
     return nodes, inits, infos, [i for i in graph.input if i.name != "hidden"]
 

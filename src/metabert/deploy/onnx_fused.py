@@ -24,19 +24,19 @@ from onnx import TensorProto, helper
 FUSED_POLICIES = ("entropy", "norm-entropy", "max-prob")
 
 
-def _renamed(graph: onnx.GraphProto, prefix: str, inputs: dict[str, str]) -> tuple[list, list, dict[str, str]]:
-    """The nodes and initializers of ``graph`` with every name prefixed, its inputs wired to the
-    outer names in ``inputs``; returns (nodes, initializers, {output name: new name})."""
+def renamed(graph: onnx.GraphProto, prefix: str, inputs: dict[str, str]) -> tuple[list, list, dict[str, str]]:
+    """Copies of the nodes and initializers of ``graph`` with every name prefixed, except the names in
+    ``inputs``, which are wired to the outer names given there (its inputs, or any name to keep);
+    returns (nodes, initializers, {output name: new name}). One home for inlining an exported graph
+    into another (this module, ``single_file``, ``fused_layers``)."""
     def name(n: str) -> str:
-        if not n:
-            return n
-        return inputs.get(n, prefix + n)
+        return inputs.get(n, prefix + n) if n else n
 
     nodes = []
     for node in graph.node:
         new = onnx.NodeProto()
         new.CopyFrom(node)
-        new.name = prefix + node.name
+        new.name = prefix + (node.name or node.op_type)
         new.input[:] = [name(n) for n in node.input]
         new.output[:] = [name(n) for n in node.output]
         nodes.append(new)
@@ -44,9 +44,9 @@ def _renamed(graph: onnx.GraphProto, prefix: str, inputs: dict[str, str]) -> tup
     for init in graph.initializer:
         new = onnx.TensorProto()
         new.CopyFrom(init)
-        new.name = prefix + init.name
+        new.name = name(init.name)
         inits.append(new)
-    return nodes, inits, {o.name: prefix + o.name for o in graph.output}
+    return nodes, inits, {o.name: name(o.name) for o in graph.output}
 
 
 def _exit_test(policy: str, logits: str, num_labels: int, prefix: str) -> tuple[list, list, str]:
@@ -95,12 +95,12 @@ def build(graphs: list[onnx.ModelProto], meta: dict, policy: str) -> onnx.ModelP
             opsets[o.domain] = max(opsets.get(o.domain, 0), o.version)
 
     feeds = {n: n for n in ("input_ids", "attention_mask", "token_type_ids")}
-    nodes, inits, state = _renamed(embed.graph, "e/", feeds)  # state: every embeddings output by its new name
+    nodes, inits, state = renamed(embed.graph, "e/", feeds)  # state: every embeddings output by its new name
 
     def block(i: int) -> tuple[list, list, str, str]:
         """Layers i..L (0-based i) after hidden state ``h{i}``: (nodes, initializers, logits, layer)."""
         outer = {**state, "hidden": f"h{i}"}  # a layer graph's inputs are the embeddings graph's outputs
-        nodes, inits, out = _renamed(layers[i].graph, f"l{i + 1}/", outer)
+        nodes, inits, out = renamed(layers[i].graph, f"l{i + 1}/", outer)
         nodes.append(helper.make_node("Identity", [out["hidden_out"]], [f"h{i + 1}"]))
         logits = out["logits"]
         if i == len(layers) - 1:

@@ -86,23 +86,12 @@ def _inline(graph: onnx.GraphProto, prefix: str, inputs: dict[str, str],
     the like) check; inlined without them, they did not fuse, and INT8 logits moved by ~1e-3. The
     initializers stay with the nodes, in the branch that runs them: read from an enclosing graph,
     ONNX Runtime did not pre-pack them, and batch 1 ran 1.2x slower."""
+    from metabert.deploy.onnx_fused import renamed
+
     def name(n: str) -> str:
         return inputs.get(n, prefix + n) if n else n
 
-    nodes = []
-    for node in graph.node:
-        new = onnx.NodeProto()
-        new.CopyFrom(node)
-        new.name = prefix + node.name
-        new.input[:] = [name(n) for n in node.input]
-        new.output[:] = [name(n) for n in node.output]
-        nodes.append(new)
-    inits = []
-    for init in graph.initializer:
-        new = onnx.TensorProto()
-        new.CopyFrom(init)
-        new.name = prefix + init.name
-        inits.append(new)
+    nodes, inits, _ = renamed(graph, prefix, inputs)
     stored = {init.name for init in graph.initializer}
     infos = []
     for info in list(graph.value_info) + list(graph.output):  # outputs too: what the next graph reads
