@@ -275,3 +275,32 @@ def test_the_single_file_refuses_a_layer_state_it_does_not_carry(exports, family
     _, folder = exports(family, "base")
     with pytest.raises(ValueError, match=r"carries the BERT layout's layer state.*metabert serve --onnx"):
         write(folder)
+
+
+@pytest.mark.parametrize("family", ["bert", "distilbert"])
+def test_a_retrofitted_classifier_int8_export_serves_its_label_names(classifiers, family, tmp_path):  # noqa: F811
+    """``metabert retrofit`` on a tiny classifier of the family, ``export --quantize int8`` (the INT8
+    runner calibrated against the original fp32 answers), then the server over that runner: answers
+    carry the classifier's own label names."""
+    from fastapi.testclient import TestClient
+
+    from metabert.deploy.runners import load_runner
+    from metabert.deploy.server.app import create_app
+    from test_heads import LABELS
+
+    texts = tmp_path / "texts.txt"
+    words = "good bad great awful fine dull film plot actor story boring lovely weak strong".split()
+    gen = np.random.default_rng(0)
+    texts.write_text("".join(" ".join(gen.choice(words, gen.integers(2, 10))) + "\n" for _ in range(1200)))
+    ck, int8 = tmp_path / "ck", tmp_path / "int8"
+    assert main(["retrofit", "--model", str(classifiers[family]), "--texts", str(texts), "--output", str(ck),
+                 "--consistency", "0.9", "--no-progress"]) == 0  # a promise 240 held-out texts can certify
+    assert main(["export", "--checkpoint", str(ck), "--output", str(int8), "--quantize", "int8", "--no-progress"]) == 0
+    model = MultiExitBert.from_pretrained(ck)
+    assert model.config.exit_policy["runners"]["ort-int8"]["promise"]["compared_with"] == "the fp32 model"
+    runner = load_runner(None, model, int8)
+    assert runner.name == "ort-int8"
+    with TestClient(create_app(model, runner=runner)) as client:
+        body = client.post("/predict", json={"texts": ["a fine film", "awful plot", "good story"]}).json()
+    assert len(body["results"]) == 3
+    assert all(r["label"] in LABELS.values() and 1 <= r["exit_layer"] <= model.num_layers for r in body["results"])
