@@ -103,6 +103,39 @@ def policies(runner, inputs, name: str, count: int = 3) -> list:
     return found
 
 
+def stepped(runner, inputs, policy):
+    """The engine's early exit layer by layer (not the runner's one-call graphs): the reference."""
+    runner.fused = False
+    try:
+        return engine.run(runner, inputs, policy)
+    finally:
+        runner.fused = True
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_the_runners_batched_one_call_path_takes_the_stepped_engines_exits(model, runners, precision):
+    """``OrtMultiExit.early_exit_many`` (the engine's path for several rows: this folder's single-file
+    graph built in memory) leaves each row where the layer-by-layer engine does, with its logits,
+    for every rule; one row, or ``fused=False``, declines."""
+    runner = runners[precision]
+    inputs = pad_all(encoded(model), model.tokenizer.pad_token_id)
+    for name in POLICIES:
+        for policy in policies(runner, inputs, name, count=2):
+            want = stepped(runner, inputs, policy)
+            got = runner.early_exit_many(inputs, policy)
+            assert got is not None and torch.equal(got.exit_layer, want.exit_layer), (name, policy.describe())
+            scale = 1.0 if precision == "fp32" else float(want.logits.abs().max())
+            assert float((got.logits - want.logits).abs().max()) <= LOGIT_TOL["fp32"] * scale
+            assert engine.run(runner, inputs, policy).exit_layer.tolist() == want.exit_layer.tolist()
+    one = {k: v[:1] for k, v in inputs.items()}
+    assert runner.early_exit_many(one, policy) is None
+    runner.fused = False
+    try:
+        assert runner.early_exit_many(inputs, policy) is None
+    finally:
+        runner.fused = True
+
+
 def batch_job(inputs, index=None) -> dict:
     size = inputs["input_ids"].shape[0]
     job = {"index": list(range(size)) if index is None else [int(i) for i in index]}
@@ -155,7 +188,7 @@ def test_plain_onnxruntime_takes_the_engines_exits(model, folders, runners, prec
         for k, policy in enumerate(chosen):
             feed = {"threshold": policy.threshold if policy.parameter == "threshold" and k else None,
                     "patience": policy.patience if name.startswith("patience") and k else None}
-            batched = engine.run(runner, inputs, policy)
+            batched = stepped(runner, inputs, policy)
             runs.append({**feed, "batches": [batch_job(inputs)]})
             runs.append({**feed, "batches": [batch_job(fixed)]})
             expected += [batched, batched]

@@ -103,6 +103,7 @@ class OrtMultiExit:
         self.session_options, self.directory = make_options, directory
         self.fused = fused  # batch 1 through one graph per threshold policy (metabert.deploy.onnx_fused)
         self._fused_sessions: dict = {}
+        self._batched_sessions: dict = {}  # batches of several rows in one call (early_exit_many)
 
         self.embeddings = session("embeddings.onnx")
         self._token_inputs = [i.name for i in self.embeddings.get_inputs()]  # DistilBERT, ModernBERT: no token types
@@ -186,6 +187,46 @@ class OrtMultiExit:
         feeds["threshold"] = np.array(policy.threshold, dtype=np.float32)
         logits, layer = session.run(None, feeds)
         return ExitResult(logits=torch.from_numpy(logits), exit_layer=torch.from_numpy(layer.reshape(1)))
+
+    def early_exit_many(self, inputs, policy):
+        """The whole early exit of a batch of several rows in one session call: the single file's
+        batched graph (``metabert.deploy.single_file.build`` without its batch-1 path) built from this
+        folder's graphs, in which the rows that leave after a layer are cut from the batch as the
+        engine cuts them (same rows, same shapes: the same logits); no Python between the layers.
+        None where it does not apply (a folder whose layer state the graph does not carry, a rule
+        it does not have, one row, ``fused=False``), and the engine steps layer by layer."""
+        from metabert.deploy.single_file import POLICIES, carries
+
+        batch = int(inputs["input_ids"].shape[0])
+        if not self.fused or batch < 2 or policy.name not in POLICIES or not carries(self.meta):
+            return None
+        from metabert.engine.loop import ExitResult
+
+        session = self._batched_sessions.get(policy.name)
+        if session is None:
+            session = self._batched_sessions[policy.name] = self._batched_session(policy)
+        feeds = self.feeds(inputs)
+        names = {i.name for i in [*session.get_inputs(), *session.get_overridable_initializers()]}
+        feeds = {k: v for k, v in feeds.items() if k in names}
+        if "threshold" in names:
+            feeds["threshold"] = np.array(policy.threshold, dtype=np.float32)
+        if "patience" in names:
+            feeds["patience"] = np.array(policy.patience, dtype=np.int64)
+        logits, layers = session.run(["logits", "exit_layer"], feeds)
+        return ExitResult(logits=torch.from_numpy(logits), exit_layer=torch.from_numpy(layers.reshape(-1)))
+
+    def _batched_session(self, policy):
+        import onnx
+        import onnxruntime as ort
+
+        from metabert.deploy.single_file import build
+
+        graphs = [onnx.load(str(self.directory / n)) for n in self.meta["graphs"][: 1 + self.num_layers]]
+        graph = build(graphs, self.meta["num_labels"], policy, batch_one=False).SerializeToString()
+        options = self.session_options()
+        options.log_severity_level = 3  # not the notice that the rule's settings are inputs with defaults
+        return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"],
+                                    disabled_optimizers=list(SLOW_FUSIONS))
 
     def _fused_session(self, policy_name: str, build):
         """The fused graph composed from the graphs as ONNX Runtime optimised them for the per-layer

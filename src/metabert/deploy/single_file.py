@@ -385,6 +385,14 @@ def build(graphs: list[onnx.ModelProto], num_labels: int, policy: ExitPolicy,
     return model
 
 
+def carries(meta: dict) -> bool:
+    """Whether the single graph can carry an exported folder's layer state (its ``onnx_meta.json``)
+    from layer to layer: the BERT layout's ``mask`` (additive (B, 1, 1, T), or fused attention's
+    (B, T)) and ``pool``."""
+    state = meta.get("state", {})
+    return sorted(state) == ["mask", "pool"] and state["mask"]["sequence_axes"] in ([3], [1])
+
+
 def contrib_ops(model: onnx.ModelProto) -> list[str]:
     """The operators of ``model`` (subgraphs included) outside the standard ONNX domain, as
     ``domain:Op``."""
@@ -490,11 +498,8 @@ def write(folder: str | Path, output: str | Path | None = None, policy: ExitPoli
         raise FileNotFoundError(f"{folder} is not an exported metabert ONNX folder (no {META_NAME}); "
                                 "run `metabert export` first")
     meta = json.loads((folder / META_NAME).read_text())
-    state = meta.get("state", {})
-    carried = sorted(state)
-    # an additive (B, 1, 1, T) mask, or fused attention's (B, T) one
-    bert_layout = carried == ["mask", "pool"] and state["mask"]["sequence_axes"] in ([3], [1])
-    if not bert_layout:  # the layers' state this graph cuts and carries row by row
+    carried = sorted(meta.get("state", {}))
+    if not carries(meta):  # the layers' state this graph cuts and carries row by row
         raise ValueError(f"{folder}: the single file carries the BERT layout's layer state (mask, pool) from layer to "
                          f"layer; this export's layers read {carried or 'another state'} ({meta.get('family', '?')}). "
                          "Serve it with the per-layer runner (`metabert serve --onnx`), which every family has")

@@ -109,7 +109,9 @@ def _run(runner: Runner, inputs: dict[str, Any], policy: ExitPolicy) -> ExitResu
     whole = getattr(runner, "early_exit_all", None)  # the whole early exit in one call, at any batch size
     if whole is not None:
         return whole(inputs, policy)
-    fused = getattr(runner, "early_exit_one", None) if batch == 1 else None
+    # the runner's own one-call paths: batch 1 (``early_exit_one``), several rows (``early_exit_many``);
+    # either may decline (None) and the loop below steps layer by layer
+    fused = getattr(runner, "early_exit_one" if batch == 1 else "early_exit_many", None)
     if fused is not None:
         result = fused(inputs, policy)
         if result is not None:
