@@ -304,3 +304,18 @@ def test_a_retrofitted_classifier_int8_export_serves_its_label_names(classifiers
         body = client.post("/predict", json={"texts": ["a fine film", "awful plot", "good story"]}).json()
     assert len(body["results"]) == 3
     assert all(r["label"] in LABELS.values() and 1 <= r["exit_layer"] <= model.num_layers for r in body["results"])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_bench_layer_profile_and_bound_read_any_familys_graphs(exports, family):
+    """``metabert.bench.profile``: one layer graph's kernels by group and its lower bound, from the
+    graph's own weights, for every family's export."""
+    from metabert.bench import profile
+
+    model, folder = exports(family, "base")
+    runner = OrtMultiExit(folder)
+    singles = [encode(model, [text]) for text in TEXTS[:3]]
+    kernels = profile.layer_kernels(runner, singles, count=3, repeats=4)
+    assert kernels["unprofiled_call_us"] > 0 and sum(kernels["kernel_us"].values()) > 0
+    bound = profile.layer_bound(runner, kernels["tokens_mean"], kernels["hidden"])
+    assert bound["macs"] > 0 and bound["bound_us"] == max(bound["memory_us"], bound["compute_us"]) > 0

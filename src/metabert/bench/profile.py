@@ -188,7 +188,7 @@ def layer_kernels(runner, singles: list[dict], index: int = 1, count: int = 100,
               for g in KERNEL_GROUPS}
     kernels = [sum(d for _, _, d in r["kernels"]) for r in runs]
     ops = sorted({op for r in runs for _, op, _ in r["kernels"]})
-    return {"graph": name, "examples": len(feeds), "runs": len(runs),
+    return {"graph": name, "examples": len(feeds), "runs": len(runs), "hidden": int(feeds[0]["hidden"].shape[-1]),
             "tokens_mean": float(np.mean([f["hidden"].shape[1] for f in feeds])),
             "kernels_per_run": len(runs[0]["kernels"]) if runs else 0, "ops": ops,
             "kernel_us": {g: v for g, v in groups.items() if v > 0},
@@ -238,25 +238,27 @@ def _read_rate(nbytes: int, repeats: int = 20) -> float:
     return data.nbytes / best
 
 
-def layer_bound(runner, tokens: float, index: int = 1) -> dict:
-    """The least time one layer graph (``index``, with its exit) can take on this machine at batch 1
-    and ``tokens`` positions: reading its weights once (their bytes over numpy's read rate of an
-    array the size of the whole encoder's weights) or doing its arithmetic (its projections' MACs over
-    ONNX Runtime's best MatMulInteger rate at the FFN's shape for an INT8 graph, MatMul's for fp32,
-    plus the attention scores and context in fp32), whichever is longer."""
+def layer_bound(runner, tokens: float, hidden: int, index: int = 1) -> dict:
+    """The least time one layer graph (``index``, with its exit) can take on this machine at batch 1,
+    ``tokens`` positions and hidden size ``hidden``: reading its weights once (their bytes over numpy's
+    read rate of an array the size of the whole encoder's weights) or doing its arithmetic (every
+    weight matrix once per token, at ONNX Runtime's best MatMulInteger rate at the largest matrix's
+    shape for an INT8 graph, MatMul's for fp32, plus the attention scores and context in fp32),
+    whichever is longer. Any family: the shapes come from the graph's own weights."""
     import onnx
 
     model = onnx.load(str(runner.directory / runner.meta["graphs"][1 + index]))
-    weights = sum(onnx.numpy_helper.to_array(i).nbytes for i in model.graph.initializer)
-    encoder = weights * runner.num_layers
-    hidden, inter = (int(runner.config["backbone_config"][k]) for k in ("hidden_size", "intermediate_size"))
+    arrays = [onnx.numpy_helper.to_array(i) for i in model.graph.initializer]
+    weights = sum(a.nbytes for a in arrays)
+    matrices = [a.shape for a in arrays if a.ndim == 2]
     t = max(1, round(tokens))
     int8 = runner.meta.get("precision") == "int8"
-    projections = t * (4 * hidden * hidden + 2 * hidden * inter)
+    projections = t * sum(int(r) * int(c) for r, c in matrices)
     attention = 2 * t * t * hidden
-    rate = _matmul_rate(t, hidden, inter, int8, runner.session_options)
-    fp32_rate = rate if not int8 else _matmul_rate(t, hidden, inter, False, runner.session_options)
-    read = _read_rate(encoder)
+    k, n = max(matrices, key=lambda shape: shape[0] * shape[1])
+    rate = _matmul_rate(t, int(k), int(n), int8, runner.session_options)
+    fp32_rate = rate if not int8 else _matmul_rate(t, int(k), int(n), False, runner.session_options)
+    read = _read_rate(weights * runner.num_layers)
     memory_us, compute_us = weights / read * 1e6, (projections / rate + attention / fp32_rate) * 1e6
     return {"tokens": t, "weight_bytes": weights, "read_gb_s": read / 1e9, "macs": projections + attention,
             "projection_gmac_s": rate / 1e9, "fp32_gmac_s": fp32_rate / 1e9, "memory_us": memory_us,

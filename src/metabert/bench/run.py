@@ -216,7 +216,8 @@ def bench(checkpoint: str | Path, options: BenchOptions | None = None, progress:
                 profile[runner.name] = profiling.profile_ort(runner, singles, policies[runner.name],
                                                              options.profile_examples)
                 kernels = profiling.layer_kernels(runner, singles, count=options.profile_examples)
-                layer_profile[runner.name] = {**kernels, "bound": profiling.layer_bound(runner, kernels["tokens_mean"])}
+                layer_profile[runner.name] = {**kernels, "bound": profiling.layer_bound(runner, kernels["tokens_mean"],
+                                                                                    kernels["hidden"])}
             elif runner.name.startswith("eager"):
                 profile[runner.name] = profiling.profile_eager(runner, singles, policies[runner.name],
                                                                options.profile_examples)

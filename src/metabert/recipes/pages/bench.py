@@ -127,7 +127,7 @@ def markdown(report: dict, command: str, plot_name: str | None) -> str:
                     f"{bound['weight_bytes'] / 2 ** 20:.2f} MiB of weights at {bound['read_gb_s']:.1f} GB/s (numpy's "
                     f"read of an array the size of the encoder's weights) takes {bound['memory_us']:.1f} µs; its "
                     f"{bound['macs'] / 1e6:.1f} M multiply-accumulates at {bound['projection_gmac_s']:.0f} GMAC/s "
-                    f"(ONNX Runtime's best {'MatMulInteger' if name.endswith('int8') else 'MatMul'} at the FFN's shape; "
+                    f"(ONNX Runtime's best {'MatMulInteger' if name.endswith('int8') else 'MatMul'} at its largest matrix's shape; "
                     f"attention scores in fp32 at {bound['fp32_gmac_s']:.0f}) take {bound['compute_us']:.1f} µs. "
                     f"Bound {bound['bound_us']:.1f} µs; the unprofiled call takes "
                     f"{layer['unprofiled_call_us'] / bound['bound_us']:.1f}x that."]
