@@ -14,6 +14,7 @@ import torch
 
 from conftest import diversify, make_tiny
 from metabert.engine import loop as engine
+from metabert.engine.loop import every_exit
 from metabert.data.batching import pad_all, tokenize
 from metabert.eval.evaluate import candidate_policies
 from metabert.engine.policies import POLICIES, ThresholdPolicy, simulate_exits
@@ -59,15 +60,6 @@ def test_every_registered_runner_is_checked(runners):
         assert runner.name == name
 
 
-def all_exits(runner, inputs) -> torch.Tensor:
-    """(L, B, C) every exit's logits through the runner's own layer steps."""
-    state, out = runner.start(inputs), []
-    for i in range(runner.num_layers):
-        state, logits = runner.step(i, state)
-        out.append(logits.clone())
-    return torch.stack(out)
-
-
 STATISTICS = {name: policy.statistic for name, policy in POLICIES.items() if issubclass(policy, ThresholdPolicy)}
 
 
@@ -93,7 +85,7 @@ def test_run_takes_the_simulated_exits(model, runners, runner_name, name):
     runner = runners[runner_name]
     encoded = tokenize(model.tokenizer, TEXTS, None, 64).encoded
     inputs = pad_all(encoded, model.tokenizer.pad_token_id)
-    logits = all_exits(runner, inputs)
+    logits = every_exit(runner, inputs)
     policies = [with_margin(logits, p) if "int8" in runner_name else p for p in candidate_policies(logits, name)]
     policies = [p for p in policies if len(set(simulate_exits(logits, p).tolist())) > 1]
     assert policies, f"no {name} setting gives a mix of exit layers: the test would prove nothing"
@@ -106,7 +98,7 @@ def test_run_takes_the_simulated_exits(model, runners, runner_name, name):
         assert float((got.logits - taken).abs().max()) <= BATCHED_TOL[runner_name] * scale
         for i in range(len(TEXTS)):  # batch 1 takes the loop's no-bookkeeping path
             alone = pad_all(tokenize(model.tokenizer, [TEXTS[i]], None, 64).encoded, model.tokenizer.pad_token_id)
-            own = all_exits(runner, alone)  # (L, 1, C): this sample's batch-1 logits
+            own = every_exit(runner, alone)  # (L, 1, C): this sample's batch-1 logits
             one = engine.run(runner, alone, policy)
             assert torch.equal(one.exit_layer, simulate_exits(own, policy))
             assert torch.allclose(one.logits, own[one.exit_layer - 1, 0], atol=1e-5)
@@ -123,7 +115,7 @@ def test_run_full_is_the_last_exit(model, runners, runner_name):
     inputs = pad_all(encoded, model.tokenizer.pad_token_id)
     full = engine.run_full(runner, inputs)
     assert (full.exit_layer == runner.num_layers).all()
-    assert torch.allclose(full.logits, all_exits(runner, inputs)[-1], atol=1e-4)
+    assert torch.allclose(full.logits, every_exit(runner, inputs)[-1], atol=1e-4)
 
 
 @pytest.mark.parametrize("runner_name", ["ort", "ort-int8"])

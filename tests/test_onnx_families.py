@@ -15,6 +15,7 @@ import torch
 from metabert.cli import main
 from metabert.data.batching import pad_all, tokenize
 from metabert.engine import loop as engine
+from metabert.engine.loop import every_exit
 from metabert.engine.policies import POLICIES, ThresholdPolicy, entropy, simulate_exits
 from metabert.eval.evaluate import candidate_policies
 from metabert.model.multi_exit import EagerRunner, ExitHead, MultiExitBert
@@ -73,15 +74,6 @@ def encode(model, texts) -> dict:
     return pad_all(tokenize(model.tokenizer, texts, None, 64).encoded, model.tokenizer.pad_token_id)
 
 
-def all_exits(runner, inputs) -> torch.Tensor:
-    """(L, B, C) every exit's logits through the runner's own layer steps."""
-    state, out = runner.start(inputs), []
-    for i in range(runner.num_layers):
-        state, logits = runner.step(i, state)
-        out.append(torch.as_tensor(logits).clone())
-    return torch.stack(out)
-
-
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_export_matches_pytorch(exports, classifiers, family, kind):  # noqa: F811
@@ -100,14 +92,14 @@ def test_export_matches_pytorch(exports, classifiers, family, kind):  # noqa: F8
     with torch.inference_mode():
         every = model(**enc)
         full = model.full_logits(**enc)
-    assert float((all_exits(runtime, enc) - every).abs().max()) < 1e-4
+    assert float((every_exit(runtime, enc) - every).abs().max()) < 1e-4
     assert float((runtime.full(enc) - full).abs().max()) < 1e-4
     one = encode(model, TEXTS[2:3])  # batch 1, no padding (eager's no-mask path)
     with torch.inference_mode():
         assert float((runtime.full(one) - model.full_logits(**one)).abs().max()) < 1e-4
     if kind == "retrofit":  # the last exit is the original classifier
         theirs = library_logits(classifiers[family], enc)
-        assert float((all_exits(runtime, enc)[-1] - theirs).abs().max()) < 1e-4
+        assert float((every_exit(runtime, enc)[-1] - theirs).abs().max()) < 1e-4
 
 
 def centred(logits: torch.Tensor, policy):
@@ -136,10 +128,10 @@ def test_ort_early_exit_takes_the_eager_exits(exports, family, kind):
     model, folder = exports(family, kind)
     eager, ort = EagerRunner(model), OrtMultiExit(folder)
     inputs = encode(model, TEXTS)
-    reference = all_exits(eager, inputs)
-    assert float((all_exits(ort, inputs) - reference).abs().max()) < 1e-4
+    reference = every_exit(eager, inputs)
+    assert float((every_exit(ort, inputs) - reference).abs().max()) < 1e-4
     alone = [encode(model, [text]) for text in TEXTS]
-    alone_reference = [all_exits(eager, one) for one in alone]  # (L, 1, C) each
+    alone_reference = [every_exit(eager, one) for one in alone]  # (L, 1, C) each
     rows = torch.arange(len(TEXTS))
     for name in sorted(POLICIES):
         policies = [centred(reference, p) for p in candidate_policies(reference, name)]
@@ -210,11 +202,11 @@ def test_int8_runs_and_predicts(exports, family, kind, tmp_path):
     assert not torch.equal(got, reference)  # quantized for real
     assert float((got - reference).abs().max()) <= 0.1 * float(reference.abs().max())
     assert float((got.argmax(-1) == reference.argmax(-1)).float().mean()) >= 0.75
-    policy = POLICIES["entropy"](float(entropy(all_exits(runtime, inputs)[:-1]).median()))
+    policy = POLICIES["entropy"](float(entropy(every_exit(runtime, inputs)[:-1]).median()))
     for text in TEXTS:
         one = encode(model, [text])
         result = engine.run(runtime, one, policy)
-        assert torch.equal(result.exit_layer, simulate_exits(all_exits(runtime, one), policy))
+        assert torch.equal(result.exit_layer, simulate_exits(every_exit(runtime, one), policy))
 
 
 def test_distilbert_checkpoint_exports_predicts_and_serves(folders, tmp_path, capsys):  # noqa: F811

@@ -24,7 +24,8 @@ from conftest import diversify, make_tiny
 
 pytest.importorskip("onnxruntime")
 
-from metabert.engine import loop as engine# noqa: E402
+from metabert.engine import loop as engine  # noqa: E402
+from metabert.engine.loop import every_exit  # noqa: E402
 from metabert.data.batching import collate, eval_batches, pad_all, tokenize  # noqa: E402
 from metabert.cli import main  # noqa: E402
 from metabert.deploy import single_file  # noqa: E402
@@ -77,19 +78,11 @@ def encoded(model):
     return tokenize(model.tokenizer, TEXTS, None, 64).encoded
 
 
-def all_exits(runner, inputs) -> torch.Tensor:
-    state, out = runner.start(inputs), []
-    for i in range(runner.num_layers):
-        state, logits = runner.step(i, state)
-        out.append(logits.clone())
-    return torch.stack(out)
-
-
 def policies(runner, inputs, name: str, count: int = 3) -> list:
     """Up to ``count`` settings of rule ``name`` under which this batch leaves at more than one exit;
     thresholds in the middle of the widest gaps between the statistics of every row at every exit
     (patience-entropy: entropies, at t=2), so that no row's statistic sits near γ."""
-    logits = all_exits(runner, inputs)
+    logits = every_exit(runner, inputs)
     cls = POLICIES[name]
     if cls.parameter == "patience":
         settings = [get_policy(name, patience=t) for t in range(1, runner.num_layers + 1)]
@@ -286,7 +279,7 @@ def test_later_layers_run_only_on_the_rows_that_stay_without_their_padding(model
     lengths = [len(ids) for ids in data.input_ids]
     longest = max(range(len(lengths)), key=lengths.__getitem__)
     inputs = pad_all(data, pad)
-    first = all_exits(runners["fp32"], inputs)[0].softmax(-1).amax(-1)  # max-prob at exit 1
+    first = every_exit(runners["fp32"], inputs)[0].softmax(-1).amax(-1)  # max-prob at exit 1
     others = [i for i in range(len(lengths)) if first[i] < first[longest] - 0.01 and lengths[i] < lengths[longest]]
     assert others, "no row stays while the longest leaves: pick other texts"
     rows = [longest] + others

@@ -30,6 +30,8 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from metabert.deploy.onnx_fused import renamed
+
 MS = "com.microsoft"
 OPSET = 17
 # hidden_act -> the kernel of the intermediate activation
@@ -130,8 +132,6 @@ def attach(head: onnx.ModelProto, prefix: str, hidden: str):
     ``logits``) to be joined to a graph where its hidden state is ``hidden``: its inner names put under
     ``prefix``, its inputs and its output keeping theirs. Returns (nodes, initializers, value infos,
     inputs other than ``hidden``)."""
-    from metabert.deploy.onnx_fused import renamed
-
     graph = head.graph
     kept = {n: n for n in [i.name for i in graph.input] + [o.name for o in graph.output]}
     outer = {**kept, "hidden": hidden}

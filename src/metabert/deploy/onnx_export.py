@@ -185,19 +185,6 @@ class _Embed(nn.Module):
         return (hidden,) + tensors
 
 
-class _Layer(nn.Module):
-    """Layer i and exit i: (hidden, *slots) -> (next hidden, exit logits)."""
-
-    def __init__(self, model: MultiExitBert, index: int, state: LayerState):
-        super().__init__()
-        self.model, self.index, self.state = model, index, state
-
-    def forward(self, hidden, *tensors):
-        inputs = unflatten(self.state.slots, tensors, self.state.example)
-        hidden = self.model.run_layer(self.index, hidden, inputs)
-        return hidden, self.model.exit_logits(self.index, hidden, inputs, train=False)
-
-
 class _Exit(nn.Module):
     """Exit i alone on its layer's output: (hidden, *slots) -> logits (the fused layers' heads)."""
 
@@ -208,6 +195,14 @@ class _Exit(nn.Module):
     def forward(self, hidden, *tensors):
         inputs = unflatten(self.state.slots, tensors, self.state.example)
         return self.model.exit_logits(self.index, hidden, inputs, train=False)
+
+
+class _Layer(_Exit):
+    """Layer i and exit i: (hidden, *slots) -> (next hidden, exit logits)."""
+
+    def forward(self, hidden, *tensors):
+        hidden = self.model.run_layer(self.index, hidden, unflatten(self.state.slots, tensors, self.state.example))
+        return hidden, super().forward(hidden, *tensors)
 
 
 class _Full(nn.Module):

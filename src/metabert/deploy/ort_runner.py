@@ -103,7 +103,7 @@ class OrtMultiExit:
         self.session_options, self.directory = make_options, directory
         self.fused = fused  # batch 1 through one graph per threshold policy (metabert.deploy.onnx_fused)
         self._fused_sessions: dict = {}
-        self._batched_sessions: dict = {}  # batches of several rows in one call (early_exit_many)
+        self._batched_sessions: dict = {}  # rule -> (session, its settings' names): early_exit_many
 
         self.embeddings = session("embeddings.onnx")
         self._token_inputs = [i.name for i in self.embeddings.get_inputs()]  # DistilBERT, ModernBERT: no token types
@@ -202,15 +202,13 @@ class OrtMultiExit:
             return None
         from metabert.engine.loop import ExitResult
 
-        session = self._batched_sessions.get(policy.name)
-        if session is None:
-            session = self._batched_sessions[policy.name] = self._batched_session(policy)
-        feeds = self.feeds(inputs)
-        names = {i.name for i in [*session.get_inputs(), *session.get_overridable_initializers()]}
-        feeds = {k: v for k, v in feeds.items() if k in names}
-        if "threshold" in names:
+        if policy.name not in self._batched_sessions:
+            self._batched_sessions[policy.name] = self._batched_session(policy)
+        session, settings = self._batched_sessions[policy.name]
+        feeds = self.feeds(inputs)  # the graph's token inputs are the embeddings graph's
+        if "threshold" in settings:
             feeds["threshold"] = np.array(policy.threshold, dtype=np.float32)
-        if "patience" in names:
+        if "patience" in settings:
             feeds["patience"] = np.array(policy.patience, dtype=np.int64)
         logits, layers = session.run(["logits", "exit_layer"], feeds)
         return ExitResult(logits=torch.from_numpy(logits), exit_layer=torch.from_numpy(layers.reshape(-1)))
@@ -225,8 +223,10 @@ class OrtMultiExit:
         graph = build(graphs, self.meta["num_labels"], policy, batch_one=False).SerializeToString()
         options = self.session_options()
         options.log_severity_level = 3  # not the notice that the rule's settings are inputs with defaults
-        return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"],
-                                    disabled_optimizers=list(SLOW_FUSIONS))
+        session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"],
+                                       disabled_optimizers=list(SLOW_FUSIONS))
+        # the rule's settings (threshold, patience): inputs with a stored default
+        return session, {i.name for i in session.get_overridable_initializers()}
 
     def _fused_session(self, policy_name: str, build):
         """The fused graph composed from the graphs as ONNX Runtime optimised them for the per-layer
@@ -251,9 +251,6 @@ class OrtMultiExit:
 
     def all_exit_logits(self, inputs) -> torch.Tensor:
         """Every exit's logits (L, B, C), for checking the export against PyTorch."""
-        state = self.start(inputs)
-        out = []
-        for i in range(self.num_layers):
-            state, logits = self.step(i, state)
-            out.append(logits)
-        return torch.stack(out)
+        from metabert.engine.loop import every_exit
+
+        return every_exit(self, inputs)

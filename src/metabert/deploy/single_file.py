@@ -53,6 +53,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper
 
+from metabert.deploy.onnx_fused import renamed
 from metabert.engine.policies import ExitPolicy
 
 log = logging.getLogger(__name__)
@@ -86,8 +87,6 @@ def _inline(graph: onnx.GraphProto, prefix: str, inputs: dict[str, str],
     the like) check; inlined without them, they did not fuse, and INT8 logits moved by ~1e-3. The
     initializers stay with the nodes, in the branch that runs them: read from an enclosing graph,
     ONNX Runtime did not pre-pack them, and batch 1 ran 1.2x slower."""
-    from metabert.deploy.onnx_fused import renamed
-
     def name(n: str) -> str:
         return inputs.get(n, prefix + n) if n else n
 

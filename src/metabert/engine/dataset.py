@@ -50,11 +50,4 @@ def run_dataset(runner, data: Encoded, pad_id: int, policy: ExitPolicy | None,
 def runner_logits(runner, data: Encoded, pad_id: int, batch_size: int = 64) -> torch.Tensor:
     """Every exit's logits (L, N, C) for every example, in the dataset's order, through ``runner``'s
     own layer steps (what calibration chooses γ on)."""
-    def every_exit(batch):
-        state, logits = runner.start(model_inputs(batch)), []
-        for i in range(runner.num_layers):
-            state, exit_logits = runner.step(i, state)
-            logits.append(exit_logits.float())
-        return torch.stack(logits)  # (L, B, C)
-
-    return over_dataset(data, batch_size, pad_id, every_exit)
+    return over_dataset(data, batch_size, pad_id, lambda batch: loop.every_exit(runner, model_inputs(batch)))

@@ -71,7 +71,8 @@ class Runner(Protocol):
     # one backend call (the single ONNX file, metabert.deploy.single_file), taking the same exits.
     # optional: ``early_exit_one(inputs, policy) -> ExitResult | None``, a whole batch-1 early exit
     # in one backend call (ONNX Runtime: the exit test inside the graph), taking the same exits;
-    # None where it does not apply. ``run`` uses it at batch 1.
+    # None where it does not apply. ``run`` uses it at batch 1, and ``early_exit_many`` (the same
+    # contract) for batches of several rows.
     # optional: ``host_threads``, the torch threads for the engine's own work (the exit test, row
     # bookkeeping) while this runner runs; see ``host_threads``.
 
@@ -93,6 +94,16 @@ def host_threads(runner):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def every_exit(runner: Runner, inputs: dict[str, Any]) -> torch.Tensor:
+    """Every exit's logits (L, B, C) of one padded batch through the runner's own layer steps, no
+    row leaving (what calibration chooses γ on, and what export checks compare)."""
+    state, logits = runner.start(inputs), []
+    for i in range(runner.num_layers):
+        state, exit_logits = runner.step(i, state)
+        logits.append(exit_logits.float())
+    return torch.stack(logits)
 
 
 def run(runner: Runner, inputs: dict[str, Any], policy: ExitPolicy) -> ExitResult:
