@@ -332,6 +332,21 @@ def export(model: MultiExitBert, checkpoint: str | Path | None, output: str | Pa
     return output
 
 
+def read_meta(folder: str | Path) -> dict:
+    """An exported folder's ``onnx_meta.json``; a folder without one is refused with the command that
+    writes it."""
+    path = Path(folder) / META_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} is not an exported metabert ONNX folder (no {META_NAME}); "
+                                "run `metabert export` first")
+    return json.loads(path.read_text())
+
+
+def runner_name(meta: dict) -> str:
+    """The runner an exported folder is for, from its ``onnx_meta.json``: ``ort-int8`` or ``ort``."""
+    return "ort-int8" if meta.get("precision") == "int8" else "ort"
+
+
 def check_export(model: MultiExitBert, runtime) -> float:
     """Largest absolute difference of every exit's logits (layer graphs) and of the full graph's,
     PyTorch against ONNX Runtime, on a padded batch of three sentences of different lengths."""

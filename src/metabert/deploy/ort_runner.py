@@ -7,7 +7,6 @@ one session call over a graph with the exit test inside (``metabert.deploy.onnx_
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from pathlib import Path
 
@@ -15,8 +14,7 @@ import numpy as np
 import torch
 
 from metabert.deploy.fused_layers import SLOW_FUSIONS
-from metabert.deploy.onnx_export import FORMAT, META_NAME
-from metabert.model.multi_exit import CONFIG_NAME
+from metabert.deploy.onnx_export import FORMAT, read_meta, runner_name
 
 log = logging.getLogger(__name__)
 
@@ -81,15 +79,11 @@ class OrtMultiExit:
         from transformers import AutoTokenizer
 
         directory = Path(directory)
-        if not (directory / META_NAME).is_file():
-            raise FileNotFoundError(f"{directory} is not an exported metabert ONNX folder (no {META_NAME}); "
-                                    "run `metabert export --format onnx` first")
-        self.meta = json.loads((directory / META_NAME).read_text())
+        self.meta = read_meta(directory)
         if self.meta.get("format", 1) != FORMAT:
             raise ValueError(f"{directory} was exported by an older metabert (ONNX folder format "
                              f"{self.meta.get('format', 1)}, this one reads {FORMAT}); export it again with "
                              "`metabert export --checkpoint CHECKPOINT --output FOLDER` (add `--quantize int8` for INT8)")
-        self.config = json.loads((directory / CONFIG_NAME).read_text())
         self.tokenizer = AutoTokenizer.from_pretrained(directory)
 
         make_options = functools.partial(session_options, threads)
@@ -117,7 +111,7 @@ class OrtMultiExit:
         self.full_session = session("full.onnx")
         self.num_layers = self.meta["num_layers"]
         # the runner's name says its precision: calibrated policies are stored per name
-        self.name = "ort-int8" if self.meta.get("precision") == "int8" else "ort"
+        self.name = runner_name(self.meta)
         self.host_threads = 1  # the engine's exit tests in torch leave the cores to ORT's pool (engine.host_threads)
 
     def feeds(self, inputs) -> dict[str, np.ndarray]:

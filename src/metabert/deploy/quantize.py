@@ -134,16 +134,14 @@ def quantize_export(source: str | Path, output: str | Path, config: QuantizeConf
     ``output``: every graph quantized by ``config``, the tokenizer and config copied, and
     ``onnx_meta.json`` recording ``precision: int8`` and the settings (the runner's name, ``ort-int8``,
     comes from it). Static quantization needs ``calibration_batches`` (padded model inputs)."""
-    from metabert.deploy.onnx_export import META_NAME
+    from metabert.deploy.onnx_export import META_NAME, read_meta
     from metabert.deploy.ort_runner import OrtMultiExit
 
     config = config or QuantizeConfig()
     source, output = Path(source), Path(output)
     if source.resolve() == output.resolve():
         raise ValueError("quantize into a new folder, not over the fp32 export")
-    if not (source / META_NAME).is_file():
-        raise FileNotFoundError(f"{source} is not an exported metabert ONNX folder (no {META_NAME})")
-    meta = json.loads((source / META_NAME).read_text())
+    meta = read_meta(source)
     if meta.get("precision", "fp32") != "fp32":
         raise ValueError(f"{source} is already {meta['precision']}")
     feeds = None

@@ -9,7 +9,6 @@ that name (``metabert.engine.resolve.record_for``) is the one it answers with.
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import shutil
 import tempfile
@@ -37,13 +36,9 @@ class EagerInt8Runner(EagerRunner):
 
 def onnx_folder_runner(folder: str | Path) -> str:
     """The runner name an exported folder is for (``ort`` or ``ort-int8``), from its metadata."""
-    from metabert.deploy.onnx_export import META_NAME
+    from metabert.deploy.onnx_export import read_meta, runner_name
 
-    meta_file = Path(folder) / META_NAME
-    if not meta_file.is_file():
-        raise FileNotFoundError(f"{folder} is not an exported metabert ONNX folder (no {META_NAME}); "
-                                "run `metabert export` first")
-    return "ort-int8" if json.loads(meta_file.read_text()).get("precision") == "int8" else "ort"
+    return runner_name(read_meta(folder))
 
 
 def export_for(model: MultiExitBert, checkpoint: str | Path | None, runner: str, output: str | Path | None = None,

@@ -488,30 +488,25 @@ def write(folder: str | Path, output: str | Path | None = None, policy: ExitPoli
     config and metabert's default length. ``batch_one``: a second copy of the layers for batches of
     one row, without the row bookkeeping (``build``): the layers twice in the file (MiniLM-L6 INT8:
     36 MB instead of 24; the embeddings are shared), batch 1 about 5% faster (docs/SINGLE_FILE.md)."""
-    from metabert.model.multi_exit import CONFIG_NAME
-    from metabert.deploy.onnx_export import META_NAME
+    from metabert.deploy.onnx_export import read_meta, runner_name
     from metabert.engine.resolve import resolve
+    from metabert.model.multi_exit import CONFIG_NAME
 
     folder = Path(folder)
-    if not (folder / META_NAME).is_file():
-        raise FileNotFoundError(f"{folder} is not an exported metabert ONNX folder (no {META_NAME}); "
-                                "run `metabert export` first")
-    meta = json.loads((folder / META_NAME).read_text())
+    meta = read_meta(folder)
     carried = sorted(meta.get("state", {}))
     if not carries(meta):  # the layers' state this graph cuts and carries row by row
         raise ValueError(f"{folder}: the single file carries the BERT layout's layer state (mask, pool) from layer to "
                          f"layer; this export's layers read {carried or 'another state'} ({meta.get('family', '?')}). "
                          "Serve it with the per-layer runner (`metabert serve --onnx`), which every family has")
-    config = json.loads((folder / CONFIG_NAME).read_text())
+    config = folder_config = json.loads((folder / CONFIG_NAME).read_text())
     if checkpoint is not None and (Path(checkpoint) / CONFIG_NAME).is_file():
         config = json.loads((Path(checkpoint) / CONFIG_NAME).read_text())
-        if list(config["label_names"]) != json.loads((folder / CONFIG_NAME).read_text())["label_names"]:
+        if list(config["label_names"]) != folder_config["label_names"]:
             raise ValueError(f"{checkpoint} has other labels than the folder {folder} exported from it")
-    runner = "ort-int8" if meta.get("precision") == "int8" else "ort"
+    runner = runner_name(meta)
     resolved = resolve(policy=policy, name=name, threshold=threshold, patience=patience,
                        stored=config.get("exit_policy"), runner=runner)
-    if resolved.policy.name not in POLICIES:  # pragma: no cover - every registered policy is built
-        raise ValueError(f"the single file has the exit rules {', '.join(POLICIES)}, not {resolved.policy.name!r}")
     if resolved.default:
         log.warning("%s holds no calibrated exit policy: the file's default threshold is 0, the full model "
                     "(pass a threshold per call, or export with --threshold)", folder)
@@ -623,8 +618,7 @@ class SingleFileRunner:
         self.inputs = {i.name for i in [*self.session.get_inputs(), *self.session.get_overridable_initializers()]}
         self.policy = self.metadata["policy"]
         self.num_layers = int(self.metadata["num_layers"])
-        base = "ort-int8" if self.metadata.get("precision") == "int8" else "ort"
-        self.name, self.host_threads, self.backend = base + "-single", 1, "onnxruntime"
+        self.name, self.host_threads, self.backend = self.metadata["runner"] + "-single", 1, "onnxruntime"
 
     def _run(self, inputs, policy) -> tuple[torch.Tensor, torch.Tensor]:
         feeds = {k: np.asarray(inputs[k], dtype=np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")
