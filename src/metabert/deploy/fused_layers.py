@@ -194,7 +194,3 @@ def full_graph(model, embeddings: onnx.ModelProto, head: onnx.ModelProto) -> onn
     return _graph(nodes + head_nodes, "full", list(embeddings.graph.input), [_logits(model)], inits + head_inits,
                   types + head_infos)
 
-
-def fused_attention_count(model: onnx.ModelProto) -> int:
-    """How many fused attention nodes (``Attention``, ``QAttention``) a graph holds."""
-    return sum(n.op_type in ("Attention", "QAttention") and n.domain == MS for n in model.graph.node)

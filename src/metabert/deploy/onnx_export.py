@@ -261,9 +261,11 @@ def _exit_graph(model: MultiExitBert, index: int, state: LayerState, hidden, ten
     return head
 
 
-def _write_fused_layers(model: MultiExitBert, state: LayerState, args: tuple, output: Path, bar) -> None:
-    """Every layer graph and the full graph with ONNX Runtime's fused attention
-    (``metabert.deploy.fused_layers``), each exit head exported through ``torch.onnx.export``."""
+def _write_fused_layers(model: MultiExitBert, state: LayerState, args: tuple, output: Path, bar,
+                        embeddings) -> None:
+    """Every layer graph and the full graph (after the written ``embeddings`` graph) with ONNX
+    Runtime's fused attention (``metabert.deploy.fused_layers``), each exit head exported through
+    ``torch.onnx.export``."""
     import onnx
 
     from metabert.deploy import fused_layers
@@ -273,7 +275,6 @@ def _write_fused_layers(model: MultiExitBert, state: LayerState, args: tuple, ou
         head = _exit_graph(model, i, state, hidden, tensors)
         onnx.save(fused_layers.layer_graph(model, i, head), str(output / f"layer_{i + 1}.onnx"))
         bar.update()
-    embeddings = onnx.load(str(output / "embeddings.onnx"))
     onnx.save(fused_layers.full_graph(model, embeddings, head), str(output / "full.onnx"))
     bar.update()
 
@@ -310,20 +311,23 @@ def export(model: MultiExitBert, checkpoint: str | Path | None, output: str | Pa
     bar = tqdm(total=model.num_layers + 2, desc="export", unit="graph", disable=not progress)
     with torch.no_grad():
         _export_embeddings(model, state, args, output, raw_mask=layers == "fused")
+        embeddings = onnx.load(str(output / "embeddings.onnx"))
         bar.update()
-        (_write_fused_layers if layers == "fused" else _export_torch_layers)(model, state, args, output, bar)
+        if layers == "fused":
+            _write_fused_layers(model, state, args, output, bar, embeddings)
+        else:
+            _export_torch_layers(model, state, args, output, bar)
     bar.close()
     model.tokenizer.save_pretrained(output)
     if checkpoint is not None and (Path(checkpoint) / CONFIG_NAME).is_file():
         shutil.copy(Path(checkpoint) / CONFIG_NAME, output / CONFIG_NAME)
     else:
         model.save_config_to(output)
-    embeddings = onnx.load(str(output / "embeddings.onnx"), load_external_data=False).graph
-    names = [o.name for o in embeddings.output][1:]
+    names = [o.name for o in embeddings.graph.output][1:]
     meta = {"num_layers": model.num_layers, "num_labels": model.config.num_labels, "opset": 17, "precision": "fp32",
             "format": FORMAT, "family": model.encoder.config.model_type, "layers": layers,
             # the layer graphs' inputs besides "hidden", every one an output of the embeddings graph
-            "state": graph_state(embeddings.output[1:]),
+            "state": graph_state(embeddings.graph.output[1:]),
             # cut trailing padding when rows leave only where nothing but the masks is sized by the
             # sequence (as metabert.model.families.trim_padding does)
             "trim_padding": "pool" in names and set(names) <= {"mask", "pool"},

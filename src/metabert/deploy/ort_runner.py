@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from metabert.deploy.fused_layers import SLOW_FUSIONS
-from metabert.deploy.onnx_export import FORMAT, read_meta, runner_name
+from metabert.deploy.onnx_export import FORMAT, TOKENS, read_meta, runner_name
+from metabert.deploy.single_file import carries
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,16 @@ def _shared_thread_pool(threads: int | None) -> bool:
     if _POOL["threads"] not in (None, wanted):
         log.warning("ONNX Runtime's shared thread pool has %s threads already; %s asked", _POOL["threads"], wanted)
     return _POOL["threads"] is not None
+
+
+def token_feeds(inputs, names) -> dict[str, np.ndarray]:
+    """The int64 token arrays of a batch of torch (or numpy) inputs for a graph that takes ``names``
+    (``input_ids``, ``attention_mask`` and ``token_type_ids`` among them; zero token types where the
+    batch has none)."""
+    out = {k: np.asarray(inputs[k], dtype=np.int64) for k in TOKENS if k in names and k in inputs}
+    if "token_type_ids" in names and "token_type_ids" not in out:
+        out["token_type_ids"] = np.zeros_like(out["input_ids"])
+    return out
 
 
 def session_options(threads: int | None = None, level=None, optimized_path: str | None = None):
@@ -98,6 +109,7 @@ class OrtMultiExit:
         self.fused = fused  # batch 1 through one graph per threshold policy (metabert.deploy.onnx_fused)
         self._fused_sessions: dict = {}
         self._batched_sessions: dict = {}  # rule -> (session, its settings' names): early_exit_many
+        self._carried = carries(self.meta)  # whether the single file's batched graph carries this layer state
 
         self.embeddings = session("embeddings.onnx")
         self._token_inputs = [i.name for i in self.embeddings.get_inputs()]  # DistilBERT, ModernBERT: no token types
@@ -116,11 +128,7 @@ class OrtMultiExit:
 
     def feeds(self, inputs) -> dict[str, np.ndarray]:
         """The input arrays of the embeddings and full graphs for a batch of torch (or numpy) inputs."""
-        ids = np.asarray(inputs["input_ids"], dtype=np.int64)
-        types = inputs.get("token_type_ids")
-        out = {"input_ids": ids, "attention_mask": np.asarray(inputs["attention_mask"], dtype=np.int64),
-               "token_type_ids": np.zeros_like(ids) if types is None else np.asarray(types, dtype=np.int64)}
-        return {name: out[name] for name in self._token_inputs}
+        return token_feeds(inputs, self._token_inputs)
 
     # metabert.engine.loop.Runner: the state is (hidden, {name: array}): the hidden state and the
     # embeddings graph's other outputs, the layer inputs of the family (onnx_meta.json's "state")
@@ -189,10 +197,10 @@ class OrtMultiExit:
         engine cuts them (same rows, same shapes: the same logits); no Python between the layers.
         None where it does not apply (a folder whose layer state the graph does not carry, a rule
         it does not have, one row, ``fused=False``), and the engine steps layer by layer."""
-        from metabert.deploy.single_file import POLICIES, carries
+        from metabert.deploy.single_file import POLICIES
 
         batch = int(inputs["input_ids"].shape[0])
-        if not self.fused or batch < 2 or policy.name not in POLICIES or not carries(self.meta):
+        if not self.fused or batch < 2 or policy.name not in POLICIES or not self._carried:
             return None
         from metabert.engine.loop import ExitResult
 

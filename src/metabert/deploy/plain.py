@@ -92,9 +92,9 @@ class OrtFullRunner:
         self.name, self.num_layers, self.host_threads = name, num_layers, 1
 
     def full(self, inputs) -> torch.Tensor:
-        feeds = {k: np.asarray(inputs[k], dtype=np.int64) for k in self.inputs if k in inputs}
-        if "token_type_ids" in self.inputs and "token_type_ids" not in feeds:
-            feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
+        from metabert.deploy.ort_runner import token_feeds
+
+        feeds = token_feeds(inputs, self.inputs)
         return torch.from_numpy(self.session.run(None, feeds)[0])
 
 
@@ -201,9 +201,9 @@ class OpenVinoRunner:
         self.name, self.num_layers = name, num_layers
 
     def full(self, inputs) -> torch.Tensor:
-        feeds = {k: np.asarray(inputs[k], dtype=np.int64) for k in self.inputs if k in inputs}
-        if "token_type_ids" in self.inputs and "token_type_ids" not in feeds:
-            feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
+        from metabert.deploy.ort_runner import token_feeds
+
+        feeds = token_feeds(inputs, self.inputs)
         return torch.from_numpy(np.asarray(self.compiled(feeds)[0]))
 
 

@@ -87,10 +87,7 @@ def _inline(graph: onnx.GraphProto, prefix: str, inputs: dict[str, str],
     the like) check; inlined without them, they did not fuse, and INT8 logits moved by ~1e-3. The
     initializers stay with the nodes, in the branch that runs them: read from an enclosing graph,
     ONNX Runtime did not pre-pack them, and batch 1 ran 1.2x slower."""
-    def name(n: str) -> str:
-        return inputs.get(n, prefix + n) if n else n
-
-    nodes, inits, _ = renamed(graph, prefix, inputs)
+    nodes, inits, outputs = renamed(graph, prefix, inputs)
     stored = {init.name for init in graph.initializer}
     infos = []
     for info in list(graph.value_info) + list(graph.output):  # outputs too: what the next graph reads
@@ -98,12 +95,12 @@ def _inline(graph: onnx.GraphProto, prefix: str, inputs: dict[str, str],
             continue
         new = onnx.ValueInfoProto()
         new.CopyFrom(info)
-        new.name = name(info.name)
+        new.name = inputs.get(info.name, prefix + info.name)
         for dim in new.type.tensor_type.shape.dim:
             if dim.HasField("dim_param"):
                 dim.dim_param = dims.get(dim.dim_param, f"{prefix}{dim.dim_param}")
         infos.append(new)
-    return nodes, inits, infos, {o.name: name(o.name) for o in graph.output}
+    return nodes, inits, infos, outputs
 
 
 class _Graph:
@@ -621,10 +618,9 @@ class SingleFileRunner:
         self.name, self.host_threads, self.backend = self.metadata["runner"] + "-single", 1, "onnxruntime"
 
     def _run(self, inputs, policy) -> tuple[torch.Tensor, torch.Tensor]:
-        feeds = {k: np.asarray(inputs[k], dtype=np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")
-                 if k in self.inputs and k in inputs}
-        if "token_type_ids" in self.inputs and "token_type_ids" not in feeds:
-            feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
+        from metabert.deploy.ort_runner import token_feeds
+
+        feeds = token_feeds(inputs, self.inputs)
         if policy is not None:
             if policy.name != self.policy:
                 raise ValueError(f"this single file decides by {self.policy}, not {policy.name}: export it again "
@@ -647,11 +643,12 @@ class SingleFileRunner:
         """Every sample at the last exit: the file's rule at a setting no exit passes."""
         from metabert.engine.policies import get_policy
 
-        never = {"entropy": 0.0, "norm-entropy": 0.0, "patience-entropy": 0.0, "max-prob": 1.0}
         if self.policy == "patience":
             policy = get_policy("patience", patience=self.num_layers)
+        elif self.policy == "patience-entropy":  # entropy below 0: never
+            policy = get_policy(self.policy, threshold=0.0, patience=1)
         else:
-            policy = get_policy(self.policy, threshold=never[self.policy], patience=1)
+            policy = get_policy(self.policy).never_exits()
         return self._run(inputs, policy)[0]
 
     def start(self, inputs):
