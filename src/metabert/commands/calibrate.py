@@ -57,7 +57,7 @@ def run(args) -> int:
                              "--consistency C (agreement with the original fp32 model), or give --calibration-data")
         record = calibrate_checkpoint(args.checkpoint, delta=round(1 - args.confidence, 12), batch_size=args.batch_size,
                                       max_length=args.max_seq_length, runner=args.runner, onnx=args.onnx,
-                                      consistency=args.consistency, store=not args.dry_run)
+                                      consistency=args.consistency, store=not args.dry_run, model=model)
         print(summary(record, "accuracy", args.checkpoint))
         if not args.dry_run:
             print(f"stored in {args.checkpoint} for {record['runner']}")

@@ -75,7 +75,8 @@ def run(args) -> int:
     if args.quantize:
         print(f"INT8 ({config.method}{', per channel' if config.per_channel else ''}) logits differ by design "
               "from the fp32 ones, so the INT8 runner gets its own γ")
-        record = None if args.no_calibrate else calibrate_checkpoint(args.checkpoint, runner=runner, onnx=out)
+        record = None if args.no_calibrate else calibrate_checkpoint(args.checkpoint, runner=runner, onnx=out,
+                                                                         model=model)
         if record is None:
             print(f"not calibrated: `metabert calibrate --checkpoint {args.checkpoint} --onnx {out} --max-drop 1`")
         else:

@@ -229,6 +229,14 @@ def _export(module: nn.Module, args: tuple, path, inputs: list[str], outputs: li
 SEQ = {0: "batch", 1: "sequence"}
 
 
+def sample_inputs(tokenizer) -> dict:
+    """The padded batch of two sentences the exporter traces with (token types zero where the
+    tokenizer gives none)."""
+    enc = tokenizer(["an example sentence", "and a second, longer example sentence"], padding=True,
+                    return_tensors="pt")
+    return {**enc, "token_type_ids": enc.get("token_type_ids", torch.zeros_like(enc["input_ids"]))}
+
+
 def _export_embeddings(model: MultiExitBert, state: LayerState, args: tuple, output: Path, raw_mask: bool) -> None:
     axes = {**state.axes, **({"mask": SEQ} if raw_mask else {})}
     _export(_Embed(model, state, raw_mask), args, output / "embeddings.onnx", TOKENS, ["hidden"] + state.names,
@@ -305,9 +313,7 @@ def export(model: MultiExitBert, checkpoint: str | Path | None, output: str | Pa
     output.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     state = layer_state(model)
-    tok = model.tokenizer(["an example sentence", "and a second, longer example sentence"], padding=True,
-                          return_tensors="pt")
-    args = (tok["input_ids"], tok["attention_mask"], tok.get("token_type_ids", torch.zeros_like(tok["input_ids"])))
+    args = tuple(sample_inputs(model.tokenizer)[k] for k in TOKENS)
     bar = tqdm(total=model.num_layers + 2, desc="export", unit="graph", disable=not progress)
     with torch.no_grad():
         _export_embeddings(model, state, args, output, raw_mask=layers == "fused")

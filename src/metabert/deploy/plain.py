@@ -36,14 +36,15 @@ class TransformersRunner:
             return self.model(**{k: v for k, v in inputs.items() if k in INPUTS}).logits
 
 
-def export_classifier(model, tokenizer, path: str | Path, opset: int = 17) -> Path:
+def export_classifier(model, tokenizer, path: str | Path) -> Path:
     """The whole classifier as one ONNX graph (``torch.onnx.export``, dynamic batch and length):
     what a user gets from the plain export recipe."""
+    from metabert.deploy.onnx_export import SEQ, _export
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     enc = tokenizer(["an example sentence", "and a second, longer example sentence"], padding=True, return_tensors="pt")
-    names = [k for k in INPUTS if k in enc]
-    seq = {0: "batch", 1: "sequence"}
+    names = [k for k in INPUTS if k in enc]  # the classifier's own inputs (DistilBERT: no token types)
 
     class Logits(torch.nn.Module):
         def __init__(self, inner):
@@ -53,12 +54,9 @@ def export_classifier(model, tokenizer, path: str | Path, opset: int = 17) -> Pa
         def forward(self, *args):
             return self.inner(**dict(zip(names, args))).logits
 
-    wrapper = Logits(model.eval()).eval()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(wrapper, tuple(enc[k] for k in names), str(path), input_names=names, output_names=["logits"],
-                          dynamic_axes={**{k: seq for k in names}, "logits": {0: "batch"}}, opset_version=opset,
-                          dynamo=False)
+    with torch.no_grad():
+        _export(Logits(model.eval()), tuple(enc[k] for k in names), path, names, ["logits"],
+                {**{k: SEQ for k in names}, "logits": {0: "batch"}})
     return path
 
 
@@ -104,30 +102,17 @@ class OrtFullRunner:
 PLAIN = ("plain-ort-int8", "plain-ort-opt-int8", "plain-openvino-int8", "plain-torch-int8")
 
 
-class _FullModel(torch.nn.Module):
-    """A checkpoint's full model as one module: every layer, then the last exit."""
+def export_full(model, path: str | Path) -> Path:
+    """A checkpoint's full model (every layer, the last exit) as one plain ONNX graph: the export's
+    own full graph as ``torch.onnx.export`` writes it (``onnx_export._Full``), dynamic batch and length."""
+    from metabert.deploy.onnx_export import SEQ, TOKENS, _export, _Full, sample_inputs
 
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, attention_mask, token_type_ids):
-        return self.model.full_logits(input_ids, attention_mask, token_type_ids)
-
-
-def export_full(model, path: str | Path, opset: int = 17) -> Path:
-    """The full model as one plain ONNX graph (``torch.onnx.export``, dynamic batch and length)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    enc = model.tokenizer(["an example sentence", "and a second, longer example sentence"], padding=True,
-                          return_tensors="pt")
-    args = (enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids", torch.zeros_like(enc["input_ids"])))
-    seq = {0: "batch", 1: "sequence"}
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(_FullModel(model.eval()).eval(), args, str(path), input_names=list(INPUTS),
-                          output_names=["logits"], dynamic_axes={**{k: seq for k in INPUTS}, "logits": {0: "batch"}},
-                          opset_version=opset, dynamo=False)
+    enc = sample_inputs(model.tokenizer)
+    with torch.no_grad():
+        _export(_Full(model.eval()), tuple(enc[k] for k in TOKENS), path, list(TOKENS), ["logits"],
+                {**{k: SEQ for k in TOKENS}, "logits": {0: "batch"}})
     return path
 
 
@@ -242,6 +227,4 @@ def plain_runners(model, names, folder: str | Path, threads: int | None = None,
                 notes[name] = "skipped: NNCF needs calibration inputs (the checkpoint's held-out slice)"
                 continue
             runners.append(OpenVinoRunner(fp32, calibration, model.num_layers, threads))
-    for runner in runners:
-        runner.plain = True
     return runners, notes

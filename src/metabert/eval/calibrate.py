@@ -232,20 +232,21 @@ def calibration_texts(model, max_length: int = 128) -> tuple[Encoded, str]:
 def calibrate_checkpoint(directory: str | Path, max_drop: float = 1.0, delta: float = risk.DEFAULT_DELTA,
                          data_dir: str | None = None, batch_size: int = 64, max_length: int = 128,
                          runner: str = "eager", onnx: str | Path | None = None,
-                         consistency: float | None = None, store: bool = True) -> dict | None:
+                         consistency: float | None = None, store: bool = True, model=None) -> dict | None:
     """Risk-controlled calibration of a saved checkpoint on the slice held out when it was made, with
     ``runner``'s own logits (``onnx``: its export folder), stored in it as that runner's record (what
     ``metabert train`` and ``retrofit`` do last for eager, and ``metabert export --quantize int8`` for
     ort-int8). A labelled slice (``train``): at most ``max_drop`` points below the full model. Texts
     (``retrofit``): agreement with the fp32 model on at least ``consistency`` of inputs (default: the
     eager record's), so an INT8 runner's promise covers its quantization error too. None, with a
-    warning, when there is no slice. ``store=False``: return the record without storing it."""
+    warning, when there is no slice. ``store=False``: return the record without storing it.
+    ``model``: the checkpoint already loaded (or just saved) by the caller, not read again."""
     from metabert.deploy.runners import load_runner
     from metabert.engine.dataset import run_dataset, runner_logits
     from metabert.engine.resolve import record_for, resolve_name, store_record
     from metabert.model.multi_exit import EagerRunner, MultiExitBert
 
-    model = MultiExitBert.from_pretrained(directory)
+    model = model if model is not None else MultiExitBert.from_pretrained(directory)
     if not (model.config.calibration or {}).get("count"):
         log.warning("%s: no held-out calibration slice (--calibration-fraction 0): not calibrated; predict will "
                     "run the full model until `metabert calibrate` is run", directory)

@@ -185,9 +185,10 @@ def choose_guaranteed(logits: torch.Tensor, labels=None, policy: str = "entropy"
         alpha, loss_name, labels = 1 - consistency, "the early exit disagrees with the full model", None
     grid = candidate_grid(policy, logits.shape[0], logits.shape[-1], patience)
     result = outcomes(logits, grid, reference)
-    verdict = certify(losses(result, labels), alpha, delta)
+    loss = losses(result, labels)
+    verdict = certify(loss, alpha, delta)
     if not verdict["certified"]:
-        need, first = min_examples(alpha, delta), float(losses(result, labels)[0].mean())
+        need, first = min_examples(alpha, delta), float(loss[0].mean())
         if verdict["n"] >= need and first > 0:  # even the full model's loss rate is too high to certify
             log.warning("%d calibration examples certify no early exit at risk %.3g and δ=%.3g: the full model itself "
                         "has a loss rate of %.4f on them (%s), too close to or above the budget: keeping the full "

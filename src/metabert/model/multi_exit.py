@@ -328,8 +328,13 @@ class MultiExitBert(nn.Module):
             weights = inputs.pool_weights  # (B, T, 1) or None: no padding
             attention_mask = None if weights is None else weights[..., 0] > 0  # (B, T)
             return head(self.exit_input(hidden), attention_mask)
-        pooled = self.pool_weighted(self.exit_input(hidden), inputs.pool_weights)
+        pooled = self.exit_features(hidden, inputs)
         return head(pooled) if train else head.infer(pooled)
+
+    def exit_features(self, hidden: torch.Tensor, inputs: "LayerInputs") -> torch.Tensor:
+        """What an ``ExitHead`` reads of a layer's output: (B, T, H) -> (B, H), pooled as configured
+        (what retrofit caches to train the heads on)."""
+        return self.pool_weighted(self.exit_input(hidden), inputs.pool_weights)
 
     def hidden_states(self, input_ids, attention_mask, token_type_ids=None) -> list[torch.Tensor]:
         """Every layer's output (layer 1..L) as the exits read it, from our own layer loop."""

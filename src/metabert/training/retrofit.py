@@ -144,7 +144,7 @@ def read_texts(config: RetrofitConfig, label_names: tuple[str, ...]) -> Texts:
 def calibration_rows(rows: int, config: RetrofitConfig) -> int:
     """How many of ``rows`` texts are held out to choose γ; an error, saying how many texts the
     promise needs, where that is too few to certify it even with no disagreement at all."""
-    held = int(round(rows * config.calibration_fraction))
+    held = data_mod.calibration_count(rows, config.calibration_fraction)
     need = risk.min_examples(1 - config.consistency, 1 - config.confidence)
     if held < need:
         raise DataError(
@@ -210,7 +210,7 @@ def fill_cache(model: MultiExitBert, data: Encoded, cache: FeatureCache, batch_s
         for i in range(model.num_layers):
             hidden = model.run_layer(i, hidden, layer_inputs)
             if i < last:
-                pooled.append(model.pool_weighted(model.exit_input(hidden), layer_inputs.pool_weights))
+                pooled.append(model.exit_features(hidden, layer_inputs))
         cache.features[rows] = torch.stack(pooled, 1).to(torch.float16).numpy()  # (B, L-1, H)
         cache.teacher[rows] = model.exit_logits(last, hidden, layer_inputs, train=False).float().numpy()
 
@@ -274,11 +274,6 @@ def retrofit(config: RetrofitConfig, progress: bool = True) -> dict:
     encoded = tokenize(model.tokenizer, pick(texts.texts), pick(texts.pairs) if texts.pairs else None,
                        config.max_seq_length).encoded
     labels = pick(texts.labels) if texts.labels is not None else None
-    for p in model.encoder.parameters():
-        p.requires_grad_(False)
-    last = model.exits[-1]
-    for p in last.parameters():
-        p.requires_grad_(False)
     hidden = model.encoder.config.hidden_size
     cache = FeatureCache(len(train), model.num_layers - 1, hidden, len(names), config.max_cache_mb)
     log.info("retrofit: %d texts (%d to train the exits, %d held out), feature cache %.1f MiB %s", rows, len(train),
@@ -302,7 +297,7 @@ def retrofit(config: RetrofitConfig, progress: bool = True) -> dict:
     t0 = time.perf_counter()
     calibration = calibrate_checkpoint(config.output, delta=round(1 - config.confidence, 12),
                                        batch_size=config.forward_batch_size, max_length=config.max_seq_length,
-                                       consistency=config.consistency)
+                                       consistency=config.consistency, model=model)
     record.update(calibration_seconds=time.perf_counter() - t0, seconds=time.perf_counter() - started,
                   calibration=calibration)
     (Path(config.output) / RECORD_NAME).write_text(json.dumps(record, indent=2))
