@@ -146,10 +146,9 @@ def peak_rss_mb(runner: str, checkpoint: str, onnx: str | None, texts: list[str]
 
 def plot(rows_: list[dict], path: str | Path, title: str) -> None:
     """Score against speed-up over eager fp32 full, every path, batch 1 and batch B."""
-    import matplotlib
+    from metabert.eval.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for batch, marker in zip(sorted({r["batch_size"] for r in rows_}), ("o", "s")):

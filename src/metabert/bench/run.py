@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from metabert.data import DEFAULT_MAX_LENGTH
 from metabert.bench import profile as profiling
 from metabert.bench import report as bench_report
 from metabert.bench.timing import INTERLEAVE, Variant, run_bench, speedups, time_tokenizer, variants
@@ -25,6 +26,7 @@ from metabert.common.machine import hardware, hardware_summary
 from metabert.data import metrics
 from metabert.data import tasks as data_mod
 from metabert.data.batching import collate, encode, model_inputs
+from metabert.deploy.onnx_fused import FUSED_POLICIES
 from metabert.deploy.plain import PLAIN, plain_runners
 from metabert.deploy.runners import RUNNERS, export_for, load_runner, temporary_folder
 from metabert.engine.dataset import runner_logits
@@ -33,7 +35,6 @@ from metabert.engine.resolve import resolve, resolve_name
 from metabert.eval.calibrate import calibration_set, evaluation_set, guaranteed_record, point_record
 from metabert.model.multi_exit import MultiExitBert
 
-THRESHOLD_RULES = ("entropy", "norm-entropy", "max-prob")
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class BenchOptions:
     split: str = "dev"
     data_dir: str | None = None
     dev_file: str | None = None
-    max_seq_length: int = 128
+    max_seq_length: int = DEFAULT_MAX_LENGTH
     policy: str | None = None
     threshold: float | None = None
     patience: int | None = None
@@ -196,9 +197,10 @@ def bench(checkpoint: str | Path, options: BenchOptions | None = None, progress:
                                  for i in range(runner.num_layers)]
     plain, plain_notes = [], {}
     if options.plain:
-        try:
-            slice_, _ = calibration_set(model, options.data_dir, options.calibration_data)
-            held_enc = encode(slice_, model.tokenizer, options.max_seq_length)
+        try:  # the held-out slice read for the policies above, else now
+            held_enc = held[0] if held is not None else encode(
+                calibration_set(model, options.data_dir, options.calibration_data)[0], model.tokenizer,
+                options.max_seq_length)
             calibration_inputs = [model_inputs(collate(held_enc, [i], model.tokenizer.pad_token_id))
                                   for i in range(min(300, len(held_enc)))]  # NNCF's calibration (never dev)
         except ValueError:
@@ -212,7 +214,7 @@ def bench(checkpoint: str | Path, options: BenchOptions | None = None, progress:
     if options.profile_examples:
         singles = [model_inputs(collate(encoded, [i], model.tokenizer.pad_token_id)) for i in range(len(encoded))]
         for runner in stepped:
-            if runner.name.startswith("ort") and policies[runner.name].name in THRESHOLD_RULES:
+            if runner.name.startswith("ort") and policies[runner.name].name in FUSED_POLICIES:
                 profile[runner.name] = profiling.profile_ort(runner, singles, policies[runner.name],
                                                              options.profile_examples)
                 kernels = profiling.layer_kernels(runner, singles, count=options.profile_examples)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from metabert.commands.common import add_policy_options, add_progress_option
+from metabert.data import DEFAULT_MAX_LENGTH
 from metabert.eval.calibrate import calibrate_checkpoint
 from metabert.model.multi_exit import MultiExitBert
 from metabert.deploy.onnx_export import LAYERS, check_export
@@ -55,7 +56,7 @@ def _static_batches(model: MultiExitBert, count: int) -> list[dict]:
     from metabert.eval.calibrate import calibration_set
 
     held, _ = calibration_set(model)
-    encoded = encode(held, model.tokenizer, 128)
+    encoded = encode(held, model.tokenizer, DEFAULT_MAX_LENGTH)
     return [model_inputs(collate(encoded, [i], model.tokenizer.pad_token_id)) for i in range(min(count, len(encoded)))]
 
 

@@ -39,20 +39,15 @@ def run(args) -> int:
     stdin = args.input == "-"
     if not stdin and not Path(args.input).is_file():
         raise DataError(f"{args.input}: file not found")
-    source = sys.stdin.buffer if stdin else open(args.input, "rb")
+    rows = texts_of(sys.stdin.buffer if stdin else args.input, spec, args.format or ("jsonl" if stdin else None),
+                    args.text_columns or (), name=args.input, on_error="report")
+    sink = sys.stdout if args.output == "-" else open(args.output, "w")
     try:
-        rows = texts_of(source if stdin else args.input, spec, args.format or ("jsonl" if stdin else None),
-                        args.text_columns or (), name=args.input, on_error="report")
-        sink = sys.stdout if args.output == "-" else open(args.output, "w")
-        try:
-            counts = predict_stream(model, rows, sink, policy, args.batch_size, args.max_seq_length, args.skip_bad,
-                                    args.input, runner=runner, progress=args.progress and args.output != "-")
-        finally:
-            if sink is not sys.stdout:
-                sink.close()
+        counts = predict_stream(model, rows, sink, policy, args.batch_size, args.max_seq_length, args.skip_bad,
+                                args.input, runner=runner, progress=args.progress and args.output != "-")
     finally:
-        if source is not sys.stdin.buffer:
-            source.close()
+        if sink is not sys.stdout:
+            sink.close()
     lines = counts["skipped_lines"]
     print(f"{counts['predicted']} rows predicted, {counts['skipped']} skipped"
           + (f" (lines {', '.join(map(str, lines[:20]))}{' ...' if len(lines) > 20 else ''})" if lines else "")

@@ -11,6 +11,7 @@ from typing import Iterator, TextIO
 
 from tqdm.auto import tqdm
 
+from metabert.data import DEFAULT_MAX_LENGTH
 from metabert.data.files import DataError, Row
 from metabert.engine.policies import ExitPolicy
 from metabert.data.batching import tokenize
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 def predict_stream(model: MultiExitBert, rows: Iterator[Row], out: TextIO, policy: ExitPolicy,
-                   batch_size: int = 32, max_length: int = 128, skip_bad: bool = False, name: str = "input",
+                   batch_size: int = 32, max_length: int = DEFAULT_MAX_LENGTH, skip_bad: bool = False, name: str = "input",
                    chunk: int = 512, runner=None, progress: bool = False) -> dict:
     """Write one JSON line per good row of ``rows`` (``Row.values`` = [text, pair or None], bad rows
     with ``error`` set): line, label, probabilities, exit_layer. A bad row stops it, or with

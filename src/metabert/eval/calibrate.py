@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from metabert.data import DEFAULT_MAX_LENGTH
 from metabert.data import tasks as data_mod
 from metabert.data import metrics as metrics
 from metabert.eval import risk as risk
@@ -115,7 +116,7 @@ def choose(logits: torch.Tensor, labels: list[int], metric: str, policy: str = "
     return {"policy": chosen[0], "result": chosen[1], "full_score": full}
 
 
-def unlabelled_set(model, file: str | Path, max_length: int = 128) -> tuple[Encoded, str]:
+def unlabelled_set(model, file: str | Path, max_length: int = DEFAULT_MAX_LENGTH) -> tuple[Encoded, str]:
     """Texts without labels for ``--consistency`` (e.g. real traffic): a .txt file holds one text
     per line (single-text tasks); TSV/CSV/JSONL files are read with the checkpoint's text columns
     (``metabert.data.tasks.texts_of``). Returns (encoded texts, a sentence saying what they are)."""
@@ -208,7 +209,7 @@ def ways_out(promise: dict, checkpoint: str | Path | None = None) -> str:
     return "\n".join(lines)
 
 
-def calibration_texts(model, max_length: int = 128) -> tuple[Encoded, str]:
+def calibration_texts(model, max_length: int = DEFAULT_MAX_LENGTH) -> tuple[Encoded, str]:
     """The unlabelled texts held out for calibration when the checkpoint was made from texts
     (``metabert retrofit``): its record names the file, its columns and the seeded slice."""
     record = model.config.calibration
@@ -230,7 +231,7 @@ def calibration_texts(model, max_length: int = 128) -> tuple[Encoded, str]:
 
 
 def calibrate_checkpoint(directory: str | Path, max_drop: float = 1.0, delta: float = risk.DEFAULT_DELTA,
-                         data_dir: str | None = None, batch_size: int = 64, max_length: int = 128,
+                         data_dir: str | None = None, batch_size: int = 64, max_length: int = DEFAULT_MAX_LENGTH,
                          runner: str = "eager", onnx: str | Path | None = None,
                          consistency: float | None = None, store: bool = True, model=None) -> dict | None:
     """Risk-controlled calibration of a saved checkpoint on the slice held out when it was made, with

@@ -5,13 +5,15 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from metabert.data import DEFAULT_MAX_LENGTH
+
 
 @dataclass(frozen=True)
 class ServerConfig:
     max_items: int = 64  # per request
     max_batch: int = 32  # per model call
     max_wait_ms: float = 5.0
-    max_seq_length: int = 128
+    max_seq_length: int = DEFAULT_MAX_LENGTH
     max_chars: int = 20_000  # per text, checked before tokenising
     max_queue: int = 256  # items waiting for the model; a request that does not fit gets 503
     request_timeout_s: float = 30.0  # from arrival to answer; later: 504

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from metabert.deploy.server.config import is_loopback
+
 
 def free_port() -> int:
     """A loopback port nobody listens on now."""
@@ -100,6 +102,6 @@ def run_load(url: str, texts: list[str], clients: int = 16, duration: float = 60
     if not 1 <= clients <= 1024:
         raise ValueError(f"clients must be in [1, 1024], got {clients}")
     host = url.split("//", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
-    if host not in ("127.0.0.1", "localhost", "::1") and not host.startswith("127."):
+    if not is_loopback(host):
         raise ValueError(f"{url}: load tests are for servers on this machine (loopback) only")
     return asyncio.run(_run(url, texts, clients, duration, batch, seed))

@@ -80,10 +80,9 @@ def markdown(records: list[dict], plot_name: str | None = None, command: str = "
 
 def plot(records: list[dict], path: str | Path) -> None:
     """Violation rate (left, with δ) and mean layer speed-up (right) against D, both rules, per task."""
-    import matplotlib
+    from metabert import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     for i, r in enumerate(records):
