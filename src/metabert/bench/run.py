@@ -23,6 +23,7 @@ from metabert.bench import profile as profiling
 from metabert.bench import report as bench_report
 from metabert.bench.timing import INTERLEAVE, Variant, run_bench, speedups, time_tokenizer, variants
 from metabert.common.machine import hardware, hardware_summary
+from metabert.common.options import option
 from metabert.data import metrics
 from metabert.data import tasks as data_mod
 from metabert.data.batching import collate, encode, model_inputs
@@ -39,33 +40,42 @@ from metabert.model.multi_exit import MultiExitBert
 
 @dataclass(frozen=True)
 class BenchOptions:
-    """What to measure and how (each a ``metabert bench`` option of the same name)."""
+    """What to measure and how. Each field is the ``metabert bench`` option of the same name, its help
+    written here once (``metabert.common.options``); the data and policy options are the ones every
+    command shares (``metabert.commands.common``)."""
 
     task: str | None = None
-    split: str = "dev"
+    split: str = option("dev", help="the split to measure on (default dev)")
     data_dir: str | None = None
     dev_file: str | None = None
     max_seq_length: int = DEFAULT_MAX_LENGTH
     policy: str | None = None
     threshold: float | None = None
     patience: int | None = None
-    target_speedup: float | None = None
-    max_drop: float | None = None
-    calibration_data: str | None = None
-    confidence: float = 0.95
+    target_speedup: float | None = option(None, help="calibrate each runner (held-out data) for this layer speed-up")
+    max_drop: float | None = option(None, help="calibrate each runner (held-out data) for at most this score drop")
+    calibration_data: str | None = option(None, help="file to calibrate on (default: the training slice held out)")
+    confidence: float = option(0.95, help="--max-drop holds on new data with this confidence, as `metabert calibrate` "
+                                          "(default 0.95)")
     no_guarantee: bool = False
-    runners: tuple[str, ...] = RUNNERS
-    repeats: int = 5
-    interleave: str = "block"
-    warmup: int = 20
-    max_examples: int | None = None
-    batch_size: int = 32
-    onnx: str | None = None
-    onnx_int8: str | None = None
-    threads: int = field(default_factory=torch.get_num_threads)
-    profile_examples: int = 100
-    memory: bool = True
-    plain: tuple[str, ...] = PLAIN  # the plain recipes timed beside ours (deploy.plain; OpenVINO if installed)
+    runners: tuple[str, ...] = option(RUNNERS, help=f"comma-separated, of {', '.join(RUNNERS)}")
+    repeats: int = option(5, help="interleaved rounds of every timing (default 5)")
+    interleave: str = option("block", choices=INTERLEAVE,
+                             help="batch 1: each variant runs 50 consecutive examples in turn, block after block "
+                                  "(block, as served) or each example is run by every variant in turn (example; "
+                                  "evicts each other's weights from the caches)")
+    warmup: int = option(20, help="examples each variant runs before it is timed (default 20)")
+    max_examples: int | None = option(None, help="bench on the first N examples only")
+    batch_size: int = option(32, help="batch size of the throughput test")
+    onnx: str | None = option(None, help="fp32 exported folder (default: export to a temporary folder)")
+    onnx_int8: str | None = option(None, help="INT8 exported folder (default: quantize the fp32 export, dynamic)")
+    threads: int = option(default_factory=torch.get_num_threads, help="threads for PyTorch and ORT")
+    profile_examples: int = option(100, help="examples for the batch-1 profiles (0: none)")
+    memory: bool = option(True, help="peak memory of each runner (fresh processes)")
+    # the plain recipes timed beside ours (deploy.plain; OpenVINO where installed)
+    plain: tuple[str, ...] = option(PLAIN, help="the plain full-model recipes timed beside ours, comma-separated, of "
+                                                + ", ".join(PLAIN) + " (default: all; OpenVINO where installed; '' "
+                                                                     "for none)")
 
     def __post_init__(self):
         unknown = [r for r in self.runners if r not in RUNNERS]

@@ -158,10 +158,7 @@ def run_bench(model: MultiExitBert, data: Encoded, metric: str, variants: list[V
     """Latency at batch 1 and throughput at ``batch_size`` of every variant (see module docstring)."""
     pad = model.tokenizer.pad_token_id
     singles = [model_inputs(collate(data, [i], pad)) for i in range(len(data))]
-    for v in variants:
-        for inputs in singles[:warmup]:
-            v.run(inputs)
-    n = len(singles)
+    n = len(singles)  # each backend's variants are warmed up just before they are timed (batch1_latencies)
     lat, preds, layers = {}, {}, {}
     through = {v.name: [] for v in variants}
     batch_times = {v.name: [] for v in variants}  # per round: seconds of each batch

@@ -7,21 +7,16 @@ held-out slice, with that runner's logits) or the one stored for it in the check
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import shutil
 from pathlib import Path
 
-import torch
 
 from metabert.bench import report as bench_report
 from metabert.bench.run import BenchOptions, bench
-from metabert.bench.timing import INTERLEAVE, format_table
-from metabert.commands.common import add_data_options, add_policy_options, add_progress_option
-from metabert.common.options import comma_list
-from metabert.deploy.plain import PLAIN
-from metabert.deploy.runners import RUNNERS
+from metabert.bench.timing import format_table
+from metabert.commands.common import DATA_FIELDS, POLICY_FIELDS, add_data_options, add_policy_options, add_progress_option
+from metabert.common.options import add_options, from_args
 from metabert.recipes.pages import bench as pages
 
 
@@ -29,34 +24,13 @@ def add_parser(sub, name):
     p = sub.add_parser(name, help="measure speed: full vs early exit, every runner", description=__doc__)
     p.add_argument("--checkpoint", required=True)
     add_data_options(p)
-    p.add_argument("--split", default="dev")
     add_policy_options(p)
-    goal = p.add_mutually_exclusive_group()
-    goal.add_argument("--target-speedup", type=float, help="calibrate each runner (held-out data) for this layer speed-up")
-    goal.add_argument("--max-drop", type=float, help="calibrate each runner (held-out data) for at most this score drop")
-    p.add_argument("--calibration-data", help="file to calibrate on (default: the training slice held out)")
-    p.add_argument("--confidence", type=float, default=0.95,
-                   help="--max-drop holds on new data with this confidence, as `metabert calibrate` (default 0.95)")
+    goal = p.add_mutually_exclusive_group()  # BenchOptions says so too; argparse says it before any work
+    add_options(goal, BenchOptions, only=("target_speedup", "max_drop"))
+    add_options(p, BenchOptions, exclude=(*DATA_FIELDS, *POLICY_FIELDS, "target_speedup", "max_drop", "no_guarantee"))
     p.add_argument("--no-guarantee", action="store_true",
                    help="--max-drop by the point estimate on the calibration data (no guarantee)")
-    p.add_argument("--runners", type=comma_list, default=list(RUNNERS), help=f"comma-separated, of {', '.join(RUNNERS)}")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--interleave", choices=INTERLEAVE, default="block",
-                   help="batch 1: each variant runs 50 consecutive examples in turn, block after block (block, as "
-                        "served) or each example is run by every variant in turn (example; evicts each other's "
-                        "weights from the caches)")
-    p.add_argument("--warmup", type=int, default=20)
-    p.add_argument("--max-examples", type=int, help="bench on the first N examples only")
-    p.add_argument("--batch-size", type=int, default=32, help="batch size of the throughput test")
-    p.add_argument("--onnx", help="fp32 exported folder (default: export to a temporary folder)")
-    p.add_argument("--onnx-int8", help="INT8 exported folder (default: quantize the fp32 export, dynamic)")
     p.add_argument("--no-onnx", action="store_true", help="PyTorch runners only")
-    p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="threads for PyTorch and ORT")
-    p.add_argument("--profile-examples", type=int, default=100, help="examples for the batch-1 profiles (0: none)")
-    p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True, help="peak memory of each runner (fresh processes)")
-    p.add_argument("--plain", type=comma_list, default=list(PLAIN),
-                   help="the plain full-model recipes timed beside ours, comma-separated, of " + ", ".join(PLAIN)
-                        + " (default: all; OpenVINO where installed; '' for none)")
     p.add_argument("--output", help="JSON file for the results (a .png plot beside it)")
     p.add_argument("--markdown", help="also write the benchmarks page (docs/BENCHMARKS.md) from this run")
     add_progress_option(p)
@@ -64,8 +38,7 @@ def add_parser(sub, name):
 
 
 def run(args) -> int:
-    fields = {f.name for f in dataclasses.fields(BenchOptions)}
-    given = {k: v for k, v in vars(args).items() if k in fields}
+    given = from_args(BenchOptions, args)
     runners = [r for r in given.pop("runners") if not (args.no_onnx and r.startswith("ort"))]
     plain = [r for r in given.pop("plain") if not (args.no_onnx and "ort" in r)]
     options = BenchOptions(**given, runners=tuple(runners), plain=tuple(plain))

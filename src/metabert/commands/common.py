@@ -75,6 +75,9 @@ def float_list(text: str) -> list[float] | str:
     return values
 
 
+POLICY_FIELDS = ("policy", "threshold", "patience")  # the options add_policy_options adds
+
+
 def add_policy_options(parser: argparse.ArgumentParser) -> None:
     from metabert.engine.policies import POLICIES
 

@@ -37,14 +37,15 @@ def comma_list(text: str) -> tuple[str, ...]:
 
 
 def option(default=dataclasses.MISSING, help: str | None = None, choices: Collection | None = None,
-           flags: tuple[str, ...] | None = None) -> dataclasses.Field:
-    """A dataclass field with ``default`` whose ``metadata`` documents its command-line option."""
+           flags: tuple[str, ...] | None = None, default_factory=dataclasses.MISSING) -> dataclasses.Field:
+    """A dataclass field with ``default`` (or ``default_factory``, called for each instance and for the
+    option's default) whose ``metadata`` documents its command-line option."""
     metadata = {"help": help}
     if choices is not None:
         metadata["choices"] = tuple(choices)
     if flags is not None:
         metadata["flags"] = tuple(flags)
-    return dataclasses.field(default=default, metadata=metadata)
+    return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
 
 
 def section(cls: type, prefix: str, help: str) -> dataclasses.Field:
