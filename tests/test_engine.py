@@ -10,6 +10,7 @@ at batch 1, where nothing else shares the tensor, exactly."""
 import dataclasses
 
 import pytest
+import numpy as np
 import torch
 
 from conftest import diversify, make_tiny
@@ -131,6 +132,32 @@ def test_ort_batch1_threshold_policies_run_in_one_graph(model, runners, runner_n
         assert runner.early_exit_one(one, POLICIES[name](0.5)) is not None
         assert runner.early_exit_one(two, POLICIES[name](0.5)) is None
     assert runner.early_exit_one(one, POLICIES["patience"](patience=2)) is None
+
+
+@pytest.mark.parametrize("runner_name", ["ort", "ort-int8"])
+def test_unrolled_graph_is_the_fused_graphs_work_without_its_ifs(model, runners, runner_name):
+    """The graph the profile times to split an exit's cost (``onnx_fused.unrolled``) computes what
+    the fused graph does when no sample leaves: every exit's logits as the runner's steps give them,
+    and each exit's rule as the policy decides it on them; without tests, the logits only."""
+    from metabert.deploy.onnx_fused import unrolled
+
+    if runner_name not in runners:
+        pytest.skip("onnxruntime is not installed")
+    runner = runners[runner_name]
+    one = pad_all(tokenize(model.tokenizer, [TEXTS[1]], None, 64).encoded, model.tokenizer.pad_token_id)
+    own = every_exit(runner, one)  # (L, 1, C)
+    feeds = {**runner.feeds(one), "threshold": np.array(0.5, dtype=np.float32)}
+    for name in ("entropy", "norm-entropy", "max-prob"):
+        policy = POLICIES[name](0.5)
+        outs = runner.fused_session(name, unrolled).run(None, feeds)
+        logits, leaves = outs[0::2], outs[1::2]  # logits_1, leave_1, ..., logits_L
+        assert len(logits) == runner.num_layers and len(leaves) == runner.num_layers - 1
+        for i, got in enumerate(logits):
+            assert np.allclose(got, own[i].numpy(), atol=1e-5)
+        for i, leave in enumerate(leaves):
+            assert bool(leave) == bool(policy.step(own[i], policy.init_state(1))[0][0])
+        bare = runner.fused_session(name, lambda *a: unrolled(*a, tests=False)).run(None, feeds)
+        assert len(bare) == runner.num_layers and np.allclose(bare[-1], own[-1].numpy(), atol=1e-5)
 
 
 @pytest.mark.parametrize("runner_name", RUNNERS)

@@ -92,6 +92,10 @@ def test_bench_command_end_to_end(tmp_path, capsys):
     assert any(t["target"].startswith("ORT INT8 single file early vs ORT INT8 per-layer early") for t in report["targets"])
     assert report["profile"]["ort-int8"]["fused_early_exit_call_us"] > 0
     assert report["profile"]["ort"]["fused_never_exit_call_us"] > 0 and "fused_cost_per_exit_us" in report["profile"]["ort"]
+    split = report["profile"]["ort-int8"]  # an exit's cost inside the fused graph: head + test + If
+    assert split["unrolled_heads_call_us"] > 0 and split["unrolled_heads_tests_call_us"] > 0
+    assert abs(split["exit_head_in_graph_us"] + split["exit_test_in_graph_us"] + split["control_flow_per_exit_us"]
+               - split["fused_cost_per_exit_us"]) < 1e-6
     assert report["profile"]["eager"]["early_exit_us"] > 0 and report["profile"]["eager-int8"]["exit_head_us"] > 0
     assert report["profile"]["eager"]["never_exit_us"] > 0 and "loop_cost_per_exit_us" in report["profile"]["eager-int8"]
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
@@ -99,6 +103,7 @@ def test_bench_command_end_to_end(tmp_path, capsys):
     assert "## Targets" in page and "| ort-int8 | early | 1 |" in page and str(tmp_path) not in page
     assert "## Batch 1: layer speed-up, its wall-clock ceiling" in page and "## Profile: eager at batch 1" in page
     assert "| each exit inside the fused graph (never exit - full graph call, / 2) |" in page
+    assert "| of each exit: its If (fused never exit - with tests, / exits) |" in page
     assert "| each exit inside the loop (never exit - full model, / 2) |" in page
     # one layer's kernels by what they compute, beside the machine's bound
     layer = report["layer_profile"]["ort-int8"]

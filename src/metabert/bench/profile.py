@@ -32,13 +32,16 @@ def profile_ort(runner, singles: list[dict], policy, count: int = 100, repeats: 
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    from metabert.deploy.onnx_fused import FUSED_POLICIES
+    from metabert.deploy.onnx_fused import FUSED_POLICIES, unrolled
 
     identity = helper.make_model(helper.make_graph(
         [helper.make_node("Identity", ["x"], ["y"])], "identity",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]), opset_imports=[helper.make_opsetid("", 17)])
     empty = ort.InferenceSession(identity.SerializeToString(), runner.session_options(), providers=["CPUExecutionProvider"])
+    if policy.name in FUSED_POLICIES:  # the fused graph's work, no control flow: heads; heads and tests
+        heads = runner.fused_session(policy.name, lambda *a: unrolled(*a, tests=False))
+        tests = runner.fused_session(policy.name, unrolled)
     sample = singles[:count]
     out = {"examples": len(sample), "tokens_mean": float(np.mean([int(s["input_ids"].shape[1]) for s in sample]))}
     sums: dict[str, float] = {}
@@ -63,11 +66,19 @@ def profile_ort(runner, singles: list[dict], policy, count: int = 100, repeats: 
         if policy.name in FUSED_POLICIES:
             never = policy.never_exits()
             pieces["fused_never_exit_call"] = lambda: engine.run(runner, inputs, never)
+            threshold = {**feeds, "threshold": np.array(never.threshold, dtype=np.float32)}
+            pieces["unrolled_heads_call"] = lambda: heads.run(None, threshold)
+            pieces["unrolled_heads_tests_call"] = lambda: tests.run(None, threshold)
         for name, fn in pieces.items():
             sums[name] = sums.get(name, 0.0) + _per_call_us(fn, repeats)
     out.update({k + "_us": v / len(sample) for k, v in sums.items()})
     if "fused_never_exit_call_us" in out:  # the full graph has one exit, the fused one every exit
-        out["fused_cost_per_exit_us"] = (out["fused_never_exit_call_us"] - out["full_graph_call_us"]) / (runner.num_layers - 1)
+        exits = runner.num_layers - 1
+        out["fused_cost_per_exit_us"] = (out["fused_never_exit_call_us"] - out["full_graph_call_us"]) / exits
+        # that cost split: the exit head, its test, and the If (the rest of the graph run in its branch)
+        out["exit_head_in_graph_us"] = (out["unrolled_heads_call_us"] - out["full_graph_call_us"]) / exits
+        out["exit_test_in_graph_us"] = (out["unrolled_heads_tests_call_us"] - out["unrolled_heads_call_us"]) / exits
+        out["control_flow_per_exit_us"] = (out["fused_never_exit_call_us"] - out["unrolled_heads_tests_call_us"]) / exits
     return out
 
 

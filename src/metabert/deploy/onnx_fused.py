@@ -81,28 +81,60 @@ def _outputs(logits: str, layer: str) -> list:
             helper.make_tensor_value_info(layer, TensorProto.INT64, None)]
 
 
+def _parts(graphs: list[onnx.ModelProto], meta: dict, policy: str):
+    """(embeddings graph, layer graphs, {domain: opset}) of an exported folder's graphs, for ``policy``."""
+    if policy not in FUSED_POLICIES:
+        raise ValueError(f"the fused graph has the threshold rules {', '.join(FUSED_POLICIES)}, not {policy!r}")
+    opsets = {}
+    for g in graphs:
+        for o in g.opset_import:
+            opsets[o.domain] = max(opsets.get(o.domain, 0), o.version)
+    return graphs[0], graphs[1:1 + meta["num_layers"]], opsets
+
+
+TOKENS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def _start(embed: onnx.ModelProto, policy: str) -> tuple[list, list, dict[str, str]]:
+    """The embeddings graph's nodes (its outputs by their new names: ``state``), the hidden state
+    named ``h0``, and the negated threshold the entropy rule compares with."""
+    nodes, inits, state = renamed(embed.graph, "e/", {n: n for n in TOKENS})
+    if policy == "entropy":
+        nodes.append(helper.make_node("Neg", ["threshold"], ["neg_threshold"]))
+    nodes.append(helper.make_node("Identity", [state["hidden"]], ["h0"]))
+    return nodes, inits, state
+
+
+def _layer(layers: list[onnx.ModelProto], i: int, state: dict[str, str]) -> tuple[list, list, str]:
+    """Layer graph ``i`` (0-based) on hidden state ``h{i}`` (its other inputs the embeddings graph's
+    outputs ``state``), its output named ``h{i + 1}``: (nodes, initializers, its exit's logits)."""
+    nodes, inits, out = renamed(layers[i].graph, f"l{i + 1}/", {**state, "hidden": f"h{i}"})
+    nodes.append(helper.make_node("Identity", [out["hidden_out"]], [f"h{i + 1}"]))
+    return nodes, inits, out["logits"]
+
+
+def _model(graph: onnx.GraphProto, opsets: dict, like: onnx.ModelProto) -> onnx.ModelProto:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()])
+    model.ir_version = like.ir_version
+    return model
+
+
+def _inputs(embed: onnx.ModelProto) -> list:
+    return [i for i in embed.graph.input if i.name in TOKENS] + [
+        helper.make_tensor_value_info("threshold", TensorProto.FLOAT, [])]
+
+
 def build(graphs: list[onnx.ModelProto], meta: dict, policy: str) -> onnx.ModelProto:
     """The fused batch-1 early-exit graph for ``policy`` from an exported folder's embeddings and
     layer graphs (``graphs``, in ``meta["graphs"]`` order; ``meta``: its ``onnx_meta.json``): inputs
     ``input_ids``, ``attention_mask``, ``token_type_ids`` (1, T) and ``threshold`` (scalar float);
     outputs ``logits`` (1, C) of the exit taken and ``exit_layer`` (scalar, 1-based)."""
-    if policy not in FUSED_POLICIES:
-        raise ValueError(f"the fused graph has the threshold rules {', '.join(FUSED_POLICIES)}, not {policy!r}")
-    embed, layers = graphs[0], graphs[1:1 + meta["num_layers"]]
-    opsets = {}
-    for g in graphs:
-        for o in g.opset_import:
-            opsets[o.domain] = max(opsets.get(o.domain, 0), o.version)
-
-    feeds = {n: n for n in ("input_ids", "attention_mask", "token_type_ids")}
-    nodes, inits, state = renamed(embed.graph, "e/", feeds)  # state: every embeddings output by its new name
+    embed, layers, opsets = _parts(graphs, meta, policy)
+    nodes, inits, state = _start(embed, policy)
 
     def block(i: int) -> tuple[list, list, str, str]:
         """Layers i..L (0-based i) after hidden state ``h{i}``: (nodes, initializers, logits, layer)."""
-        outer = {**state, "hidden": f"h{i}"}  # a layer graph's inputs are the embeddings graph's outputs
-        nodes, inits, out = renamed(layers[i].graph, f"l{i + 1}/", outer)
-        nodes.append(helper.make_node("Identity", [out["hidden_out"]], [f"h{i + 1}"]))
-        logits = out["logits"]
+        nodes, inits, logits = _layer(layers, i, state)
         if i == len(layers) - 1:
             layer = f"l{i + 1}/exit_layer"
             inits.append(helper.make_tensor(layer, TensorProto.INT64, [], [i + 1]))
@@ -124,16 +156,30 @@ def build(graphs: list[onnx.ModelProto], meta: dict, policy: str) -> onnx.ModelP
         nodes.append(helper.make_node("If", [leave], [out_logits, out_layer], then_branch=then, else_branch=otherwise))
         return nodes, inits, out_logits, out_layer
 
-    if policy == "entropy":
-        nodes.append(helper.make_node("Neg", ["threshold"], ["neg_threshold"]))
-    nodes.append(helper.make_node("Identity", [state["hidden"]], ["h0"]))
     rest_nodes, rest_inits, logits, layer = block(0)
     nodes += rest_nodes + [helper.make_node("Identity", [logits], ["logits"]),
                            helper.make_node("Identity", [layer], ["exit_layer"])]
-    inputs = [i for i in embed.graph.input if i.name in feeds]
-    inputs.append(helper.make_tensor_value_info("threshold", TensorProto.FLOAT, []))
-    graph = helper.make_graph(nodes, f"early_exit_{policy}", inputs, _outputs("logits", "exit_layer"),
+    graph = helper.make_graph(nodes, f"early_exit_{policy}", _inputs(embed), _outputs("logits", "exit_layer"),
                               inits + rest_inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()])
-    model.ir_version = graphs[0].ir_version
-    return model
+    return _model(graph, opsets, graphs[0])
+
+
+def unrolled(graphs: list[onnx.ModelProto], meta: dict, policy: str, tests: bool = True) -> onnx.ModelProto:
+    """What ``build``'s graph computes when no sample leaves, without its control flow: the same
+    embeddings, layers and exit heads (and with ``tests`` every exit's rule), all run, no ``If``;
+    outputs every exit's logits ``logits_i`` (and ``leave_i``). Timed beside ``build``'s graph run with
+    a threshold no exit passes, it splits what an exit costs into its head, its test and the control
+    flow (``metabert.bench.profile.profile_ort``)."""
+    embed, layers, opsets = _parts(graphs, meta, policy)
+    nodes, inits, state = _start(embed, policy)
+    outputs = []
+    for i in range(len(layers)):
+        layer_nodes, layer_inits, logits = _layer(layers, i, state)
+        nodes, inits = nodes + layer_nodes, inits + layer_inits
+        outputs.append(helper.make_tensor_value_info(logits, TensorProto.FLOAT, None))
+        if tests and i < len(layers) - 1:
+            test, test_inits, leave = _exit_test(policy, logits, meta["num_labels"], f"t{i + 1}/")
+            nodes, inits = nodes + test, inits + test_inits
+            outputs.append(helper.make_tensor_value_info(leave, TensorProto.BOOL, None))
+    graph = helper.make_graph(nodes, f"unrolled_{policy}", _inputs(embed), outputs, inits)
+    return _model(graph, opsets, graphs[0])

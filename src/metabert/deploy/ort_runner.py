@@ -184,7 +184,7 @@ class OrtMultiExit:
             return None
         session = self._fused_sessions.get(policy.name)
         if session is None:
-            session = self._fused_sessions[policy.name] = self._fused_session(policy.name, build)
+            session = self._fused_sessions[policy.name] = self.fused_session(policy.name, build)
         feeds = self.feeds(inputs)
         feeds["threshold"] = np.array(policy.threshold, dtype=np.float32)
         logits, layer = session.run(None, feeds)
@@ -230,9 +230,10 @@ class OrtMultiExit:
         # the rule's settings (threshold, patience): inputs with a stored default
         return session, {i.name for i in session.get_overridable_initializers()}
 
-    def _fused_session(self, policy_name: str, build):
-        """The fused graph composed from the graphs as ONNX Runtime optimised them for the per-layer
-        sessions, run without optimising again: the same kernels, so the same logits as the steps
+    def fused_session(self, policy_name: str, build):
+        """A session over ``build(graphs, meta, policy_name)`` (``metabert.deploy.onnx_fused.build``, or
+        its ``unrolled`` for profiling) composed from the graphs as ONNX Runtime optimised them for the
+        per-layer sessions, run without optimising again: the same kernels, so the same logits as the steps
         (optimised inside ``If`` branches instead, INT8 kernels were fused differently and logits
         moved by 0.1%)."""
         import tempfile

@@ -6,6 +6,16 @@ from __future__ import annotations
 import re
 
 
+# the fused graph's cost per exit split (bench.profile.profile_ort), as the profile tables name it
+IN_GRAPH = {
+    "unrolled_heads_call_us": "the fused graph's layers and every exit head, no test, no If (one call)",
+    "unrolled_heads_tests_call_us": "the same with every exit test, no If (one call)",
+    "exit_head_in_graph_us": "of each exit: its head (layers and heads - full graph call, / exits)",
+    "exit_test_in_graph_us": "of each exit: its test (with tests - without, / exits)",
+    "control_flow_per_exit_us": "of each exit: its If (fused never exit - with tests, / exits)",
+}
+
+
 def markdown(report: dict, command: str, plot_name: str | None) -> str:
     """docs/BENCHMARKS.md from one ``metabert bench`` report (generated, not typed)."""
     b = report["batch_size"]
@@ -103,6 +113,8 @@ def markdown(report: dict, command: str, plot_name: str | None) -> str:
             if key == "fused_cost_per_exit_us":
                 out.append(f"| each exit inside the fused graph (never exit - full graph call, / {len(report['per_exit'][name]) - 1}) "
                            f"| {value:.1f} |")
+            elif key in IN_GRAPH:
+                out.append(f"| {IN_GRAPH[key]} | {value:.1f} |")
             elif key == "loop_cost_per_exit_us":
                 out.append(f"| each exit inside the loop (never exit - full model, / {len(report['per_exit'][name]) - 1}) "
                            f"| {value:.1f} |")
