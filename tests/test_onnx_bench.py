@@ -104,6 +104,10 @@ def test_bench_command_end_to_end(tmp_path, capsys):
     assert "## Batch 1: layer speed-up, its wall-clock ceiling" in page and "## Profile: eager at batch 1" in page
     assert "| each exit inside the fused graph (never exit - full graph call, / 2) |" in page
     assert "| of each exit: its If (fused never exit - with tests, / exits) |" in page
+    per_row = report["rows_profile"]["eager-int8"]  # a layer step per row as rows leave a batch of 4
+    assert per_row["rows"] == [4, 2, 1] and per_row["vs_full_batch"][0] == 1.0 and min(per_row["per_row_us"]) > 0
+    assert set(report["rows_profile"]) == {"eager", "eager-int8", "ort", "ort-int8"}
+    assert "## Batch 4: what a layer costs per row as rows leave" in page
     assert "| each exit inside the loop (never exit - full model, / 2) |" in page
     # one layer's kernels by what they compute, beside the machine's bound
     layer = report["layer_profile"]["ort-int8"]

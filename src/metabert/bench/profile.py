@@ -130,6 +130,31 @@ def _stepped(runner, inputs, policy):
 
 
 
+def profile_rows(runner, batches: list[dict], rows=(32, 16, 8, 4, 2, 1), index: int = 1, repeats: int = 10) -> dict:
+    """What one layer step (layer ``index`` with its exit) costs per row as rows leave a batch: over
+    the padded ``batches``, the step on R of each batch's rows for every R in ``rows`` no larger than
+    the batch (its longest row always among them, so no padding is cut and only R changes), µs per
+    row, and per row against the whole batch. Early exit at batch B runs its deeper layers on the
+    rows still there; where a step's fixed cost is large, each of them costs more than at full
+    batch, which the layer speed-up does not count."""
+    totals: dict[int, float] = {}
+    counts: dict[int, int] = {}
+    for inputs in batches:
+        size = int(inputs["input_ids"].shape[0])
+        lengths = inputs["attention_mask"].sum(1)
+        order = torch.argsort(lengths, descending=True, stable=True)  # the longest row first
+        state = runner.start(inputs)
+        for r in [r for r in rows if r <= size]:
+            keep = torch.zeros(size, dtype=torch.bool)
+            keep[order[:r]] = True
+            sub = state if r == size else runner.select(state, keep)
+            totals[r] = totals.get(r, 0.0) + _per_call_us(lambda: runner.step(index, sub), repeats) / r
+            counts[r] = counts.get(r, 0) + 1
+    per_row = {r: totals[r] / counts[r] for r in sorted(totals, reverse=True)}
+    full = per_row[max(per_row)]
+    return {"batches": len(batches), "rows": list(per_row), "per_row_us": list(per_row.values()),
+            "vs_full_batch": [v / full for v in per_row.values()]}
+
 # the kernels of an exported layer graph, by what they compute (names from metabert.deploy.fused_layers
 # and from torch.onnx.export of a transformers layer; the exit head sits under "exit/" or "exits.")
 KERNEL_GROUPS = ("attention (QKV projection, scores, context)", "attention output projection",

@@ -117,6 +117,7 @@ class BenchReport:
     ratios: dict = field(default_factory=dict)
     plain_notes: dict[str, str] = field(default_factory=dict)  # plain recipes left out, and why
     layer_profile: dict[str, dict] = field(default_factory=dict)  # per ort runner: one layer's kernels, its bound
+    rows_profile: dict[str, dict] = field(default_factory=dict)  # per runner: a layer step's cost per row, by rows
     date: str = field(default_factory=lambda: dt.date.today().isoformat())
     hardware: str = field(default_factory=hardware)
     hardware_summary: str = field(default_factory=hardware_summary)
@@ -220,9 +221,16 @@ def bench(checkpoint: str | Path, options: BenchOptions | None = None, progress:
     timed = variants(runners, policies) + [Variant(r, None) for r in plain]
     results = run_bench(model, encoded, spec.metric, timed, options.repeats, options.warmup,
                         options.batch_size, progress=progress, interleave=options.interleave)
-    profile, layer_profile = {}, {}
+    profile, layer_profile, rows_profile = {}, {}, {}
     if options.profile_examples:
         singles = [model_inputs(collate(encoded, [i], model.tokenizer.pad_token_id)) for i in range(len(encoded))]
+        whole = max(1, min(len(encoded), options.profile_examples) // options.batch_size)  # whole batches
+        batches = [model_inputs(collate(encoded, list(range(s, min(s + options.batch_size, len(encoded)))),
+                                        model.tokenizer.pad_token_id))
+                   for s in range(0, whole * options.batch_size, options.batch_size)]
+        rows = sorted({options.batch_size} | {r for r in (16, 8, 4, 2, 1) if r < options.batch_size}, reverse=True)
+        for runner in stepped:
+            rows_profile[runner.name] = profiling.profile_rows(runner, batches, rows)
         for runner in stepped:
             if runner.name.startswith("ort") and policies[runner.name].name in FUSED_POLICIES:
                 profile[runner.name] = profiling.profile_ort(runner, singles, policies[runner.name],
@@ -249,7 +257,7 @@ def bench(checkpoint: str | Path, options: BenchOptions | None = None, progress:
         policy_source=one_source, calibration=calibration,
         rows=bench_report.rows(results, options.batch_size, artifacts, memory),
         targets=bench_report.targets(results, options.batch_size, artifacts), variants=results, per_exit=per_exit,
-        profile=profile, layer_profile=layer_profile, rss_floor_mb=floor,
+        profile=profile, layer_profile=layer_profile, rows_profile=rows_profile, rss_floor_mb=floor,
         tokenization=time_tokenizer(model.tokenizer, texts, options.max_seq_length, options.batch_size),
         batch_size=options.batch_size, repeats=options.repeats, interleave=options.interleave, warmup=options.warmup,
         threads=options.threads, ratios=speedups(results, options.batch_size), plain_notes=plain_notes,

@@ -96,6 +96,19 @@ def markdown(report: dict, command: str, plot_name: str | None) -> str:
             reached = full["b1_latency_ms_mean"] / v["b1_latency_ms_mean"]
             out.append(f"| {v['runner']} | {v['layer_speedup']:.2f}x | {v['ideal_b1_speedup']:.2f}x | {reached:.2f}x | "
                        f"{reached / v['layer_speedup']:.2f} | {reached / v['ideal_b1_speedup']:.2f} |")
+    rows = report.get("rows_profile", {})
+    if rows:
+        sizes = next(iter(rows.values()))["rows"]
+        out += ["", f"## Batch {report['batch_size']}: what a layer costs per row as rows leave", "",
+                f"Early exit at batch {report['batch_size']} runs each deeper layer on the rows still in the batch. "
+                "One layer step (layer 2 and its exit) on R rows of a dev batch (its longest row kept, so only R "
+                f"changes), over {next(iter(rows.values()))['batches']} batches: µs per row, and in brackets "
+                f"that against the whole batch. Where it grows as R falls, the rows that go deep cost more each "
+                "than the layer speed-up counts.", "",
+                "| runner | " + " | ".join(f"R = {r}" for r in sizes) + " |", "|---|" + "---|" * len(sizes)]
+        for name, prof in rows.items():
+            out.append(f"| {name} | " + " | ".join(f"{us:.0f} ({x:.2f}x)" for us, x in
+                                                    zip(prof["per_row_us"], prof["vs_full_batch"])) + " |")
     out += ["", "## Every exit's dev score, per runner", "",
             "| runner | " + " | ".join(f"exit {i + 1}" for i in range(len(next(iter(report["per_exit"].values()))))) + " |",
             "|---|" + "---|" * len(next(iter(report["per_exit"].values())))]
