@@ -6,9 +6,10 @@ its exit, the full model) is quantized the same way, so that INT8 early exit is 
 INT8 full. *Dynamic* quantization (weights INT8 ahead of time, activations quantized per call from
 their observed range; ONNX Runtime's ``quantize_dynamic``, the one call its docs suggest for
 transformers) quantizes the MatMul and Gather (embedding) nodes; *static* quantization (QDQ, ranges
-fixed from calibration data) is the alternative. Exit heads are ``Gemm`` nodes, which dynamic
-quantization leaves in fp32 (rewritten as fp32 MatMul and Add). docs/INT8_OPTIONS.md records what
-each option does to speed and to each exit's accuracy.
+fixed from calibration data) is the alternative. The exit heads' ``Gemm`` nodes are quantized too
+(INT8 ``MatMulInteger``, which ONNX Runtime fuses with its scale and bias into
+``DynamicQuantizeMatMul``).
+docs/INT8_OPTIONS.md records what each option does to speed and to each exit's accuracy.
 
 PyTorch (``quantize_eager``): ``torch.ao.quantization.quantize_dynamic`` on the encoder's
 ``nn.Linear`` layers (INT8 weights per channel, fbgemm/x86 kernels), 8-bit word embeddings, and

@@ -133,6 +133,9 @@ def markdown(report: dict, command: str, plot_name: str | None) -> str:
                            f"| {value:.1f} |")
             elif key.endswith("_us"):
                 out.append(f"| {key[:-3].replace('_', ' ')} | {value:.1f} |")
+        if any(key in IN_GRAPH for key in prof):
+            out += ["", "An exit's three pieces are differences between whole calls timed apart, each carrying a few "
+                        "µs of noise: a small piece can come out below zero."]
     for name, layer in report.get("layer_profile", {}).items():
         bound = layer["bound"]
         out += ["", f"## {name}: where one layer's time goes, against the machine's limit (batch 1)", "",
