@@ -35,7 +35,8 @@ from onnx import TensorProto, helper, numpy_helper
 from metabert.common.machine import hardware
 from metabert.data.tasks import load_glue
 from metabert.deploy.fused_layers import SLOW_FUSIONS
-from metabert.deploy.onnx_fused import TOKENS, build, renamed, unrolled
+from metabert.deploy.onnx_export import TOKENS
+from metabert.deploy.onnx_fused import build, renamed, unrolled
 from metabert.deploy.ort_runner import OrtMultiExit
 
 

@@ -152,7 +152,7 @@ def profile_rows(runner, batches: list[dict], rows=(32, 16, 8, 4, 2, 1), index: 
             counts[r] = counts.get(r, 0) + 1
     per_row = {r: totals[r] / counts[r] for r in sorted(totals, reverse=True)}
     full = per_row[max(per_row)]
-    return {"batches": len(batches), "rows": list(per_row), "per_row_us": list(per_row.values()),
+    return {"layer": index + 1, "batches": len(batches), "rows": list(per_row), "per_row_us": list(per_row.values()),
             "vs_full_batch": [v / full for v in per_row.values()]}
 
 # the kernels of an exported layer graph, by what they compute (names from metabert.deploy.fused_layers

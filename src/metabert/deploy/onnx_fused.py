@@ -92,12 +92,11 @@ def _parts(graphs: list[onnx.ModelProto], meta: dict, policy: str):
     return graphs[0], graphs[1:1 + meta["num_layers"]], opsets
 
 
-TOKENS = ("input_ids", "attention_mask", "token_type_ids")
-
-
 def _start(embed: onnx.ModelProto, policy: str) -> tuple[list, list, dict[str, str]]:
     """The embeddings graph's nodes (its outputs by their new names: ``state``), the hidden state
     named ``h0``, and the negated threshold the entropy rule compares with."""
+    from metabert.deploy.onnx_export import TOKENS  # here, not above: onnx_export loads torch
+
     nodes, inits, state = renamed(embed.graph, "e/", {n: n for n in TOKENS})
     if policy == "entropy":
         nodes.append(helper.make_node("Neg", ["threshold"], ["neg_threshold"]))
@@ -120,6 +119,8 @@ def _model(graph: onnx.GraphProto, opsets: dict, like: onnx.ModelProto) -> onnx.
 
 
 def _inputs(embed: onnx.ModelProto) -> list:
+    from metabert.deploy.onnx_export import TOKENS
+
     return [i for i in embed.graph.input if i.name in TOKENS] + [
         helper.make_tensor_value_info("threshold", TensorProto.FLOAT, [])]
 

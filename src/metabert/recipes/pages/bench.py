@@ -98,11 +98,12 @@ def markdown(report: dict, command: str, plot_name: str | None) -> str:
                        f"{reached / v['layer_speedup']:.2f} | {reached / v['ideal_b1_speedup']:.2f} |")
     rows = report.get("rows_profile", {})
     if rows:
-        sizes = next(iter(rows.values()))["rows"]
+        first = next(iter(rows.values()))
+        sizes = first["rows"]
         out += ["", f"## Batch {report['batch_size']}: what a layer costs per row as rows leave", "",
                 f"Early exit at batch {report['batch_size']} runs each deeper layer on the rows still in the batch. "
-                "One layer step (layer 2 and its exit) on R rows of a dev batch (its longest row kept, so only R "
-                f"changes), over {next(iter(rows.values()))['batches']} batches: µs per row, and in brackets "
+                f"One layer step (layer {first.get('layer', 2)} and its exit) on R rows of a dev batch (its longest "
+                f"row kept, so only R changes), over {first['batches']} batches: µs per row, and in brackets "
                 f"that against the whole batch. Where it grows as R falls, the rows that go deep cost more each "
                 "than the layer speed-up counts.", "",
                 "| runner | " + " | ".join(f"R = {r}" for r in sizes) + " |", "|---|" + "---|" * len(sizes)]
