@@ -18,7 +18,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -26,7 +25,15 @@ import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from metabert.common.machine import INT8_FLAGS, cpu_flags, cpu_model
+
 MS = "com.microsoft"
+
+
+def cpu_info() -> dict:
+    """The CPU model, its cores and which of the instruction sets INT8 speed depends on it has."""
+    has = cpu_flags()
+    return {"model": cpu_model(), "cores": os.cpu_count(), "flags": {f: f in has for f in INT8_FLAGS}}
 
 
 def session(nodes, inputs, inits, threads: int, disabled=()) -> ort.InferenceSession:
@@ -100,9 +107,6 @@ def main(argv=None):
     parser.add_argument("--intermediate", type=int, default=1536)
     parser.add_argument("--tokens", type=int, nargs="+", default=[25, 1920])
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(Path(__file__).parent))
-    from fused_attention import cpu_info
-
     report = {"date": dt.date.today().isoformat(), "cpu": cpu_info(), "onnxruntime": ort.__version__,
               "command": "python benchmarks/ort_kernels.py " + " ".join(
                   f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items()

@@ -26,6 +26,7 @@ pytest.importorskip("onnxruntime")
 
 from metabert.engine import loop as engine  # noqa: E402
 from metabert.engine.loop import every_exit  # noqa: E402
+from metabert.bench.profile import stepped  # noqa: E402  (the reference: layer by layer)
 from metabert.data.batching import collate, eval_batches, pad_all, tokenize  # noqa: E402
 from metabert.cli import main  # noqa: E402
 from metabert.deploy import single_file  # noqa: E402
@@ -94,15 +95,6 @@ def policies(runner, inputs, name: str, count: int = 3) -> list:
     found = [p for p in settings if len(set(simulate_exits(logits, p).tolist())) > 1][:count]
     assert found, f"no {name} setting gives a mix of exit layers: the test would prove nothing"
     return found
-
-
-def stepped(runner, inputs, policy):
-    """The engine's early exit layer by layer (not the runner's one-call graphs): the reference."""
-    runner.fused = False
-    try:
-        return engine.run(runner, inputs, policy)
-    finally:
-        runner.fused = True
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])

@@ -61,7 +61,7 @@ def profile_ort(runner, singles: list[dict], policy, count: int = 100, repeats: 
             "feeds_copy": lambda: runner.feeds(inputs),
             "empty_session_call": lambda: empty.run(None, {"x": hidden}),
             "fused_early_exit_call": lambda: engine.run(runner, inputs, policy),
-            "stepped_early_exit": lambda: _stepped(runner, inputs, policy),
+            "stepped_early_exit": lambda: stepped(runner, inputs, policy),
         }
         if policy.name in FUSED_POLICIES:
             never = policy.never_exits()
@@ -120,7 +120,8 @@ def profile_eager(runner, singles: list[dict], policy, count: int = 100, repeats
     return out
 
 
-def _stepped(runner, inputs, policy):
+def stepped(runner, inputs, policy):
+    """The engine's early exit layer by layer, without the runner's one-call graphs (``fused``)."""
     fused, runner.fused = runner.fused, False
     try:
         return engine.run(runner, inputs, policy)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from metabert.bench.timing import fastest_plain
+
 
 ROW_FIELDS = ("runner", "plain", "mode", "batch_size", "mean_ms", "p50_ms", "p95_ms", "score", "layer_speedup",
               "mean_exit_layer", "speedup_vs_eager_full", "throughput_per_s", "artifact_mb", "peak_rss_mb", "policy")
@@ -59,14 +61,12 @@ def targets(results: dict, batch_size: int, artifacts: dict[str, int]) -> list[d
                     "measured": drop, "met": bool(drop <= 1.0), "lower_is_better": True})
     if "ort-int8_early" in r:
         add("ORT INT8 early vs ORT INT8 full, batch 1 >= 2x", 2.0, b1("ort-int8_full") / b1("ort-int8_early"))
-    plain = [name for name, v in r.items() if v.get("plain")]
-    if plain and "ort-int8_early" in r:  # the plain recipes a user would pick, timed in the same run
-        fastest = min(plain, key=b1)
+    fastest = fastest_plain(r)
+    if fastest and "ort-int8_early" in r:  # the plain recipes a user would pick, timed in the same run
         add(f"ORT INT8 early vs the fastest plain recipe ({r[fastest]['runner']}), batch 1 >= 2.5x", 2.5,
             b1(fastest) / b1("ort-int8_early"))
-        plain_int8 = [name for name in plain if "int8" in name]
-        if plain_int8 and "ort-int8_full" in r:
-            fastest_int8 = min(plain_int8, key=b1)
+        fastest_int8 = fastest_plain(r, int8=True)
+        if fastest_int8 and "ort-int8_full" in r:
             add(f"ORT INT8 full vs the fastest plain INT8 full ({r[fastest_int8]['runner']}), batch 1 >= 1.3x", 1.3,
                 b1(fastest_int8) / b1("ort-int8_full"))
     if "ort-int8-single_early" in r and "ort-int8_early" in r:  # one file against the per-layer path's fused graph
@@ -110,6 +110,8 @@ _PROBE = """
 import json, sys
 spec = json.loads(sys.argv[1])
 import torch
+
+from metabert.bench.timing import fastest_plain
 torch.set_num_threads(spec["threads"])
 from metabert.engine import loop as engine
 from metabert.data.batching import pad_all, tokenize

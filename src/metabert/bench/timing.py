@@ -239,13 +239,19 @@ def speedups(results: dict, batch_size: int = 32) -> dict:
             ort_full_vs_eager_full_b1=r["eager_full"]["b1_latency_ms_mean"] / r["ort_full"]["b1_latency_ms_mean"],
             **{f"ort_throughput_speedup_b{batch_size}": r["ort_early"][key] / r["ort_full"][key]},
         )
-    plain = {name: v for name, v in r.items() if v.get("plain")}
-    if plain:  # every early path against the fastest plain recipe, batch 1 (mean latency)
-        fastest = min(plain, key=lambda name: plain[name]["b1_latency_ms_mean"])
+    fastest = fastest_plain(r)
+    if fastest:  # every early path against the fastest plain recipe, batch 1 (mean latency)
         out["fastest_plain_b1"] = fastest
-        out["vs_fastest_plain_b1"] = {name: plain[fastest]["b1_latency_ms_mean"] / v["b1_latency_ms_mean"]
+        out["vs_fastest_plain_b1"] = {name: r[fastest]["b1_latency_ms_mean"] / v["b1_latency_ms_mean"]
                                       for name, v in r.items() if v["mode"] == "early" or name.endswith("_full")}
     return out
+
+
+def fastest_plain(results: dict, int8: bool = False) -> str | None:
+    """The plain recipe's variant (``"plain": true``; ``int8``: an INT8 one) with the lowest batch-1
+    mean latency in ``results``, or None where there is none."""
+    plain = [name for name, v in results.items() if v.get("plain") and (not int8 or "int8" in name)]
+    return min(plain, key=lambda name: results[name]["b1_latency_ms_mean"]) if plain else None
 
 
 def format_table(results: dict, ratios: dict, batch_size: int = 32) -> str:
